@@ -1,0 +1,1 @@
+"""Taskyard's database layer: typed models, the engine and session factory, migrations."""

@@ -1,0 +1,134 @@
+"""Taskyard's tables: tenants, their resources and ingests, and the record of every job."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base, BigIntPk, BigIntType, CreatedAt, TenantId, UpdatedAt
+
+TENANT_ACTIVE = "active"
+TENANT_DISABLED = "disabled"
+
+JOB_QUEUED = "queued"
+JOB_RUNNING = "running"
+JOB_RETRYING = "retrying"
+JOB_SUCCEEDED = "succeeded"
+JOB_DEAD = "dead"
+JOB_CANCELLED = "cancelled"
+JOB_SKIPPED = "skipped"
+# A job in one of these states never runs again unless an operator requeues it.
+JOB_FINAL_STATES = frozenset({JOB_SUCCEEDED, JOB_DEAD, JOB_CANCELLED, JOB_SKIPPED})
+
+INGEST_RUNNING = "running"
+INGEST_COMPLETED = "completed"
+INGEST_FAILED = "failed"
+
+ITEM_PENDING = "pending"
+ITEM_REJECTED = "rejected"
+ITEM_PROCESSED = "processed"
+ITEM_FAILED = "failed"
+
+
+class Tenant(Base):
+    """A customer of Taskyard; every job and every row of data belongs to one."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[BigIntPk]
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=TENANT_ACTIVE)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class Resource(Base):
+    """One item of a tenant's resource feed, upserted by (tenant, resource id)."""
+
+    __tablename__ = "resources"
+    __table_args__ = (UniqueConstraint("tenant_id", "resource_id"),)
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    resource_id: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[Any]]
+    creation_date: Mapped[dt.datetime]
+    last_ingest_id: Mapped[int | None] = mapped_column(BigIntType)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class Ingest(Base):
+    """One run of a tenant's resource feed: where it came from and how it went."""
+
+    __tablename__ = "ingests"
+    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    source_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=INGEST_RUNNING)
+    fetched: Mapped[int] = mapped_column(default=0)
+    valid: Mapped[int] = mapped_column(default=0)
+    rejected: Mapped[int] = mapped_column(default=0)
+    processed: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[CreatedAt]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class IngestItem(Base):
+    """One item of one ingest: accepted and processed, rejected, or failed, with why."""
+
+    __tablename__ = "ingest_items"
+    __table_args__ = (
+        UniqueConstraint("ingest_id", "position"),
+        Index(None, "tenant_id", "ingest_id", "status"),
+    )
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    ingest_id: Mapped[int] = mapped_column(
+        BigIntType, ForeignKey("ingests.id", ondelete="CASCADE")
+    )
+    # The item's index in the fetched array: stable even when its id is missing or repeated.
+    position: Mapped[int]
+    resource_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=ITEM_PENDING)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[UpdatedAt]
+
+
+class Job(Base):
+    """The record of one message: what ran, for whom, how it went, what it returned.
+
+    `tenant_id` is deliberately not a foreign key: a message that names an
+    unknown tenant still gets a record, which says why it was dead-lettered.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(None, "tenant_id", "status"),
+        Index(None, "status", "finished_at"),
+    )
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(BigIntType)
+    actor: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(200))
+    args: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=JOB_QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    enqueued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None]
+    updated_at: Mapped[UpdatedAt]

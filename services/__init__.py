@@ -1,0 +1,1 @@
+"""Taskyard's business logic: functions that take a Session first and never commit."""

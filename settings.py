@@ -1,0 +1,189 @@
+"""Taskyard's settings: the environment, read once into one typed, frozen object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/taskyard"
+
+
+class SettingsError(ValueError):
+    """A variable of the environment has a value Taskyard cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything Taskyard reads from the environment; build it with `load_settings()`."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    # Prepended to every queue name, so that two test runs (or two deployments
+    # sharing one RabbitMQ vhost) never consume each other's messages.
+    queue_prefix: str = ""
+    # Tenants this worker serves; empty means every active tenant.
+    tenants: tuple[int, ...] = ()
+    # How often a worker looks for new tenants to serve (the promise is 60 s).
+    tenant_refresh_seconds: float = 30.0
+    max_retries: int = 3
+    min_backoff_ms: int = 1_000
+    max_backoff_ms: int = 300_000
+    http_connect_timeout: float = 3.05
+    http_read_timeout: float = 20.0
+    # A feed larger than this is refused rather than read into memory.
+    http_max_bytes: int = 10 * 1024 * 1024
+    log_format: str = "text"
+    log_level: str = "INFO"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9191
+
+    @property
+    def system_queue(self) -> str:
+        """The queue of system actors (scheduler tick, maintenance)."""
+        return f"{self.queue_prefix}taskyard.system"
+
+    def tenant_queue(self, tenant_id: int) -> str:
+        """The queue that carries one tenant's messages."""
+        return f"{self.queue_prefix}tenant.{tenant_id}"
+
+    @property
+    def uses_stub_broker(self) -> bool:
+        """Whether the in-process broker was asked for (`BROKER_URL=stub://`)."""
+        return self.broker_url.startswith("stub://")
+
+
+def _parse_int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _parse_positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _parse_tenants(raw: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    ids = tuple(int(part) for part in parts)
+    if any(tenant_id < 1 for tenant_id in ids):
+        raise ValueError("tenant ids are positive integers")
+    return ids
+
+
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _parse_broker_url(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("amqp", "amqps", "stub"):
+        raise ValueError("must start with amqp://, amqps:// or stub://")
+    return raw
+
+
+def _parse_database_url(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if not (scheme.startswith("postgresql") or scheme.startswith("sqlite")):
+        raise ValueError("must be a postgresql:// (or, for the demo, sqlite://) URL")
+    return raw
+
+
+def _parse_queue_prefix(raw: str) -> str:
+    if raw and not all(ch.isalnum() or ch in "._-" for ch in raw):
+        raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+    if raw and not (raw[0].isalpha() or raw[0] == "_"):
+        raise ValueError("must start with a letter or '_'")
+    return raw
+
+
+def _read(
+    env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, expected: str
+) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is invalid: expected {expected} ({exc})") from exc
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the environment (or `env`) once and return the settings."""
+    env = os.environ if env is None else env
+    d = Settings()
+    p = "TASKYARD_"
+    return Settings(
+        broker_url=_read(env, "BROKER_URL", _parse_broker_url, d.broker_url, "an AMQP URL"),
+        database_url=_read(
+            env, "DATABASE_URL", _parse_database_url, d.database_url, "a database URL"
+        ),
+        queue_prefix=_read(
+            env, p + "QUEUE_PREFIX", _parse_queue_prefix, d.queue_prefix, "a queue-name prefix"
+        ),
+        tenants=_read(
+            env, p + "TENANTS", _parse_tenants, d.tenants, "comma-separated tenant ids, e.g. 7,9"
+        ),
+        tenant_refresh_seconds=_read(
+            env,
+            p + "TENANT_REFRESH_SECONDS",
+            _parse_positive_float,
+            d.tenant_refresh_seconds,
+            "a number of seconds",
+        ),
+        max_retries=_read(
+            env, p + "MAX_RETRIES", _parse_int(0), d.max_retries, "a whole number >= 0"
+        ),
+        min_backoff_ms=_read(
+            env, p + "MIN_BACKOFF_MS", _parse_int(0), d.min_backoff_ms, "milliseconds"
+        ),
+        max_backoff_ms=_read(
+            env, p + "MAX_BACKOFF_MS", _parse_int(1), d.max_backoff_ms, "milliseconds"
+        ),
+        http_connect_timeout=_read(
+            env,
+            p + "HTTP_CONNECT_TIMEOUT",
+            _parse_positive_float,
+            d.http_connect_timeout,
+            "seconds",
+        ),
+        http_read_timeout=_read(
+            env, p + "HTTP_READ_TIMEOUT", _parse_positive_float, d.http_read_timeout, "seconds"
+        ),
+        http_max_bytes=_read(
+            env, p + "HTTP_MAX_BYTES", _parse_int(1), d.http_max_bytes, "a size in bytes"
+        ),
+        log_format=_read(
+            env, p + "LOG_FORMAT", _parse_choice("text", "json"), d.log_format, "text or json"
+        ),
+        log_level=_read(
+            env,
+            p + "LOG_LEVEL",
+            _parse_choice("debug", "info", "warning", "error"),
+            d.log_level,
+            "debug, info, warning or error",
+        ).upper(),
+        metrics_host=_read(env, p + "METRICS_HOST", str, d.metrics_host, "a host address"),
+        metrics_port=_read(
+            env, p + "METRICS_PORT", _parse_int(0), d.metrics_port, "a TCP port number"
+        ),
+    )
