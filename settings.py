@@ -31,13 +31,16 @@ class Settings:
     tenants: tuple[int, ...] = ()
     # How often a worker looks for new tenants to serve (the promise is 60 s).
     tenant_refresh_seconds: float = 30.0
-    max_retries: int = 3
+    # Attempts a job gets in all (the first and its retries) unless its actor says otherwise.
+    max_attempts: int = 3
     min_backoff_ms: int = 1_000
     max_backoff_ms: int = 300_000
     http_connect_timeout: float = 3.05
     http_read_timeout: float = 20.0
     # A feed larger than this is refused rather than read into memory.
     http_max_bytes: int = 10 * 1024 * 1024
+    # Finished job records older than this are deleted by the daily maintenance job.
+    job_retention_days: int = 30
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
@@ -150,8 +153,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             d.tenant_refresh_seconds,
             "a number of seconds",
         ),
-        max_retries=_read(
-            env, p + "MAX_RETRIES", _parse_int(0), d.max_retries, "a whole number >= 0"
+        max_attempts=_read(
+            env, p + "MAX_ATTEMPTS", _parse_int(1), d.max_attempts, "a whole number >= 1"
         ),
         min_backoff_ms=_read(
             env, p + "MIN_BACKOFF_MS", _parse_int(0), d.min_backoff_ms, "milliseconds"
@@ -171,6 +174,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         http_max_bytes=_read(
             env, p + "HTTP_MAX_BYTES", _parse_int(1), d.http_max_bytes, "a size in bytes"
+        ),
+        job_retention_days=_read(
+            env, p + "JOB_RETENTION_DAYS", _parse_int(1), d.job_retention_days, "a number of days"
         ),
         log_format=_read(
             env, p + "LOG_FORMAT", _parse_choice("text", "json"), d.log_format, "text or json"

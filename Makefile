@@ -1,0 +1,86 @@
+# Taskyard's developer commands. `make` alone lists them; `.ci/run` runs `make test`.
+# Targets call the virtualenv's programs by path, so no shell needs activating.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Written after a successful install; pyproject.toml being newer means "reinstall".
+STAMP := $(VENV)/.installed
+# Integration-style suites that exist so far (both need RabbitMQ and PostgreSQL).
+INTEGRATION_TESTS := $(wildcard tests/integration tests/reliability)
+
+# bash, for `wait -n` in `run`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help install lint format typecheck test-unit test-integration test check \
+	migrate worker scheduler run demo bench clean
+
+help: ## List the targets with what they do
+	@echo "Usage: make <target>   (VENV=$(VENV), PYTHON=$(PYTHON))"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## Create .venv if missing; reinstall -e '.[dev]' when pyproject.toml changed
+
+lint: install ## Check the code with ruff (lint rules and formatting), changing nothing
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Fix what ruff can fix safely, then format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: install ## Type-check the packages with mypy (strict, configured in pyproject.toml)
+	$(BIN)/mypy
+
+test-unit: install ## Run the unit tests (nothing needs to be running)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install ## Run the integration tests (RabbitMQ and PostgreSQL on localhost)
+ifeq ($(strip $(INTEGRATION_TESTS)),)
+	@echo "No integration tests yet (tests/integration, tests/reliability)."
+else
+	$(BIN)/python -m pytest $(INTEGRATION_TESTS)
+endif
+
+test: install ## Run the whole test suite in one pytest run (what .ci/run runs)
+	$(BIN)/python -m pytest tests
+
+check: lint typecheck test ## Lint, type-check and run the whole suite: do this before pushing
+
+migrate: install ## Create the database if missing and upgrade it to the newest revision
+	$(BIN)/taskyard migrate
+
+worker: install ## Run one worker process in the foreground (dramatiq actors)
+	$(BIN)/dramatiq actors --processes 1 --threads 8
+
+scheduler: install ## Run the scheduler in the foreground (periodiq schedules)
+	$(BIN)/periodiq schedules
+
+# Both programs are children of one shell. Ctrl-C (or either program exiting:
+# `wait -n` returns) fires the trap, and `kill 0` stops everything in the group.
+run: install migrate ## Migrate, then run a worker and the scheduler until Ctrl-C
+	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
+	$(BIN)/dramatiq actors --processes 1 --threads 8 & \
+	$(BIN)/periodiq schedules & \
+	wait -n
+
+demo: install ## Run the demo in one process (SQLite and an in-process broker)
+	$(BIN)/taskyard demo
+
+bench: install ## Run the benchmark in bench/ (python -m bench)
+	@test -f bench/__main__.py || { echo "bench/__main__.py does not exist yet." >&2; exit 1; }
+	$(BIN)/python -m bench
+
+clean: ## Delete caches and build output (keeps .venv)
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .metrics
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) \
+		-type d -prune -exec rm -rf {} +

@@ -1,0 +1,9 @@
+"""Taskyard's actors; importing this module installs the broker (`dramatiq actors`)."""
+
+from __future__ import annotations
+
+import brokers  # noqa: F401  (first: actors are declared against the installed broker)
+from actors.ingest import ingest_resources, process_resource
+from actors.maintenance import purge_job_records
+
+__all__ = ["ingest_resources", "process_resource", "purge_job_records"]

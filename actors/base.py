@@ -1,0 +1,110 @@
+"""The project's actor class: keyword arguments only, tenant routing, held sends, one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import marshmallow
+from dramatiq import Message
+
+from middleware.context import HeldSend, current_context
+from middleware.db_session import DbSession, find_middleware
+from middleware.tenant_routing import TenantRouting
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidArguments(ValueError):
+    """A producer tried to send arguments the actor cannot take."""
+
+
+class TaskyardActor(dramatiq.Actor[Any, Any]):
+    """A Dramatiq actor that routes by tenant, validates its arguments and runs in one transaction."""
+
+    def message_with_options(
+        self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Message[Any]:
+        """Build a message, on the tenant's queue when the actor is tenant-scoped."""
+        if args:
+            raise InvalidArguments(
+                f"{self.actor_name} takes keyword arguments only (got {len(args)} positional)"
+            )
+        kwargs = dict(kwargs or {})
+        schema: type[marshmallow.Schema] | None = self.options.get("schema")
+        if schema is not None:
+            errors = schema(unknown=marshmallow.RAISE).validate(kwargs)
+            if errors:
+                raise InvalidArguments(f"{self.actor_name}: invalid arguments: {errors}")
+        message = super().message_with_options(kwargs=kwargs, **options)
+        if not self.options.get("tenant_scoped"):
+            return message
+        tenant_id = kwargs.get("tenant_id")
+        if not isinstance(tenant_id, int) or isinstance(tenant_id, bool) or tenant_id < 1:
+            raise InvalidArguments(
+                f"{self.actor_name} needs tenant_id, a positive integer (got {tenant_id!r})"
+            )
+        routing = find_middleware(self.broker, TenantRouting)
+        queue = routing.queue_for(tenant_id) if routing else f"tenant.{tenant_id}"
+        return message.copy(queue_name=queue)
+
+    def send_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: timedelta | int | None = None,
+        **options: Any,
+    ) -> Message[Any]:
+        """Send now, or, inside a running actor, once its transaction has committed."""
+        ctx = current_context()
+        if ctx is None:
+            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+        if isinstance(delay, timedelta):
+            delay = int(delay.total_seconds() * 1000)
+        message = self.message_with_options(args=args, kwargs=kwargs, **options)
+        ctx.held.append(HeldSend(message=message, delay=delay))
+        return message
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the actor: in the message's transaction when a worker runs it."""
+        db = find_middleware(self.broker, DbSession)
+        message = db.incoming() if db is not None else None
+        if db is None or message is None or message.actor_name != self.actor_name:
+            return self.fn(*args, **self._validated(kwargs))
+        return db.run(self.broker, message, lambda: self.fn(*args, **self._validated(kwargs)))
+
+    def _validated(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        schema: type[marshmallow.Schema] | None = self.options.get("schema")
+        if schema is None:
+            return kwargs
+        # Old and new workers run side by side: arguments this code does not
+        # know are dropped, not refused.
+        unknown = set(kwargs) - set(schema().fields)
+        if unknown:
+            logger.info("%s ignores unknown arguments %s", self.actor_name, sorted(unknown))
+        loaded: dict[str, Any] = schema(unknown=marshmallow.EXCLUDE).load(kwargs)
+        return loaded
+
+
+def taskyard_actor(
+    *, name: str, tenant_scoped: bool = True, **options: Any
+) -> Callable[[Callable[..., Any]], TaskyardActor]:
+    """Declare a Taskyard actor; tenant-scoped ones run on their tenant's queue."""
+    broker = dramatiq.get_broker()
+    routing = find_middleware(broker, TenantRouting)
+    system_queue = routing.system_queue if routing else "taskyard.system"
+    # Dramatiq logs any exception not listed in `throws` with a traceback;
+    # the retry policy logs each failure once, at the right level.
+    options.setdefault("throws", (Exception,))
+    decorator = dramatiq.actor(
+        actor_name=name,
+        actor_class=TaskyardActor,
+        queue_name=system_queue,
+        tenant_scoped=tenant_scoped,
+        **options,
+    )
+    return decorator  # type: ignore[no-any-return]

@@ -1,0 +1,42 @@
+"""Periodic maintenance actors; `periodiq schedules` sends them, any worker runs them.
+
+They are declared here, not in schedules.py, because `dramatiq actors` imports
+only this package and every worker must know an actor to run it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TypedDict
+
+from periodiq import cron
+
+import brokers
+from actors.base import taskyard_actor
+from middleware import current_session
+from services import jobs
+
+# Every day at 03:17 UTC: off the hour, when most other cron jobs start.
+JOB_RETENTION_CRON = "17 3 * * *"
+# How many records one run deletes at most; the rest go on the next day.
+PURGE_BATCH_SIZE = 50_000
+
+
+class PurgeResult(TypedDict):
+    """What `purge_job_records` leaves on its job record."""
+
+    deleted: int
+    older_than: str
+
+
+@taskyard_actor(
+    name="purge_job_records", tenant_scoped=False, periodic=cron(JOB_RETENTION_CRON)
+)
+def purge_job_records() -> PurgeResult:
+    """Delete finished job records older than the retention period."""
+    days = brokers.settings.job_retention_days
+    older_than = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    deleted = jobs.purge_finished_jobs(
+        current_session(), older_than=older_than, batch_size=PURGE_BATCH_SIZE
+    )
+    return {"deleted": deleted, "older_than": older_than.isoformat()}

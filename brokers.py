@@ -1,0 +1,75 @@
+"""Builds Taskyard's broker from settings, with its middleware in one visible order."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.broker import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Middleware, TimeLimit
+from periodiq import PeriodiqMiddleware
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.migrate import check_schema
+from db.session import make_engine, make_session_factory
+from middleware import DbSession, RetryPolicy, TenantRouting
+from services.tenants import active_tenant_ids
+from settings import Settings, load_settings
+
+# periodiq drops a tick older than this; the scheduler catches up on missed
+# slots itself, so a stale tick is safe to drop.
+TICK_SKIP_DELAY_SECONDS = 30
+
+
+def build_middleware(settings: Settings, session_factory: sessionmaker[Session]) -> list[Middleware]:
+    """Every message's middleware, in execution order (after-hooks run in reverse)."""
+
+    def list_tenants() -> list[int]:
+        with session_factory() as session:
+            return active_tenant_ids(session)
+
+    engine = session_factory.kw["bind"]
+    return [
+        # Interrupts a runaway actor; first, so its timer covers everything below.
+        TimeLimit(),
+        # Drops stale scheduler ticks before any session is opened for them.
+        PeriodiqMiddleware(skip_delay=TICK_SKIP_DELAY_SECONDS),
+        # Chooses the tenant's queue on send and the queues a worker serves.
+        TenantRouting(
+            queue_prefix=settings.queue_prefix,
+            pinned=settings.tenants,
+            refresh_seconds=settings.tenant_refresh_seconds,
+            list_tenants=list_tenants,
+        ),
+        # Runs the actor in one transaction with its job record; needs the
+        # routing above to check the tenant, and the policy below to record
+        # whether a failure will be retried.
+        DbSession(session_factory=session_factory, check_schema=lambda: check_schema(engine)),
+        # Last, so its after-hook runs first: re-enqueues a retry or fails the message.
+        RetryPolicy(
+            max_attempts=settings.max_attempts,
+            min_backoff_ms=settings.min_backoff_ms,
+            max_backoff_ms=settings.max_backoff_ms,
+        ),
+    ]
+
+
+def build_broker(settings: Settings) -> Broker:
+    """A RabbitMQ broker with publisher confirms, or the in-process one for `stub://`."""
+    session_factory = make_session_factory(make_engine(settings))
+    middleware = build_middleware(settings, session_factory)
+    broker: Broker
+    if settings.uses_stub_broker:
+        broker = StubBroker(middleware=middleware)
+    else:
+        broker = RabbitmqBroker(
+            url=settings.broker_url, confirm_delivery=True, middleware=middleware
+        )
+    broker.taskyard_settings = settings  # type: ignore[attr-defined]
+    broker.taskyard_sessions = session_factory  # type: ignore[attr-defined]
+    return broker
+
+
+settings = load_settings()
+broker = build_broker(settings)
+dramatiq.set_broker(broker)

@@ -1,0 +1,1 @@
+"""Taskyard's Alembic environment and revisions; run them through `db.migrate`."""

@@ -1,0 +1,236 @@
+"""One SQLAlchemy session per message: the actor's writes and its job record commit together."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from dramatiq import Message, Worker
+from dramatiq.broker import Broker
+from dramatiq.middleware import Middleware, SkipMessage
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import TENANT_DISABLED, Tenant
+from middleware.context import MessageContext, enter_context, leave_context
+from middleware.retry_policy import Decision, RetryPolicy, attempt_of
+from middleware.tenant_routing import TenantRouting
+from services import jobs
+from services.errors import TenantDisabled, UnknownTenant
+
+# A result bigger than this is not kept on the job record (return ids, not data).
+MAX_RESULT_BYTES = 8_192
+# Errors that must not be recorded as a job failure: the process is going away.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# Failures that concern the tenant, not the job: the actor's give-up hook is not run.
+_TENANT_ERRORS = (UnknownTenant, TenantDisabled)
+
+M = TypeVar("M", bound=Middleware)
+OnGiveUp = Callable[[Session, dict[str, Any], str], None]
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming the error: its type and message."""
+    text = str(exc).strip() or "(no message)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def small_result(result: Any, logger: logging.Logger) -> dict[str, Any] | None:
+    """The actor's return value as the small JSON dict the job record keeps."""
+    if result is None:
+        return None
+    value = result if isinstance(result, dict) else {"value": result}
+    try:
+        encoded = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        logger.warning("Result of type %s is not JSON; not kept", type(result).__name__)
+        return {"unserializable": type(result).__name__}
+    if len(encoded) > MAX_RESULT_BYTES:
+        logger.warning("Result of %d bytes is over %d; not kept", len(encoded), MAX_RESULT_BYTES)
+        return {"truncated": True, "bytes": len(encoded)}
+    loaded: dict[str, Any] = json.loads(encoded)
+    return loaded
+
+
+class DbSession(Middleware):
+    """Opens a session per message and runs the actor inside its one transaction.
+
+    Dramatiq swallows exceptions raised in after-hooks, so the commit cannot
+    live in one: the project's actor class calls `run()`, which commits inside
+    the actor call, where a failed commit is an ordinary exception that the
+    retry policy sees.
+    """
+
+    # `schema`: marshmallow schema of the actor's keyword arguments.
+    # `on_give_up`: called as (session, kwargs, error) when a job is dead-lettered.
+    actor_options = frozenset({"schema", "on_give_up"})
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        check_schema: Callable[[], None] | None = None,
+    ) -> None:
+        self.logger = logging.getLogger(type(self).__name__)
+        self.session_factory = session_factory
+        self.check_schema = check_schema
+        self._incoming = threading.local()
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        """Refuse to start a worker against a database whose migrations are behind."""
+        if self.check_schema is None:
+            return
+        try:
+            self.check_schema()
+        except Exception as exc:
+            self.logger.critical("Worker not started: %s", exc)
+            raise SystemExit(2) from exc
+
+    def before_process_message(self, broker: Broker, message: Message[Any]) -> None:
+        """Remember the message this thread is about to run."""
+        self._incoming.message = message
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: Message[Any],
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Forget the message this thread ran."""
+        self._incoming.message = None
+
+    def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+        """Forget the message this thread skipped."""
+        self._incoming.message = None
+
+    def incoming(self) -> Message[Any] | None:
+        """The message this worker thread is running, if any."""
+        return getattr(self._incoming, "message", None)
+
+    def run(self, broker: Broker, message: Message[Any], call: Callable[[], Any]) -> Any:
+        """Run `call` in the message's transaction, with its job record; publish held sends after."""
+        actor = broker.get_actor(message.actor_name)
+        routing = find_middleware(broker, TenantRouting)
+        tenant_scoped = bool(actor.options.get("tenant_scoped"))
+        record = {
+            "actor": message.actor_name,
+            "queue": message.queue_name.removesuffix(".DQ"),
+            "tenant_id": _tenant_id(message) if tenant_scoped else None,
+            "args": dict(message.kwargs),
+            "attempt": attempt_of(message),
+            "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
+        }
+        session = self.session_factory()
+        ctx = MessageContext(message=message, session=session)
+        token = enter_context(ctx)
+        try:
+            try:
+                with session.begin():
+                    if not jobs.begin_attempt(session, message.message_id, **record):
+                        run_it = False
+                    else:
+                        run_it = True
+                        if tenant_scoped and routing is not None:
+                            _require_active_tenant(session, routing.check_message(message))
+                        result = small_result(call(), self.logger)
+                        jobs.mark_succeeded(
+                            session,
+                            message.message_id,
+                            attempt=int(record["attempt"]),
+                            result=result,
+                        )
+            except _PASS_THROUGH:
+                raise
+            except BaseException as exc:
+                ctx.held.clear()
+                self._record_failure(broker, message, session, record, exc)
+                raise
+            if not run_it:
+                self.logger.info(
+                    "%s %s already finished; skipped",
+                    message.actor_name,
+                    message.message_id,
+                    extra={"message_id": message.message_id, "actor": message.actor_name},
+                )
+                raise SkipMessage("job already finished")
+            self._publish_held(broker, ctx)
+            return result
+        finally:
+            leave_context(token)
+            session.close()
+
+    def _record_failure(
+        self,
+        broker: Broker,
+        message: Message[Any],
+        session: Session,
+        record: dict[str, Any],
+        exc: BaseException,
+    ) -> None:
+        policy = find_middleware(broker, RetryPolicy)
+        decision = (
+            policy.decide(broker, message, exc)
+            if policy is not None
+            else Decision(retry=False, delay_ms=0, reason="failed")
+        )
+        error = describe_error(exc)
+        try:
+            with session.begin():
+                jobs.record_failure(
+                    session, message.message_id, error=error, dead=not decision.retry, **record
+                )
+                on_give_up: OnGiveUp | None = broker.get_actor(message.actor_name).options.get(
+                    "on_give_up"
+                )
+                if not decision.retry and on_give_up and not isinstance(exc, _TENANT_ERRORS):
+                    on_give_up(session, dict(message.kwargs), error)
+        except Exception:
+            # The failure could not be written (the database may be away): never
+            # let the message vanish into RabbitMQ's expiring dead-letter queue;
+            # try it again later, when the record can be written.
+            self.logger.warning(
+                "Could not record the failure of %s %s; it will be retried",
+                message.actor_name,
+                message.message_id,
+                exc_info=True,
+            )
+            if policy is not None and not decision.retry:
+                policy.override(message, Decision(True, policy.min_backoff_ms, "record_failed"))
+
+    def _publish_held(self, broker: Broker, ctx: MessageContext) -> None:
+        for held in ctx.held:
+            try:
+                broker.enqueue(held.message, delay=held.delay)
+            except Exception:
+                self.logger.exception(
+                    "Could not publish %s %s after commit",
+                    held.message.actor_name,
+                    held.message.message_id,
+                )
+        ctx.held.clear()
+
+
+def find_middleware(broker: Broker, kind: type[M]) -> M | None:
+    for middleware in broker.middleware:
+        if isinstance(middleware, kind):
+            return middleware
+    return None
+
+
+def _tenant_id(message: Message[Any]) -> int | None:
+    value = message.kwargs.get("tenant_id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _require_active_tenant(session: Session, tenant_id: int) -> None:
+    status = session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
+    if status is None:
+        raise UnknownTenant(tenant_id)
+    if status == TENANT_DISABLED:
+        raise TenantDisabled(tenant_id)

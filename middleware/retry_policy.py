@@ -1,0 +1,191 @@
+"""Which failures are retried, when, and how a message that gives up is dead-lettered."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import marshmallow
+import requests
+import sqlalchemy.exc
+from dramatiq import Message
+from dramatiq.broker import Broker
+from dramatiq.middleware import Middleware
+
+from services.errors import PermanentError, TransientError
+
+# SQLSTATEs worth another attempt: serialization failure and deadlock.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+# One table, in order: the first matching row decides.  Anything that matches
+# no row is treated as transient (an unforeseen bug gets its few attempts).
+PERMANENT_TYPES: tuple[type[BaseException], ...] = (
+    PermanentError,
+    marshmallow.ValidationError,
+    TypeError,
+)
+TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    TransientError,
+    requests.ConnectionError,
+    requests.Timeout,
+    ConnectionError,
+    TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    dramatiq.Retry,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a failed attempt: retry after `delay_ms`, or give up with `reason`."""
+
+    retry: bool
+    delay_ms: int
+    reason: str
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "pgcode", None)
+
+
+def reason_of(exc: BaseException) -> str:
+    """A short, stable name for why a message gave up."""
+    if isinstance(exc, PermanentError):
+        return exc.reason
+    if isinstance(exc, marshmallow.ValidationError):
+        return "invalid_input"
+    if isinstance(exc, TypeError):
+        return "invalid_arguments"
+    return "max_attempts_exceeded"
+
+
+def decide(
+    exc: BaseException,
+    attempt: int,
+    *,
+    max_attempts: int,
+    min_backoff_ms: int,
+    max_backoff_ms: int,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """Retry or give up after `attempt` (1-based) failed with `exc`: exponential backoff, full jitter."""
+    permanent = isinstance(exc, PERMANENT_TYPES) and _sqlstate(exc) not in RETRYABLE_SQLSTATES
+    if permanent:
+        return Decision(retry=False, delay_ms=0, reason=reason_of(exc))
+    if attempt >= max_attempts:
+        return Decision(retry=False, delay_ms=0, reason="max_attempts_exceeded")
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, dramatiq.Retry) and exc.delay is not None:
+        retry_after = exc.delay / 1000
+    if isinstance(retry_after, int | float) and retry_after >= 0:
+        return Decision(retry=True, delay_ms=int(retry_after * 1000), reason="retry_after")
+    ceiling = min(max_backoff_ms, min_backoff_ms * 2 ** (attempt - 1))
+    return Decision(retry=True, delay_ms=int(rand() * ceiling), reason="backoff")
+
+
+class RetryPolicy(Middleware):
+    """Retries transient failures with backoff; dead-letters permanent ones and the last attempt.
+
+    The DB session middleware asks for the decision (to record it in the same
+    breath as the rollback); this middleware acts on it after the message.
+    """
+
+    # `throws` is read by Dramatiq's worker only to choose its log level; we log ourselves.
+    actor_options = frozenset({"max_attempts", "min_backoff", "max_backoff", "throws"})
+
+    def __init__(
+        self, *, max_attempts: int = 3, min_backoff_ms: int = 1_000, max_backoff_ms: int = 300_000
+    ) -> None:
+        self.logger = logging.getLogger(type(self).__name__)
+        self.max_attempts = max_attempts
+        self.min_backoff_ms = min_backoff_ms
+        self.max_backoff_ms = max_backoff_ms
+        self._decisions: dict[str, Decision] = {}
+        self._lock = threading.Lock()
+
+    def _option(self, broker: Broker, message: Message[Any], name: str, default: int) -> int:
+        if name in message.options:
+            return int(message.options[name])
+        actor = broker.get_actor(message.actor_name)
+        return int(actor.options.get(name, default))
+
+    def decide(self, broker: Broker, message: Message[Any], exc: BaseException) -> Decision:
+        """Decide about a failed attempt of `message`, and remember it for after the message."""
+        decision = decide(
+            exc,
+            attempt_of(message),
+            max_attempts=self._option(broker, message, "max_attempts", self.max_attempts),
+            min_backoff_ms=self._option(broker, message, "min_backoff", self.min_backoff_ms),
+            max_backoff_ms=self._option(broker, message, "max_backoff", self.max_backoff_ms),
+        )
+        with self._lock:
+            self._decisions[message.message_id] = decision
+        return decision
+
+    def override(self, message: Message[Any], decision: Decision) -> None:
+        """Replace the decision about `message` (used when its failure could not be recorded)."""
+        with self._lock:
+            self._decisions[message.message_id] = decision
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: Message[Any],
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Re-enqueue a retried message with its delay, or fail it so RabbitMQ dead-letters it."""
+        with self._lock:
+            decision = self._decisions.pop(message.message_id, None)
+        if exception is None:
+            return
+        if decision is None:
+            if broker.get_actor(message.actor_name) is None:  # pragma: no cover
+                return
+            decision = self.decide(broker, message, exception)
+            with self._lock:
+                self._decisions.pop(message.message_id, None)
+        extra = {"message_id": message.message_id, "actor": message.actor_name}
+        attempt = attempt_of(message)
+        if decision.retry:
+            self.logger.warning(
+                "%s %s attempt %d failed (%s: %s); retrying in %.1fs",
+                message.actor_name,
+                message.message_id,
+                attempt,
+                type(exception).__name__,
+                exception,
+                decision.delay_ms / 1000,
+                extra=extra,
+            )
+            retried = message.copy(options={"retries": attempt})
+            broker.enqueue(retried, delay=decision.delay_ms or None)
+            return
+        self.logger.error(
+            "%s %s gave up after attempt %d (%s)",
+            message.actor_name,
+            message.message_id,
+            attempt,
+            decision.reason,
+            exc_info=exception,
+            extra=extra,
+        )
+        message.fail()
+
+    def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+        """Forget any decision about a skipped message."""
+        with self._lock:
+            self._decisions.pop(message.message_id, None)
+
+
+def attempt_of(message: Message[Any]) -> int:
+    """This delivery's attempt number, 1 for the first."""
+    return int(message.options.get("retries", 0)) + 1

@@ -1,0 +1,119 @@
+"""Tenant routing: which queue a tenant's messages use, and which queues a worker serves."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dramatiq import Message, Worker
+from dramatiq.broker import Broker
+from dramatiq.middleware import Middleware
+
+from services.errors import PermanentError
+
+
+class TenantMismatch(PermanentError):
+    """A message's `tenant_id` does not match the queue it arrived on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="tenant_mismatch")
+
+
+class TenantRouting(Middleware):
+    """Routes each tenant's messages to `tenant.<id>` and keeps the worker's queue list fresh.
+
+    The queue is chosen from the message's `tenant_id` when the message is
+    built (no database lookup on send).  A worker serves the queues of every
+    active tenant, found at boot and every `refresh_seconds` after, or only
+    the `pinned` tenants.
+    """
+
+    # `tenant_scoped`: the actor takes `tenant_id` and runs on its tenant's queue.
+    actor_options = frozenset({"tenant_scoped"})
+
+    def __init__(
+        self,
+        *,
+        queue_prefix: str = "",
+        pinned: Iterable[int] = (),
+        refresh_seconds: float = 30.0,
+        list_tenants: Callable[[], list[int]] | None = None,
+    ) -> None:
+        self.logger = logging.getLogger(type(self).__name__)
+        self.queue_prefix = queue_prefix
+        self.pinned = tuple(pinned)
+        self.refresh_seconds = refresh_seconds
+        self.list_tenants = list_tenants
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def system_queue(self) -> str:
+        """The queue of system actors (the scheduler tick, maintenance)."""
+        return f"{self.queue_prefix}taskyard.system"
+
+    def queue_for(self, tenant_id: int) -> str:
+        """The queue of one tenant."""
+        return f"{self.queue_prefix}tenant.{tenant_id}"
+
+    def check_message(self, message: Message[Any]) -> int:
+        """The message's tenant id, refusing one that arrived on another tenant's queue."""
+        tenant_id = message.kwargs.get("tenant_id")
+        if not isinstance(tenant_id, int) or isinstance(tenant_id, bool) or tenant_id < 1:
+            raise TenantMismatch(f"tenant_id must be a positive integer, got {tenant_id!r}")
+        queue = message.queue_name.removesuffix(".DQ")
+        if queue != self.queue_for(tenant_id):
+            raise TenantMismatch(
+                f"message for tenant {tenant_id} arrived on queue {queue!r}; it was not "
+                "sent through Taskyard's routing, so it is refused"
+            )
+        return tenant_id
+
+    def tenants_to_serve(self) -> list[int]:
+        """The tenants whose queues this worker should consume."""
+        if self.pinned:
+            return list(self.pinned)
+        if self.list_tenants is None:
+            return []
+        return self.list_tenants()
+
+    def declare_tenant_queues(self, broker: Broker) -> int:
+        """Declare (and so start consuming) the queue of every tenant to serve; returns new ones."""
+        before = set(broker.get_declared_queues())
+        for tenant_id in self.tenants_to_serve():
+            broker.declare_queue(self.queue_for(tenant_id))
+        return len(set(broker.get_declared_queues()) - before)
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        """A worker pinned with TASKYARD_TENANTS serves those tenants' queues and nothing else."""
+        if self.pinned and not worker.consumer_whitelist:
+            worker.consumer_whitelist = {self.queue_for(tenant_id) for tenant_id in self.pinned}
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        """Serve the tenants' queues now, and look for new tenants in the background."""
+        added = self.declare_tenant_queues(broker)
+        self.logger.info("Serving %d tenant queue(s)", added)
+        if self.pinned or self.list_tenants is None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._refresh_loop, args=(broker,), name="taskyard-tenant-refresh", daemon=True
+        )
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        """Stop looking for new tenants."""
+        self._stop.set()
+
+    def _refresh_loop(self, broker: Broker) -> None:
+        while not self._stop.wait(self.refresh_seconds):
+            try:
+                added = self.declare_tenant_queues(broker)
+            except Exception:
+                # The database may be briefly away; the next round tries again.
+                self.logger.warning("Could not refresh the tenant list", exc_info=True)
+                continue
+            if added:
+                self.logger.info("Now serving %d new tenant queue(s)", added)

@@ -1,0 +1,14 @@
+"""The scheduler's entry point: `periodiq schedules` sends Taskyard's periodic actors.
+
+The periodic actors live in `actors/` (every worker must know them to run
+them); this module installs the broker and lists them for periodiq.
+"""
+
+from __future__ import annotations
+
+import brokers  # noqa: F401  (installs the broker periodiq reads)
+from actors.maintenance import JOB_RETENTION_CRON, purge_job_records
+
+PERIODIC_ACTORS = (purge_job_records,)
+
+__all__ = ["JOB_RETENTION_CRON", "PERIODIC_ACTORS", "purge_job_records"]

@@ -1,0 +1,236 @@
+"""Resource feeds: fetch one, validate every item, and record the run as an ingest."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, TypedDict
+
+import requests
+from marshmallow import ValidationError
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from db.models import (
+    INGEST_COMPLETED,
+    INGEST_FAILED,
+    INGEST_RUNNING,
+    ITEM_FAILED,
+    ITEM_PENDING,
+    ITEM_REJECTED,
+    Ingest,
+    IngestItem,
+    Tenant,
+)
+from services.errors import NotFound, PermanentError
+from services.http import FetchLimits, fetch_json, redact_url
+from services.resources import (
+    MAX_ERROR_CHARS,
+    ResourceData,
+    ResourceSchema,
+    format_errors,
+)
+from services.tenants import get_tenant
+
+# How many problem items `get_ingest` shows of each kind.
+MAX_ITEMS_SHOWN = 20
+# Items of a feed are checked with this one instance: unknown fields are dropped.
+FEED_SCHEMA = ResourceSchema()
+
+
+class IngestPlan(TypedDict):
+    """What `start_ingest` found: counts, and the valid resources to send on."""
+
+    ingest_id: int
+    fetched: int
+    valid: int
+    rejected: int
+    resources: list[dict[str, Any]]
+
+
+class ItemProblem(TypedDict):
+    """One rejected or failed item of an ingest."""
+
+    position: int
+    resource_id: str | None
+    error: str | None
+
+
+class IngestSummary(TypedDict):
+    """An ingest as the command line shows it."""
+
+    id: int
+    tenant_id: int
+    source_url: str
+    status: str
+    fetched: int
+    valid: int
+    rejected: int
+    processed: int
+    failed: int
+    error: str | None
+    created_at: str | None
+    finished_at: str | None
+    items_rejected: list[ItemProblem]
+    items_failed: list[ItemProblem]
+
+
+def start_ingest(
+    session: Session,
+    tenant_id: int,
+    source_url: str,
+    *,
+    http: requests.Session,
+    limits: FetchLimits,
+    message_id: str | None = None,
+) -> IngestPlan:
+    """Fetch a tenant's feed, record an ingest with one item per entry, and plan the valid ones."""
+    get_tenant(session, tenant_id)
+    safe_url = redact_url(source_url)
+    body = fetch_json(http, source_url, limits)
+    if not isinstance(body, list):
+        raise PermanentError(
+            f"feed {safe_url} returned a JSON {_json_kind(body)}, expected a JSON array "
+            "(a list) of resource objects; fix the feed, then requeue",
+            reason="invalid_feed",
+        )
+    ingest = Ingest(
+        tenant_id=tenant_id, source_url=safe_url, status=INGEST_RUNNING, message_id=message_id
+    )
+    session.add(ingest)
+    session.flush()
+
+    rows: list[dict[str, Any]] = []
+    resources: list[dict[str, Any]] = []
+    first_seen: dict[str, int] = {}
+    for position, item in enumerate(body):
+        resource_id, data, error = _check_item(item)
+        if resource_id is not None and error is None:
+            first = first_seen.get(resource_id)
+            if first is not None:
+                error = f"duplicate id {resource_id!r} (first at position {first})"
+        if resource_id is not None:
+            first_seen.setdefault(resource_id, position)
+        if error is None and data is not None:
+            resources.append(FEED_SCHEMA.dump(data))
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "ingest_id": ingest.id,
+                "position": position,
+                "resource_id": resource_id,
+                "status": ITEM_PENDING if error is None else ITEM_REJECTED,
+                "error": error,
+            }
+        )
+    if rows:
+        session.execute(insert(IngestItem), rows)
+
+    ingest.fetched = len(body)
+    ingest.valid = len(resources)
+    ingest.rejected = len(body) - len(resources)
+    if not resources:
+        ingest.status = INGEST_COMPLETED
+        ingest.finished_at = dt.datetime.now(dt.UTC)
+    session.flush()
+    return {
+        "ingest_id": ingest.id,
+        "fetched": ingest.fetched,
+        "valid": ingest.valid,
+        "rejected": ingest.rejected,
+        "resources": resources,
+    }
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _check_item(item: Any) -> tuple[str | None, ResourceData | None, str | None]:
+    """The item's id (when readable), its data when valid, or why it was rejected."""
+    if not isinstance(item, dict):
+        return None, None, "item is not a JSON object"
+    try:
+        data: ResourceData = FEED_SCHEMA.load(item)
+    except ValidationError as exc:
+        valid = exc.valid_data if isinstance(exc.valid_data, dict) else {}
+        resource_id = valid.get("id") if isinstance(valid.get("id"), str) else None
+        return resource_id, None, format_errors(exc.messages)
+    return data["id"], data, None
+
+
+def record_ingest_failure(
+    session: Session, tenant_id: int, source_url: str, *, message_id: str | None, error: str
+) -> int:
+    """Record an ingest that failed for good and return its id (0 when the tenant is gone)."""
+    if session.get(Tenant, tenant_id) is None:
+        return 0
+    ingest = None
+    if message_id is not None:
+        # The hook may run twice for one message; keep one row for it.
+        ingest = session.scalar(
+            select(Ingest).where(
+                Ingest.tenant_id == tenant_id,
+                Ingest.message_id == message_id,
+                Ingest.status == INGEST_FAILED,
+            )
+        )
+    if ingest is None:
+        ingest = Ingest(tenant_id=tenant_id, source_url=redact_url(source_url))
+        session.add(ingest)
+    ingest.message_id = message_id
+    ingest.status = INGEST_FAILED
+    ingest.error = error[:MAX_ERROR_CHARS]
+    ingest.finished_at = dt.datetime.now(dt.UTC)
+    session.flush()
+    return ingest.id
+
+
+def get_ingest(session: Session, ingest_id: int, *, tenant_id: int | None = None) -> IngestSummary:
+    """One ingest with its counts and its first rejected and failed items, or NotFound."""
+    ingest = session.get(Ingest, ingest_id)
+    if ingest is None or (tenant_id is not None and ingest.tenant_id != tenant_id):
+        owner = f" for tenant {tenant_id}" if tenant_id is not None else ""
+        raise NotFound(f"ingest {ingest_id} does not exist{owner}")
+    return {
+        "id": ingest.id,
+        "tenant_id": ingest.tenant_id,
+        "source_url": ingest.source_url,
+        "status": ingest.status,
+        "fetched": ingest.fetched,
+        "valid": ingest.valid,
+        "rejected": ingest.rejected,
+        "processed": ingest.processed,
+        "failed": ingest.failed,
+        "error": ingest.error,
+        "created_at": iso_utc(ingest.created_at),
+        "finished_at": iso_utc(ingest.finished_at),
+        "items_rejected": _problems(session, ingest, ITEM_REJECTED),
+        "items_failed": _problems(session, ingest, ITEM_FAILED),
+    }
+
+
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """An ISO string in UTC; SQLite hands back naive datetimes, which are UTC here."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat()
+
+
+def _problems(session: Session, ingest: Ingest, status: str) -> list[ItemProblem]:
+    query = (
+        select(IngestItem.position, IngestItem.resource_id, IngestItem.error)
+        .where(
+            IngestItem.tenant_id == ingest.tenant_id,
+            IngestItem.ingest_id == ingest.id,
+            IngestItem.status == status,
+        )
+        .order_by(IngestItem.position)
+        .limit(MAX_ITEMS_SHOWN)
+    )
+    return [
+        {"position": position, "resource_id": resource_id, "error": error}
+        for position, resource_id, error in session.execute(query)
+    ]

@@ -1,0 +1,216 @@
+"""The job record: one row per message, written in the message's own transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, TypedDict
+
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import (
+    JOB_DEAD,
+    JOB_FINAL_STATES,
+    JOB_RETRYING,
+    JOB_RUNNING,
+    JOB_SUCCEEDED,
+    Job,
+)
+from services.errors import NotFound
+
+# Errors are kept for reading, not for storing whole payloads.
+MAX_ERROR_LENGTH = 4_000
+
+
+class JobInfo(TypedDict):
+    """A job record as the command line shows it."""
+
+    message_id: str
+    tenant_id: int | None
+    actor: str
+    queue: str
+    status: str
+    attempts: int
+    args: dict[str, Any]
+    enqueued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_seconds: float | None
+    error: str | None
+    result: dict[str, Any] | None
+
+
+def _insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Job)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def begin_attempt(
+    session: Session,
+    message_id: str,
+    *,
+    actor: str,
+    queue: str,
+    tenant_id: int | None,
+    args: dict[str, Any],
+    attempt: int,
+    enqueued_at: dt.datetime | None,
+) -> bool:
+    """Create or lock the record and mark it running; False when it must not run again.
+
+    One statement: the upsert locks the row until the message's transaction
+    ends, so a redelivered copy of a message waits here and then sees that
+    the first copy succeeded.
+    """
+    now = dt.datetime.now(dt.UTC)
+    stmt = _insert(session).values(
+        message_id=message_id,
+        tenant_id=tenant_id,
+        actor=actor,
+        queue=queue,
+        args=args,
+        status=JOB_RUNNING,
+        attempts=attempt,
+        enqueued_at=enqueued_at,
+        started_at=now,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Job.message_id],
+        set_={"status": JOB_RUNNING, "attempts": attempt, "started_at": now},
+        where=Job.status.not_in(JOB_FINAL_STATES),
+    ).returning(Job.message_id)
+    return session.execute(stmt).first() is not None
+
+
+def mark_succeeded(
+    session: Session, message_id: str, *, attempt: int, result: dict[str, Any] | None
+) -> None:
+    """Record success; commits with the actor's own writes."""
+    session.execute(
+        update(Job)
+        .where(Job.message_id == message_id)
+        .values(
+            status=JOB_SUCCEEDED,
+            attempts=attempt,
+            finished_at=dt.datetime.now(dt.UTC),
+            result=result,
+            error=None,
+        )
+    )
+
+
+def record_failure(
+    session: Session,
+    message_id: str,
+    *,
+    actor: str,
+    queue: str,
+    tenant_id: int | None,
+    args: dict[str, Any],
+    attempt: int,
+    enqueued_at: dt.datetime | None,
+    error: str,
+    dead: bool,
+) -> None:
+    """Record a failed attempt: `retrying`, or `dead` when no attempt follows."""
+    now = dt.datetime.now(dt.UTC)
+    status = JOB_DEAD if dead else JOB_RETRYING
+    error = error[:MAX_ERROR_LENGTH]
+    finished = now if dead else None
+    stmt = _insert(session).values(
+        message_id=message_id,
+        tenant_id=tenant_id,
+        actor=actor,
+        queue=queue,
+        args=args,
+        status=status,
+        attempts=attempt,
+        enqueued_at=enqueued_at,
+        started_at=now,
+        finished_at=finished,
+        error=error,
+    )
+    # A record already final (a commit that went through although its
+    # acknowledgement did not) is never overwritten by a later failure.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Job.message_id],
+        set_={"status": status, "attempts": attempt, "finished_at": finished, "error": error},
+        where=Job.status.not_in(JOB_FINAL_STATES),
+    )
+    session.execute(stmt)
+
+
+def job_info(job: Job) -> JobInfo:
+    """The plain-data view of a job record."""
+    duration = None
+    if job.started_at is not None and job.finished_at is not None:
+        duration = (job.finished_at - job.started_at).total_seconds()
+    return {
+        "message_id": job.message_id,
+        "tenant_id": job.tenant_id,
+        "actor": job.actor,
+        "queue": job.queue,
+        "status": job.status,
+        "attempts": job.attempts,
+        "args": job.args,
+        "enqueued_at": _iso(job.enqueued_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "duration_seconds": duration,
+        "error": job.error,
+        "result": job.result,
+    }
+
+
+def get_job(session: Session, message_id: str) -> Job:
+    """The record of one message, or `NotFound`."""
+    job = session.get(Job, message_id)
+    if job is None:
+        raise NotFound(f"no job record for message {message_id!r}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant_id: int | None = None,
+    status: str | None = None,
+    actor: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """The newest job records first, filtered."""
+    query: Select[tuple[Job]] = select(Job)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if actor is not None:
+        query = query.where(Job.actor == actor)
+    if since is not None:
+        query = query.where(Job.updated_at >= since)
+    return list(session.scalars(query.order_by(Job.updated_at.desc()).limit(limit)))
+
+
+def count_by_status(session: Session, *, tenant_id: int | None = None) -> dict[str, int]:
+    """How many records are in each status."""
+    query = select(Job.status, func.count()).group_by(Job.status)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return {status: count for status, count in session.execute(query).all()}
+
+
+def purge_finished_jobs(session: Session, *, older_than: dt.datetime, batch_size: int) -> int:
+    """Delete up to `batch_size` final records finished before `older_than`."""
+    doomed = (
+        select(Job.message_id)
+        .where(Job.status.in_(JOB_FINAL_STATES), Job.finished_at < older_than)
+        .limit(batch_size)
+    )
+    result = session.execute(delete(Job).where(Job.message_id.in_(doomed)))
+    return int(getattr(result, "rowcount", 0) or 0)

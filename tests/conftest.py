@@ -1,0 +1,105 @@
+"""Shared fixtures: one database and one queue prefix per test run, so runs never collide."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+# TASKYARD_* variables of the developer's shell must not change what the tests see.
+for _name in [name for name in os.environ if name.startswith("TASKYARD_")]:
+    del os.environ[_name]
+
+RUN_ID = uuid.uuid4().hex[:10]
+PG_SERVER_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+TEST_DATABASE = f"taskyard_test_{RUN_ID}"
+os.environ["DATABASE_URL"] = f"{PG_SERVER_URL}/{TEST_DATABASE}"
+os.environ["BROKER_URL"] = os.environ.get("BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672/%2F"
+os.environ["TASKYARD_QUEUE_PREFIX"] = f"t{RUN_ID}."
+
+from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+
+from db.migrate import upgrade_to_head  # noqa: E402
+from db.session import make_engine  # noqa: E402
+from settings import Settings, load_settings  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url.replace("postgresql+psycopg2", "postgresql"))
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def require_servers() -> None:
+    """Skip (or, in CI, fail) a test that needs RabbitMQ and PostgreSQL when one is down."""
+    missing = [
+        name
+        for name, url, port in (
+            ("PostgreSQL", os.environ["DATABASE_URL"], 5432),
+            ("RabbitMQ", os.environ["BROKER_URL"], 5672),
+        )
+        if not _reachable(url, port)
+    ]
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on localhost"
+        if IN_CI:
+            pytest.fail(message + " (CI needs them: .ci/run starts them)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """This run's settings: its own database and queue prefix."""
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def migrated_database(settings: Settings) -> Iterator[str]:
+    """This run's PostgreSQL database at head; dropped when the run ends."""
+    require_servers()
+    upgrade_to_head(settings.database_url)
+    yield settings.database_url
+    admin = create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings, migrated_database: str) -> Iterator[Engine]:
+    """An engine on this run's migrated database."""
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    """A factory of sessions that really commit (for integration tests)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def db_session(engine: Engine) -> Iterator[Session]:
+    """A session whose commits are savepoints: everything is rolled back after the test."""
+    connection = engine.connect()
+    outer = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield session
+    finally:
+        session.close()
+        outer.rollback()
+        connection.close()

@@ -1,0 +1,71 @@
+"""Integration fixtures: a real `dramatiq actors` worker, tenants that commit, queue clean-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pika
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Tenant
+from services.tenants import create_tenant
+from settings import Settings
+from tests.support import WorkerProcess, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def start_worker(
+    migrated_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes; every one still running is stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(threads: int = 4, **env: str) -> WorkerProcess:
+        log = tmp_path_factory.mktemp("worker") / "worker.log"
+        worker = WorkerProcess(log, worker_env(**env), threads=threads)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """One shared worker for the tests that need an ordinary one."""
+    return start_worker()
+
+
+@pytest.fixture
+def make_tenant(sessions: sessionmaker[Session]) -> Callable[[str], int]:
+    """Create a committed tenant with a unique name; returns its id."""
+    counter = iter(range(1_000_000))
+
+    def make(name: str = "tenant") -> int:
+        with sessions.begin() as session:
+            tenant = create_tenant(session, f"{name}-{time.monotonic_ns()}-{next(counter)}")
+            return tenant.id
+
+    return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def delete_test_queues(settings: Settings, engine: Engine) -> Iterator[None]:
+    """Delete this run's queues from RabbitMQ when the run ends."""
+    yield
+    names = [settings.system_queue]
+    with Session(engine) as session:
+        names += [settings.tenant_queue(t) for t in session.scalars(select(Tenant.id))]
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    channel = connection.channel()
+    for name in names:
+        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
+            channel.queue_delete(queue)
+    connection.close()

@@ -1,0 +1,91 @@
+"""Helpers for integration tests: real worker processes and polling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER_READY = "Worker process is ready for action."
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a worker of this test run (fast retries, quick tenant pick-up)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
+    env.update(
+        {
+            "DATABASE_URL": os.environ["DATABASE_URL"],
+            "BROKER_URL": os.environ["BROKER_URL"],
+            "TASKYARD_QUEUE_PREFIX": os.environ["TASKYARD_QUEUE_PREFIX"],
+            "TASKYARD_TENANT_REFRESH_SECONDS": "0.5",
+            "TASKYARD_MIN_BACKOFF_MS": "50",
+            "TASKYARD_MAX_BACKOFF_MS": "200",
+            "TASKYARD_HTTP_READ_TIMEOUT": "2",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A `dramatiq actors` process of this test run, stopped by its own pid."""
+
+    def __init__(self, log_path: Path, env: dict[str, str], threads: int = 4) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        dramatiq_bin = Path(sys.executable).with_name("dramatiq")
+        self.proc = subprocess.Popen(
+            [str(dramatiq_bin), "actors", "--processes", "1", "--threads", str(threads)],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        """Everything the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the worker says it is ready, or fail with its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if WORKER_READY in self.log():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"worker did not start:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
