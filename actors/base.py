@@ -75,7 +75,10 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         message = db.incoming() if db is not None else None
         if db is None or message is None or message.actor_name != self.actor_name:
             return self.fn(*args, **self._validated(kwargs))
-        return db.run(self.broker, message, lambda: self.fn(*args, **self._validated(kwargs)))
+        db.run(self.broker, message, lambda: self.fn(*args, **self._validated(kwargs)))
+        # The result is on the job record; returning it to Dramatiq's worker
+        # would only make it warn that no result backend is installed.
+        return None
 
     def _validated(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         schema: type[marshmallow.Schema] | None = self.options.get("schema")
@@ -91,10 +94,14 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
 
 
 def taskyard_actor(
-    *, name: str, tenant_scoped: bool = True, **options: Any
+    *,
+    name: str,
+    tenant_scoped: bool = True,
+    broker: dramatiq.Broker | None = None,
+    **options: Any,
 ) -> Callable[[Callable[..., Any]], TaskyardActor]:
-    """Declare a Taskyard actor; tenant-scoped ones run on their tenant's queue."""
-    broker = dramatiq.get_broker()
+    """Declare a Taskyard actor (on the global broker unless told); tenant-scoped ones route."""
+    broker = broker or dramatiq.get_broker()
     routing = find_middleware(broker, TenantRouting)
     system_queue = routing.system_queue if routing else "taskyard.system"
     # Dramatiq logs any exception not listed in `throws` with a traceback;
@@ -103,6 +110,7 @@ def taskyard_actor(
     decorator = dramatiq.actor(
         actor_name=name,
         actor_class=TaskyardActor,
+        broker=broker,
         queue_name=system_queue,
         tenant_scoped=tenant_scoped,
         **options,

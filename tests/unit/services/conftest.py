@@ -90,7 +90,8 @@ def feed() -> CannedFeed:
 
 @pytest.fixture
 def http(feed: CannedFeed) -> Iterator[requests.Session]:
-    """A requests session whose https://feeds.example/ requests reach the canned feed only."""
+    """A requests session whose every request reaches the canned feed, never the network."""
     with requests.Session() as session:
-        session.mount("https://feeds.example/", feed)
+        session.mount("https://", feed)
+        session.mount("http://", feed)
         yield session
