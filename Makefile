@@ -1,4 +1,4 @@
-# Taskyard's developer commands. `make` alone lists them; `.ci/run` runs `make test`.
+# Taskyard's developer commands. `make` alone lists them; `.ci/run` runs `make check`.
 # Targets call the virtualenv's programs by path, so no shell needs activating.
 
 PYTHON ?= python3
@@ -51,10 +51,10 @@ else
 	$(BIN)/python -m pytest $(INTEGRATION_TESTS)
 endif
 
-test: install ## Run the whole test suite in one pytest run (what .ci/run runs)
+test: install ## Run the whole test suite in one pytest run
 	$(BIN)/python -m pytest tests
 
-check: lint typecheck test ## Lint, type-check and run the whole suite: do this before pushing
+check: lint typecheck test ## Lint, type-check and run the whole suite: exactly what .ci/run runs
 
 migrate: install ## Create the database if missing and upgrade it to the newest revision
 	$(BIN)/taskyard migrate
