@@ -25,19 +25,16 @@ from db.migrate import (
     upgrade_to_head,
 )
 from db.models import (
-    JOB_CANCELLED,
-    JOB_DEAD,
+    JOB_FINAL_STATES,
     JOB_QUEUED,
     JOB_RETRYING,
     JOB_RUNNING,
-    JOB_SKIPPED,
-    JOB_SUCCEEDED,
     TENANT_ACTIVE,
     TENANT_DISABLED,
 )
 from db.session import make_engine, make_session_factory
 from services.errors import TaskyardError, UnknownTenant
-from services.ingest import IngestSummary, ItemProblem, get_ingest
+from services.ingest import IngestSummary, get_ingest
 from services.jobs import JobInfo, get_job, job_info, list_jobs
 from services.tenants import (
     TenantInfo,
@@ -54,17 +51,17 @@ T = TypeVar("T")
 EXIT_FAILED = 1
 # 2 is click's own exit code for a usage error (unknown option, invalid argument).
 EXIT_UNREACHABLE = 3
+
+
+class _Id(click.IntRange):
+    """A row id; its name is what a usage error calls it ("'abc' is not a valid id")."""
+
+    name = "id"
+
+
 # Ids are PostgreSQL bigints: a larger number is a usage error, not a database error.
-ID = click.IntRange(1, 2**63 - 1)
-JOB_STATES = (
-    JOB_QUEUED,
-    JOB_RUNNING,
-    JOB_RETRYING,
-    JOB_SUCCEEDED,
-    JOB_DEAD,
-    JOB_CANCELLED,
-    JOB_SKIPPED,
-)
+ID = _Id(1, 2**63 - 1)
+JOB_STATES = sorted(JOB_FINAL_STATES | {JOB_QUEUED, JOB_RUNNING, JOB_RETRYING})
 # SQLSTATEs of a schema that is missing or older than the code: undefined table, column.
 _SCHEMA_MISSING = frozenset({"42P01", "42703"})
 # SQLSTATE classes of a database that cannot be used at all: connection, authorization.
@@ -100,6 +97,15 @@ def _first_line(exc: BaseException | None) -> str:
 def describe_error(exc: Exception, database_url: str | None) -> tuple[int, str]:
     """The exit code and the one-line message for an error that reached the command line."""
     where = shown_url(database_url) if database_url else "DATABASE_URL"
+    cause = exc.__cause__
+    # check_schema reads any "... does not exist" as a missing database; a missing
+    # role is a login problem, which migrating would not fix.
+    if (
+        isinstance(exc, SchemaBehind)
+        and isinstance(cause, OperationalError)
+        and 'database "' not in _first_line(cause.orig)
+    ):
+        exc = cause
     if isinstance(exc, SettingsError):
         return EXIT_FAILED, f"{exc}: fix that variable of the environment"
     if isinstance(exc, UnknownTenant):
@@ -109,7 +115,7 @@ def describe_error(exc: Exception, database_url: str | None) -> tuple[int, str]:
     detail = _first_line(getattr(exc, "orig", exc))
     code = getattr(getattr(exc, "orig", None), "pgcode", None)
     if isinstance(exc, OperationalError):
-        if "authentication failed" in detail:
+        if "authentication failed" in detail or 'role "' in detail:
             return EXIT_UNREACHABLE, (
                 f"the database at {where} refused the login ({detail}): "
                 "check the user and password in DATABASE_URL"
@@ -363,8 +369,13 @@ def jobs_list(
     as_json: bool,
 ) -> None:
     """List job records, the most recently updated first."""
-    filters = {"tenant_id": tenant_id, "status": status, "actor": actor}
-    infos = _run(ctx, lambda s: [job_info(j) for j in list_jobs(s, **filters, limit=limit)])
+    infos = _run(
+        ctx,
+        lambda s: [
+            job_info(j)
+            for j in list_jobs(s, tenant_id=tenant_id, status=status, actor=actor, limit=limit)
+        ],
+    )
     _emit(infos, as_json, _print_jobs)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base, BigIntPk, BigIntType, CreatedAt, TenantId, UpdatedAt
@@ -67,7 +67,10 @@ class Ingest(Base):
     """One run of a tenant's resource feed: where it came from and how it went."""
 
     __tablename__ = "ingests"
-    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "tenant_id", "message_id"),
+    )
 
     id: Mapped[BigIntPk]
     tenant_id: Mapped[TenantId]
@@ -91,6 +94,16 @@ class IngestItem(Base):
     __table_args__ = (
         UniqueConstraint("ingest_id", "position"),
         Index(None, "tenant_id", "ingest_id", "status"),
+        # process_resource finds its item by resource id; rejected rows may repeat an id.
+        Index(
+            "uq_ingest_items_accepted_resource",
+            "tenant_id",
+            "ingest_id",
+            "resource_id",
+            unique=True,
+            postgresql_where=text("status <> 'rejected'"),
+            sqlite_where=text("status <> 'rejected'"),
+        ),
     )
 
     id: Mapped[BigIntPk]

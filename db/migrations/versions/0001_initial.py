@@ -88,6 +88,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ingests")),
     )
     op.create_index(op.f("ix_ingests_tenant_id_created_at"), "ingests", ["tenant_id", "created_at"])
+    op.create_index(op.f("ix_ingests_tenant_id_message_id"), "ingests", ["tenant_id", "message_id"])
     op.create_table(
         "ingest_items",
         sa.Column("id", BIG_INT, autoincrement=True, nullable=False),
@@ -138,6 +139,14 @@ def upgrade() -> None:
         sa.Column("updated_at", TIMESTAMP, server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_jobs")),
     )
+    op.create_index(
+        "uq_ingest_items_accepted_resource",
+        "ingest_items",
+        ["tenant_id", "ingest_id", "resource_id"],
+        unique=True,
+        postgresql_where=sa.text("status <> 'rejected'"),
+        sqlite_where=sa.text("status <> 'rejected'"),
+    )
     op.create_index(op.f("ix_jobs_tenant_id_status"), "jobs", ["tenant_id", "status"])
     op.create_index(op.f("ix_jobs_status_finished_at"), "jobs", ["status", "finished_at"])
 
@@ -147,8 +156,10 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_jobs_status_finished_at"), table_name="jobs")
     op.drop_index(op.f("ix_jobs_tenant_id_status"), table_name="jobs")
     op.drop_table("jobs")
+    op.drop_index("uq_ingest_items_accepted_resource", table_name="ingest_items")
     op.drop_index(op.f("ix_ingest_items_tenant_id_ingest_id_status"), table_name="ingest_items")
     op.drop_table("ingest_items")
+    op.drop_index(op.f("ix_ingests_tenant_id_message_id"), table_name="ingests")
     op.drop_index(op.f("ix_ingests_tenant_id_created_at"), table_name="ingests")
     op.drop_table("ingests")
     op.drop_table("resources")

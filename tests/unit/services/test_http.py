@@ -62,7 +62,9 @@ def test_404_is_refused_with_the_status_and_url(
 def test_503_with_retry_after_seconds_is_transient(
     httpserver: HTTPServer, http: requests.Session
 ) -> None:
-    httpserver.expect_request("/busy").respond_with_data("", status=503, headers={"Retry-After": "7"})
+    httpserver.expect_request("/busy").respond_with_data(
+        "", status=503, headers={"Retry-After": "7"}
+    )
 
     with pytest.raises(FetchFailed) as caught:
         fetch_json(http, httpserver.url_for("/busy"), LIMITS)

@@ -129,12 +129,16 @@ def test_same_resource_in_a_later_ingest_is_unchanged_but_attributed(
     http: requests.Session,
 ) -> None:
     # Given resource "a" stored by a first ingest, last changed long ago
-    process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], ingest_plan["resources"][0])
+    process_resource(
+        sqlite_session, tenant.id, ingest_plan["ingest_id"], ingest_plan["resources"][0]
+    )
     sqlite_session.execute(update(Resource).values(updated_at=LONG_AGO))
 
     # When a second ingest of the same feed processes it again
     second = start_ingest(sqlite_session, tenant.id, feed.serve(FEED), http=http, limits=LIMITS)
-    result = process_resource(sqlite_session, tenant.id, second["ingest_id"], second["resources"][0])
+    result = process_resource(
+        sqlite_session, tenant.id, second["ingest_id"], second["resources"][0]
+    )
 
     # Then nothing changed but the ingest it was last seen in
     assert result == {"resource_id": "a", "changed": False}
@@ -162,14 +166,18 @@ def test_resource_with_new_content_in_a_later_ingest_is_changed(
     field: str,
     value: Any,
 ) -> None:
-    process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], ingest_plan["resources"][0])
+    process_resource(
+        sqlite_session, tenant.id, ingest_plan["ingest_id"], ingest_plan["resources"][0]
+    )
     sqlite_session.execute(update(Resource).values(updated_at=LONG_AGO))
     changed_feed = [{**FEED[0], field: value}]
 
     second = start_ingest(
         sqlite_session, tenant.id, feed.serve(changed_feed), http=http, limits=LIMITS
     )
-    result = process_resource(sqlite_session, tenant.id, second["ingest_id"], second["resources"][0])
+    result = process_resource(
+        sqlite_session, tenant.id, second["ingest_id"], second["resources"][0]
+    )
 
     assert result == {"resource_id": "a", "changed": True}
     row = stored(sqlite_session, tenant.id, "a")
@@ -186,7 +194,9 @@ def test_same_resource_id_of_two_tenants_is_kept_apart(
     http: requests.Session,
 ) -> None:
     other = create_tenant(sqlite_session, "globex")
-    process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], ingest_plan["resources"][0])
+    process_resource(
+        sqlite_session, tenant.id, ingest_plan["ingest_id"], ingest_plan["resources"][0]
+    )
     other_plan = start_ingest(sqlite_session, other.id, feed.serve(FEED), http=http, limits=LIMITS)
 
     result = process_resource(
