@@ -21,7 +21,9 @@ from settings import Settings, load_settings
 TICK_SKIP_DELAY_SECONDS = 30
 
 
-def build_middleware(settings: Settings, session_factory: sessionmaker[Session]) -> list[Middleware]:
+def build_middleware(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> list[Middleware]:
     """Every message's middleware, in execution order (after-hooks run in reverse)."""
 
     def list_tenants() -> list[int]:
@@ -65,8 +67,6 @@ def build_broker(settings: Settings) -> Broker:
         broker = RabbitmqBroker(
             url=settings.broker_url, confirm_delivery=True, middleware=middleware
         )
-    broker.taskyard_settings = settings  # type: ignore[attr-defined]
-    broker.taskyard_sessions = session_factory  # type: ignore[attr-defined]
     return broker
 
 

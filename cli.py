@@ -17,13 +17,7 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from db.migrate import (
-    MIGRATE_ADVICE,
-    SchemaBehind,
-    check_schema,
-    ensure_database,
-    upgrade_to_head,
-)
+from db.migrate import MIGRATE_ADVICE, SchemaBehind, check_schema, ensure_database, upgrade_to_head
 from db.models import (
     JOB_FINAL_STATES,
     JOB_QUEUED,

@@ -60,7 +60,11 @@ def _ingest_gave_up(session: Session, kwargs: dict[str, Any], error: str) -> Non
 
 
 def _item_gave_up(session: Session, kwargs: dict[str, Any], error: str) -> None:
-    tenant_id, ingest_id, item = kwargs.get("tenant_id"), kwargs.get("ingest_id"), kwargs.get("resource")
+    tenant_id, ingest_id, item = (
+        kwargs.get("tenant_id"),
+        kwargs.get("ingest_id"),
+        kwargs.get("resource"),
+    )
     if isinstance(tenant_id, int) and isinstance(ingest_id, int) and isinstance(item, dict):
         resources.record_item_failure(session, tenant_id, ingest_id, item, error)
 

@@ -29,9 +29,7 @@ class PurgeResult(TypedDict):
     older_than: str
 
 
-@taskyard_actor(
-    name="purge_job_records", tenant_scoped=False, periodic=cron(JOB_RETENTION_CRON)
-)
+@taskyard_actor(name="purge_job_records", tenant_scoped=False, periodic=cron(JOB_RETENTION_CRON))
 def purge_job_records() -> PurgeResult:
     """Delete finished job records older than the retention period."""
     days = brokers.settings.job_retention_days

@@ -26,8 +26,7 @@ class Base(DeclarativeBase):
     """The one declarative base of Taskyard's models."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    # SQLAlchemy reads this plain class attribute; a ClassVar annotation would hide it.
-    type_annotation_map = {  # noqa: RUF012
+    type_annotation_map = {
         dict[str, Any]: JsonType,
         list[Any]: JsonType,
         dt.datetime: DateTime(timezone=True),

@@ -108,9 +108,7 @@ class IngestItem(Base):
 
     id: Mapped[BigIntPk]
     tenant_id: Mapped[TenantId]
-    ingest_id: Mapped[int] = mapped_column(
-        BigIntType, ForeignKey("ingests.id", ondelete="CASCADE")
-    )
+    ingest_id: Mapped[int] = mapped_column(BigIntType, ForeignKey("ingests.id", ondelete="CASCADE"))
     # The item's index in the fetched array: stable even when its id is missing or repeated.
     position: Mapped[int]
     resource_id: Mapped[str | None] = mapped_column(String(200))

@@ -7,10 +7,10 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from dramatiq import Message, Worker
-from dramatiq.broker import Broker
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +30,19 @@ _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _TENANT_ERRORS = (UnknownTenant, TenantDisabled)
 
 M = TypeVar("M", bound=Middleware)
+
+
+class JobFields(TypedDict):
+    """What the job record says about a message, whatever its outcome."""
+
+    actor: str
+    queue: str
+    tenant_id: int | None
+    args: dict[str, Any]
+    attempt: int
+    enqueued_at: dt.datetime
+
+
 OnGiveUp = Callable[[Session, dict[str, Any], str], None]
 
 
@@ -67,7 +80,7 @@ class DbSession(Middleware):
 
     # `schema`: marshmallow schema of the actor's keyword arguments.
     # `on_give_up`: called as (session, kwargs, error) when a job is dead-lettered.
-    actor_options = frozenset({"schema", "on_give_up"})
+    actor_options = {"schema", "on_give_up"}
 
     def __init__(
         self,
@@ -90,14 +103,14 @@ class DbSession(Middleware):
             self.logger.critical("Worker not started: %s", exc)
             raise SystemExit(2) from exc
 
-    def before_process_message(self, broker: Broker, message: Message[Any]) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         """Remember the message this thread is about to run."""
         self._incoming.message = message
 
     def after_process_message(
         self,
         broker: Broker,
-        message: Message[Any],
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -105,7 +118,7 @@ class DbSession(Middleware):
         """Forget the message this thread ran."""
         self._incoming.message = None
 
-    def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         """Forget the message this thread skipped."""
         self._incoming.message = None
 
@@ -114,11 +127,11 @@ class DbSession(Middleware):
         return getattr(self._incoming, "message", None)
 
     def run(self, broker: Broker, message: Message[Any], call: Callable[[], Any]) -> Any:
-        """Run `call` in the message's transaction, with its job record; publish held sends after."""
+        """Run `call` in the message's transaction with its job record; publish held sends after."""
         actor = broker.get_actor(message.actor_name)
         routing = find_middleware(broker, TenantRouting)
         tenant_scoped = bool(actor.options.get("tenant_scoped"))
-        record = {
+        record: JobFields = {
             "actor": message.actor_name,
             "queue": message.queue_name.removesuffix(".DQ"),
             "tenant_id": _tenant_id(message) if tenant_scoped else None,
@@ -142,7 +155,7 @@ class DbSession(Middleware):
                         jobs.mark_succeeded(
                             session,
                             message.message_id,
-                            attempt=int(record["attempt"]),
+                            attempt=record["attempt"],
                             result=result,
                         )
             except _PASS_THROUGH:
@@ -170,7 +183,7 @@ class DbSession(Middleware):
         broker: Broker,
         message: Message[Any],
         session: Session,
-        record: dict[str, Any],
+        record: JobFields,
         exc: BaseException,
     ) -> None:
         policy = find_middleware(broker, RetryPolicy)

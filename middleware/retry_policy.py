@@ -14,7 +14,7 @@ import marshmallow
 import requests
 import sqlalchemy.exc
 from dramatiq import Message
-from dramatiq.broker import Broker
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
 from services.errors import PermanentError, TransientError
@@ -75,7 +75,7 @@ def decide(
     max_backoff_ms: int,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """Retry or give up after `attempt` (1-based) failed with `exc`: exponential backoff, full jitter."""
+    """Retry or give up after `attempt` (1-based) failed with `exc`: backoff with full jitter."""
     permanent = isinstance(exc, PERMANENT_TYPES) and _sqlstate(exc) not in RETRYABLE_SQLSTATES
     if permanent:
         return Decision(retry=False, delay_ms=0, reason=reason_of(exc))
@@ -98,7 +98,7 @@ class RetryPolicy(Middleware):
     """
 
     # `throws` is read by Dramatiq's worker only to choose its log level; we log ourselves.
-    actor_options = frozenset({"max_attempts", "min_backoff", "max_backoff", "throws"})
+    actor_options = {"max_attempts", "min_backoff", "max_backoff", "throws"}
 
     def __init__(
         self, *, max_attempts: int = 3, min_backoff_ms: int = 1_000, max_backoff_ms: int = 300_000
@@ -110,13 +110,17 @@ class RetryPolicy(Middleware):
         self._decisions: dict[str, Decision] = {}
         self._lock = threading.Lock()
 
-    def _option(self, broker: Broker, message: Message[Any], name: str, default: int) -> int:
+    def _option(
+        self, broker: Broker, message: Message[Any] | MessageProxy, name: str, default: int
+    ) -> int:
         if name in message.options:
             return int(message.options[name])
         actor = broker.get_actor(message.actor_name)
         return int(actor.options.get(name, default))
 
-    def decide(self, broker: Broker, message: Message[Any], exc: BaseException) -> Decision:
+    def decide(
+        self, broker: Broker, message: Message[Any] | MessageProxy, exc: BaseException
+    ) -> Decision:
         """Decide about a failed attempt of `message`, and remember it for after the message."""
         decision = decide(
             exc,
@@ -129,7 +133,7 @@ class RetryPolicy(Middleware):
             self._decisions[message.message_id] = decision
         return decision
 
-    def override(self, message: Message[Any], decision: Decision) -> None:
+    def override(self, message: Message[Any] | MessageProxy, decision: Decision) -> None:
         """Replace the decision about `message` (used when its failure could not be recorded)."""
         with self._lock:
             self._decisions[message.message_id] = decision
@@ -137,7 +141,7 @@ class RetryPolicy(Middleware):
     def after_process_message(
         self,
         broker: Broker,
-        message: Message[Any],
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -178,14 +182,14 @@ class RetryPolicy(Middleware):
             exc_info=exception,
             extra=extra,
         )
-        message.fail()
+        message.fail()  # a MessageProxy: the worker nacks it, RabbitMQ dead-letters it
 
-    def after_skip_message(self, broker: Broker, message: Message[Any]) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         """Forget any decision about a skipped message."""
         with self._lock:
             self._decisions.pop(message.message_id, None)
 
 
-def attempt_of(message: Message[Any]) -> int:
+def attempt_of(message: Message[Any] | MessageProxy) -> int:
     """This delivery's attempt number, 1 for the first."""
     return int(message.options.get("retries", 0)) + 1

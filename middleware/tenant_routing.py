@@ -31,7 +31,7 @@ class TenantRouting(Middleware):
     """
 
     # `tenant_scoped`: the actor takes `tenant_id` and runs on its tenant's queue.
-    actor_options = frozenset({"tenant_scoped"})
+    actor_options = {"tenant_scoped"}
 
     def __init__(
         self,

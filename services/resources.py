@@ -55,7 +55,7 @@ class _ResourceId(fields.Field[str]):
     """An id sent as a string or an integer, kept as a trimmed string."""
 
     # Marshmallow merges these along the MRO; a ClassVar would clash with its annotation.
-    default_error_messages = {"invalid": "Not a valid id: a string or an integer."}  # noqa: RUF012
+    default_error_messages = {"invalid": "Not a valid id: a string or an integer."}
 
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
@@ -68,7 +68,7 @@ class _ResourceId(fields.Field[str]):
 class _UtcDateTime(fields.Field[dt.datetime]):
     """An ISO-8601 date or date-time, as an aware UTC datetime (naive means UTC)."""
 
-    default_error_messages = {"invalid": "Not a valid datetime."}  # noqa: RUF012
+    default_error_messages = {"invalid": "Not a valid datetime."}
 
     def _serialize(
         self, value: dt.datetime | None, attr: str | None, obj: Any, **kwargs: Any

@@ -17,7 +17,8 @@ from actors.base import InvalidArguments, TaskyardActor, taskyard_actor
 from brokers import build_broker
 from db.migrate import upgrade_to_head
 from db.models import Job, Tenant
-from middleware import current_session
+from middleware import DbSession, current_session
+from middleware.db_session import find_middleware
 from services.errors import PermanentError, TransientError
 from services.tenants import create_tenant
 from settings import Settings
@@ -60,7 +61,9 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         broker_url="stub://", database_url=url, min_backoff_ms=1, max_backoff_ms=5, max_attempts=3
     )
     broker = build_broker(settings)
-    sessions: sessionmaker[Session] = broker.taskyard_sessions  # type: ignore[attr-defined]
+    db = find_middleware(broker, DbSession)
+    assert db is not None
+    sessions = db.session_factory
     with sessions.begin() as session:
         create_tenant(session, "acme")
     worker = Worker(broker, worker_timeout=50, worker_threads=2)
