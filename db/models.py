@@ -142,4 +142,57 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None]
+    # Set when cancellation is asked for while the job runs; the actor may check it.
+    cancel_requested_at: Mapped[dt.datetime | None]
     updated_at: Mapped[UpdatedAt]
+
+
+class OutboxMessage(Base):
+    """A message waiting to be published: held by a transaction, or delayed until `publish_at`.
+
+    Sends made inside a Taskyard transaction are written here in that
+    transaction and published after it commits; a sweeper publishes what a
+    crash left behind.  Long delays wait here too, not in a worker's memory.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index(None, "publish_at"),)
+
+    id: Mapped[BigIntPk]
+    message_id: Mapped[str] = mapped_column(String(36))
+    tenant_id: Mapped[int | None] = mapped_column(BigIntType)
+    queue: Mapped[str] = mapped_column(String(200))
+    # The message exactly as Dramatiq encodes it (JSON).
+    body: Mapped[str] = mapped_column(Text)
+    publish_at: Mapped[dt.datetime]
+    created_at: Mapped[CreatedAt]
+
+
+class DeadLetter(Base):
+    """A message that will not be retried, kept until an operator requeues or purges it.
+
+    RabbitMQ's own dead-letter queues expire messages after 7 days; this
+    table never does.  `body` holds the original message, or the raw bytes
+    (as text, replaced where not UTF-8) of one that could not be decoded.
+    """
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "actor", "created_at"),
+        Index(None, "reason", "created_at"),
+    )
+
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(BigIntType)
+    actor: Mapped[str | None] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # The decoded message (actor, kwargs, options), when it could be decoded.
+    message: Mapped[dict[str, Any] | None]
+    raw_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[CreatedAt]
+    requeued_at: Mapped[dt.datetime | None]
