@@ -228,7 +228,7 @@ def _print_migrate(info: MigrateInfo) -> None:
 @json_option
 @click.pass_context
 def migrate(ctx: click.Context, as_json: bool) -> None:
-    """Create the database if missing and upgrade it to the newest revision."""
+    """Create the database if missing and bring its schema up to date."""
     url = ctx.ensure_object(_State).load_settings().database_url
     created = ensure_database(url)
     revision = upgrade_to_head(url)
@@ -252,7 +252,7 @@ def _print_tenant(info: TenantInfo) -> None:
 
 def _print_tenants(infos: list[TenantInfo]) -> None:
     columns = ("id", "name", "status", "created_at")
-    _print(_records(f"{len(infos)} tenants", columns, infos))
+    _print(_records(f"tenants ({len(infos)})", columns, infos))
 
 
 @tenant.command("create")
@@ -311,7 +311,7 @@ def _print_ingest(summary: IngestSummary) -> None:
         ("failed", summary["failed"], summary["items_failed"]),
     ):
         if problems:
-            title = f"{kind} items (first {len(problems)} of {total})"
+            title = f"{kind} items ({len(problems)} of {total})"
             tables.append(_records(title, ("position", "resource_id", "error"), problems))
     _print(*tables)
 
@@ -334,7 +334,7 @@ def jobs() -> None:
 
 def _print_jobs(infos: list[JobInfo]) -> None:
     columns = ("message_id", "tenant_id", "actor", "status", "attempts", "finished_at")
-    _print(_records(f"{len(infos)} jobs", columns, infos))
+    _print(_records(f"jobs ({len(infos)})", columns, infos))
 
 
 @jobs.command("show")

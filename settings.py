@@ -127,7 +127,18 @@ def _read(
     try:
         return parse(raw.strip())
     except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is invalid: expected {expected} ({exc})") from exc
+        raise SettingsError(
+            f"{name}={_redact(raw)!r} is invalid: expected {expected} ({exc})"
+        ) from exc
+
+
+def _redact(raw: str) -> str:
+    """The value with any password in a URL replaced, so errors never print secrets."""
+    parts = urlsplit(raw)
+    if parts.password is None:
+        return raw
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -148,7 +148,8 @@ def check_schema(engine: Engine) -> None:
     try:
         current = current_revision(engine)
     except OperationalError as exc:
-        if "does not exist" not in str(exc.orig):
+        # Only a missing database is ours to explain; a missing role is a login problem.
+        if not ("database " in str(exc.orig) and "does not exist" in str(exc.orig)):
             raise
         raise SchemaBehind(
             f"the database {shown} does not exist, this code expects revision {head!r}: "

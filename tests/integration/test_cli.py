@@ -310,7 +310,7 @@ def test_migrate_creates_a_fresh_database_and_reports_its_revision(scratch_url: 
     again = taskyard("migrate", DATABASE_URL=scratch_url)
     tenants = as_json(taskyard("tenant", "list", "--json", DATABASE_URL=scratch_url))
 
-    assert first["revision"] == head_revision() == "0001_initial"
+    assert first["revision"] == head_revision()
     assert first["database"] == make_url(scratch_url).database
     assert first["created"] is True
     assert again.returncode == 0, again.stderr

@@ -1,0 +1,65 @@
+"""Settings: defaults that work on localhost, and one clear error per bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from settings import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, SettingsError, load_settings
+
+
+def test_defaults_point_at_the_local_servers() -> None:
+    settings = load_settings({})
+    assert settings.broker_url == DEFAULT_BROKER_URL
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.tenant_queue(7) == "tenant.7"
+    assert settings.system_queue == "taskyard.system"
+    assert not settings.uses_stub_broker
+
+
+def test_values_are_parsed_and_typed() -> None:
+    settings = load_settings(
+        {
+            "BROKER_URL": "stub://",
+            "TASKYARD_TENANTS": " 7, 9 ",
+            "TASKYARD_QUEUE_PREFIX": "ci1.",
+            "TASKYARD_MAX_ATTEMPTS": "5",
+            "TASKYARD_LOG_FORMAT": "JSON",
+            "TASKYARD_HTTP_READ_TIMEOUT": "2.5",
+        }
+    )
+    assert settings.uses_stub_broker
+    assert settings.tenants == (7, 9)
+    assert settings.tenant_queue(9) == "ci1.tenant.9"
+    assert settings.max_attempts == 5
+    assert settings.log_format == "json"
+    assert settings.http_read_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("BROKER_URL", "redis://localhost", "an AMQP URL"),
+        ("DATABASE_URL", "mysql://root@localhost/x", "a database URL"),
+        ("TASKYARD_TENANTS", "7,x", "comma-separated tenant ids"),
+        ("TASKYARD_TENANTS", "0", "comma-separated tenant ids"),
+        ("TASKYARD_MAX_ATTEMPTS", "0", "a whole number >= 1"),
+        ("TASKYARD_MAX_ATTEMPTS", "three", "a whole number >= 1"),
+        ("TASKYARD_HTTP_READ_TIMEOUT", "-1", "seconds"),
+        ("TASKYARD_LOG_FORMAT", "xml", "text or json"),
+        ("TASKYARD_QUEUE_PREFIX", "bad prefix", "a queue-name prefix"),
+        ("TASKYARD_METRICS_PORT", "http", "a TCP port number"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_was_expected(
+    name: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError, match=name) as raised:
+        load_settings({name: value})
+    assert expected in str(raised.value)
+
+
+def test_a_bad_url_never_shows_its_password() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"DATABASE_URL": "mysql://admin:hunter2@db/x"})
+    assert "hunter2" not in str(raised.value)
+    assert "admin:***@db" in str(raised.value)
