@@ -65,13 +65,17 @@ worker: install ## Run one worker process in the foreground (dramatiq actors)
 scheduler: install ## Run the scheduler in the foreground (periodiq schedules)
 	$(BIN)/periodiq schedules
 
-# Both programs are children of one shell. Ctrl-C (or either program exiting:
-# `wait -n` returns) fires the trap, and `kill 0` stops everything in the group.
+# Both programs are children of one shell. Ctrl-C reaches every process of the
+# terminal's group, and Dramatiq stops gracefully on it (a second signal would
+# make it kill its workers instead), but a background job of a script ignores
+# SIGINT, so the INT trap stops only the scheduler. A TERM is forwarded once to
+# both; if either program exits, the other is stopped.
 run: install migrate ## Migrate, then run a worker and the scheduler until Ctrl-C
-	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
-	$(BIN)/dramatiq actors --processes 1 --threads 8 & \
-	$(BIN)/periodiq schedules & \
-	wait -n
+	@$(BIN)/dramatiq actors --processes 1 --threads 8 & worker=$$!; \
+	$(BIN)/periodiq schedules & scheduler=$$!; \
+	trap 'kill -TERM $$scheduler 2>/dev/null; wait' INT; \
+	trap 'kill -TERM $$worker $$scheduler 2>/dev/null; wait' TERM; \
+	wait -n; kill -TERM $$worker $$scheduler 2>/dev/null; wait
 
 demo: install ## Run the demo in one process (SQLite and an in-process broker)
 	$(BIN)/taskyard demo

@@ -14,6 +14,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 logger = logging.getLogger(__name__)
+# Alembic announces every plugin it loads at INFO: noise in every worker's start-up log.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The key of the PostgreSQL advisory lock held while migrating ("taskyard" in ASCII), so
