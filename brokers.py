@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.broker import Broker
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, TimeLimit
 from periodiq import PeriodiqMiddleware
@@ -13,7 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import check_schema
 from db.session import make_engine, make_session_factory
 from middleware import DbSession, RetryPolicy, TenantRouting
-from services.tenants import active_tenant_ids
+from middleware.dead_letters import DeadLetters
+from middleware.outbox import Outbox
+from middleware.rabbitmq import TaskyardRabbitmqBroker
+from services.tenants import served_tenant_ids
 from settings import Settings, load_settings
 
 # periodiq drops a tick older than this; the scheduler catches up on missed
@@ -28,12 +30,15 @@ def build_middleware(
 
     def list_tenants() -> list[int]:
         with session_factory() as session:
-            return active_tenant_ids(session)
+            return served_tenant_ids(session)
 
     engine = session_factory.kw["bind"]
     return [
         # Interrupts a runaway actor; first, so its timer covers everything below.
         TimeLimit(),
+        # Keeps every message the worker nacks in the database (RabbitMQ's dead-letter
+        # queue drops it after 7 days); early, so no later before_nack can skip it.
+        DeadLetters(session_factory=session_factory),
         # Drops stale scheduler ticks before any session is opened for them.
         PeriodiqMiddleware(skip_delay=TICK_SKIP_DELAY_SECONDS),
         # Chooses the tenant's queue on send and the queues a worker serves.
@@ -47,6 +52,12 @@ def build_middleware(
         # routing above to check the tenant, and the policy below to record
         # whether a failure will be retried.
         DbSession(session_factory=session_factory, check_schema=lambda: check_schema(engine)),
+        # Records every send as a queued job; writes a transaction's sends to the outbox
+        # (published after the commit) and parks long delays there; its sweeper thread
+        # publishes what is due.  No message hooks: DbSession and RetryPolicy call it.
+        Outbox(
+            session_factory=session_factory, delay_max_seconds=settings.broker_delay_max_seconds
+        ),
         # Last, so its after-hook runs first: re-enqueues a retry or fails the message.
         RetryPolicy(
             max_attempts=settings.max_attempts,
@@ -64,8 +75,12 @@ def build_broker(settings: Settings) -> Broker:
     if settings.uses_stub_broker:
         broker = StubBroker(middleware=middleware)
     else:
-        broker = RabbitmqBroker(
-            url=settings.broker_url, confirm_delivery=True, middleware=middleware
+        dead_letters = next(m for m in middleware if isinstance(m, DeadLetters))
+        broker = TaskyardRabbitmqBroker(
+            url=settings.broker_url,
+            confirm_delivery=True,
+            middleware=middleware,
+            on_poison=dead_letters.record_poison,
         )
     return broker
 

@@ -41,6 +41,9 @@ class Settings:
     http_max_bytes: int = 10 * 1024 * 1024
     # Finished job records older than this are deleted by the daily maintenance job.
     job_retention_days: int = 30
+    # A longer delay (a send's or a retry's) waits in the outbox table, not in a
+    # worker's memory, where RabbitMQ's consumer_timeout (30 min) would redeliver it.
+    broker_delay_max_seconds: float = 60.0
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
@@ -188,6 +191,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         job_retention_days=_read(
             env, p + "JOB_RETENTION_DAYS", _parse_int(1), d.job_retention_days, "a number of days"
+        ),
+        broker_delay_max_seconds=_read(
+            env,
+            p + "BROKER_DELAY_MAX_SECONDS",
+            _parse_positive_float,
+            d.broker_delay_max_seconds,
+            "a number of seconds",
         ),
         log_format=_read(
             env, p + "LOG_FORMAT", _parse_choice("text", "json"), d.log_format, "text or json"

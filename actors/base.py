@@ -11,9 +11,11 @@ import dramatiq
 import marshmallow
 from dramatiq import Message
 
-from middleware.context import HeldSend, current_context
+from middleware.context import current_context, current_message, current_session
 from middleware.db_session import DbSession, find_middleware
+from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
+from services.job_control import is_cancel_requested
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +61,21 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         delay: timedelta | int | None = None,
         **options: Any,
     ) -> Message[Any]:
-        """Send now, or, inside a running actor, once its transaction has committed."""
-        ctx = current_context()
-        if ctx is None:
-            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+        """Record the job as queued and publish it; in a transaction, once that commits.
+
+        Raises `UnknownTenant` (and records the job dead) for a tenant that does
+        not exist.  A delay over the outbox's threshold waits in the database.
+        """
         if isinstance(delay, timedelta):
             delay = int(delay.total_seconds() * 1000)
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
-        ctx.held.append(HeldSend(message=message, delay=delay))
+        ctx, outbox = current_context(), find_outbox(self.broker)
+        if outbox is None:  # a broker built without Taskyard's outbox: plain Dramatiq
+            return self.broker.enqueue(message, delay=delay)
+        if ctx is None:
+            outbox.send(self.broker, message, delay)
+        else:
+            outbox.hold(self.broker, ctx, message, delay)
         return message
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -116,3 +125,13 @@ def taskyard_actor(
         **options,
     )
     return cast(Callable[[Callable[..., Any]], TaskyardActor], decorator)
+
+
+def cancel_requested() -> bool:
+    """Whether cancelling the running job was asked for; a long actor may check and stop.
+
+    Reads through the actor's own session: PostgreSQL's READ COMMITTED takes a
+    fresh snapshot per statement, so a request committed meanwhile is seen and
+    no second connection is needed.
+    """
+    return is_cancel_requested(current_session(), current_message().message_id)

@@ -142,8 +142,6 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None]
-    # Set when cancellation is asked for while the job runs; the actor may check it.
-    cancel_requested_at: Mapped[dt.datetime | None]
     updated_at: Mapped[UpdatedAt]
 
 
@@ -156,7 +154,7 @@ class OutboxMessage(Base):
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index(None, "publish_at"),)
+    __table_args__ = (Index(None, "publish_at"), Index(None, "message_id"))
 
     id: Mapped[BigIntPk]
     message_id: Mapped[str] = mapped_column(String(36))
@@ -196,3 +194,17 @@ class DeadLetter(Base):
     raw_body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[CreatedAt]
     requeued_at: Mapped[dt.datetime | None]
+
+
+class CancelRequest(Base):
+    """Someone asked a job to stop while it ran; a long actor checks with `cancel_requested()`.
+
+    Kept apart from `jobs`: the attempt's transaction holds its job record
+    locked until it ends, so a request written there could not be seen (or
+    even written) while the job runs.
+    """
+
+    __tablename__ = "cancel_requests"
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    requested_at: Mapped[CreatedAt]

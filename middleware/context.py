@@ -20,11 +20,16 @@ class HeldSend:
 
 @dataclass
 class MessageContext:
-    """What the running actor may reach: its message, its session, its held sends."""
+    """What the running actor may reach: its message, its session, its held sends.
 
-    message: Message[Any]
+    `message` is None in a producer's `taskyard_transaction()`.
+    """
+
+    message: Message[Any] | None
     session: Session
     held: list[HeldSend] = field(default_factory=list)
+    # Tenants a held send named that this transaction has already found.
+    tenants_known: set[int] = field(default_factory=set)
 
 
 _context: ContextVar[MessageContext | None] = ContextVar("taskyard_message", default=None)
@@ -56,6 +61,6 @@ def current_session() -> Session:
 def current_message() -> Message[Any]:
     """The running message; only valid inside an actor."""
     ctx = _context.get()
-    if ctx is None:
+    if ctx is None or ctx.message is None:
         raise RuntimeError("current_message() is only available while an actor runs")
     return ctx.message

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any, TypedDict, TypeVar
 
@@ -13,13 +14,16 @@ from dramatiq import Message, Worker
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import TENANT_DISABLED, Tenant
 from middleware.context import MessageContext, enter_context, leave_context
+from middleware.outbox import publish_pending, write_held
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of
 from middleware.tenant_routing import TenantRouting
 from services import jobs
+from services.dead_letters import record_dead_letter
 from services.errors import TenantDisabled, UnknownTenant
 
 # A result bigger than this is not kept on the job record (return ids, not data).
@@ -158,6 +162,8 @@ class DbSession(Middleware):
                             attempt=record["attempt"],
                             result=result,
                         )
+                        # Held sends become outbox rows of this same transaction.
+                        pending = write_held(broker, session, ctx)
             except _PASS_THROUGH:
                 raise
             except BaseException as exc:
@@ -172,7 +178,7 @@ class DbSession(Middleware):
                     extra={"message_id": message.message_id, "actor": message.actor_name},
                 )
                 raise SkipMessage("job already finished")
-            self._publish_held(broker, ctx)
+            publish_pending(broker, pending)
             return result
         finally:
             leave_context(token)
@@ -198,15 +204,27 @@ class DbSession(Middleware):
                 jobs.record_failure(
                     session, message.message_id, error=error, dead=not decision.retry, **record
                 )
+                if not decision.retry:
+                    record_dead_letter(
+                        session,
+                        message_id=message.message_id,
+                        queue=record["queue"],
+                        reason=decision.reason,
+                        error=error,
+                        traceback="".join(traceback.format_exception(exc)),
+                        attempts=record["attempt"],
+                        actor=record["actor"],
+                        tenant_id=record["tenant_id"],
+                        message=message.asdict(),
+                    )
                 on_give_up: OnGiveUp | None = broker.get_actor(message.actor_name).options.get(
                     "on_give_up"
                 )
                 if not decision.retry and on_give_up and not isinstance(exc, _TENANT_ERRORS):
                     on_give_up(session, dict(message.kwargs), error)
-        except Exception:
-            # The failure could not be written (the database may be away): never
-            # let the message vanish into RabbitMQ's expiring dead-letter queue;
-            # try it again later, when the record can be written.
+        except (OperationalError, InterfaceError):
+            # The database is away: never let the message vanish into RabbitMQ's
+            # expiring dead-letter queue; try it again once the record can be written.
             self.logger.warning(
                 "Could not record the failure of %s %s; it will be retried",
                 message.actor_name,
@@ -215,18 +233,12 @@ class DbSession(Middleware):
             )
             if policy is not None and not decision.retry:
                 policy.override(message, Decision(True, policy.min_backoff_ms, "record_failed"))
-
-    def _publish_held(self, broker: Broker, ctx: MessageContext) -> None:
-        for held in ctx.held:
-            try:
-                broker.enqueue(held.message, delay=held.delay)
-            except Exception:
-                self.logger.exception(
-                    "Could not publish %s %s after commit",
-                    held.message.actor_name,
-                    held.message.message_id,
-                )
-        ctx.held.clear()
+        except Exception:
+            # The database refused the record itself (bad data): retrying would
+            # loop for ever; the decision stands and DeadLetters keeps what it can.
+            self.logger.exception(
+                "Could not record the failure of %s %s", message.actor_name, message.message_id
+            )
 
 
 def find_middleware(broker: Broker, kind: type[M]) -> M | None:

@@ -17,6 +17,7 @@ from dramatiq import Message
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
+from middleware.outbox import find_outbox
 from services.errors import PermanentError, TransientError
 
 # SQLSTATEs worth another attempt: serialization failure and deadlock.
@@ -171,7 +172,11 @@ class RetryPolicy(Middleware):
                 extra=extra,
             )
             retried = message.copy(options={"retries": attempt})
-            broker.enqueue(retried, delay=decision.delay_ms or None)
+            outbox = find_outbox(broker)
+            if outbox is not None:  # a long backoff waits in the outbox, not in worker memory
+                outbox.retry(broker, retried, decision.delay_ms or None)
+            else:
+                broker.enqueue(retried, delay=decision.delay_ms or None)
             return
         self.logger.error(
             "%s %s gave up after attempt %d (%s)",

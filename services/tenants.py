@@ -64,10 +64,14 @@ def list_tenants(session: Session, *, status: str | None = None) -> list[Tenant]
     return list(session.scalars(query))
 
 
-def active_tenant_ids(session: Session) -> list[int]:
-    """The ids of every active tenant: the queues an unpinned worker serves."""
-    query = select(Tenant.id).where(Tenant.status == TENANT_ACTIVE).order_by(Tenant.id)
-    return list(session.scalars(query))
+def served_tenant_ids(session: Session) -> list[int]:
+    """The tenants whose queues an unpinned worker serves: all of them.
+
+    A disabled tenant's queue is served too, so that its messages are
+    dead-lettered with reason `tenant_disabled` (and can be requeued once it
+    is enabled) rather than waiting unseen in RabbitMQ.
+    """
+    return list(session.scalars(select(Tenant.id).order_by(Tenant.id)))
 
 
 def set_tenant_status(session: Session, tenant_id: int, status: str) -> Tenant:

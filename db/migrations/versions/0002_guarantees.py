@@ -62,13 +62,18 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_dead_letters_reason_created_at"), "dead_letters", ["reason", "created_at"]
     )
-    with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("cancel_requested_at", TIMESTAMP, nullable=True))
+    op.create_index(op.f("ix_outbox_message_id"), "outbox", ["message_id"])
+    op.create_table(
+        "cancel_requests",
+        sa.Column("message_id", sa.String(length=36), nullable=False),
+        sa.Column("requested_at", TIMESTAMP, server_default=sa.func.now(), nullable=False),
+        sa.PrimaryKeyConstraint("message_id", name=op.f("pk_cancel_requests")),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("cancel_requested_at")
+    op.drop_table("cancel_requests")
+    op.drop_index(op.f("ix_outbox_message_id"), table_name="outbox")
     op.drop_index(op.f("ix_dead_letters_reason_created_at"), table_name="dead_letters")
     op.drop_index(op.f("ix_dead_letters_actor_created_at"), table_name="dead_letters")
     op.drop_index(op.f("ix_dead_letters_tenant_id_created_at"), table_name="dead_letters")

@@ -19,7 +19,16 @@ from db.migrate import (
     upgrade_to_head,
 )
 
-TABLES = {"tenants", "resources", "ingests", "ingest_items", "jobs", "outbox", "dead_letters"}
+TABLES = {
+    "tenants",
+    "resources",
+    "ingests",
+    "ingest_items",
+    "jobs",
+    "outbox",
+    "dead_letters",
+    "cancel_requests",
+}
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""What a send writes: its queued job record, its outbox row, and the engine of those writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from dramatiq import Message
+from dramatiq.broker import Broker
+from sqlalchemy import Engine, create_engine
+
+from services.job_control import QueuedJob
+from services.outbox import OutboxRow
+
+
+def queued_job(broker: Broker, message: Message[Any]) -> QueuedJob:
+    """The job record a message gets when it is sent."""
+    tenant_id = message.kwargs.get("tenant_id")
+    scoped = broker.get_actor(message.actor_name).options.get("tenant_scoped")
+    return {
+        "message_id": message.message_id,
+        "tenant_id": tenant_id if scoped and type(tenant_id) is int else None,
+        "actor": message.actor_name,
+        "queue": message.queue_name.removesuffix(".DQ"),
+        "args": dict(message.kwargs),
+        "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
+    }
+
+
+def outbox_row(job: QueuedJob, message: Message[Any], *, wait_ms: float) -> OutboxRow:
+    """The outbox row of a message, due `wait_ms` from now."""
+    return {
+        "message_id": message.message_id,
+        "tenant_id": job["tenant_id"],
+        "queue": job["queue"],
+        "body": message.encode().decode(),
+        "publish_at": dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=wait_ms),
+    }
+
+
+def send_engine(engine: Engine) -> Engine:
+    """The engine of the send path's one-statement writes: autocommit, no pre-ping.
+
+    On PostgreSQL its commits are asynchronous (synchronous_commit off): a queued
+    record lost in a crash is recreated when the message arrives, and a lost
+    delete only makes a duplicate, which skips.  Actors' transactions stay durable.
+    Without pre-ping, a connection PostgreSQL dropped fails one send's record
+    (logged; the message still goes out) and the pool is refreshed.
+    """
+    if engine.dialect.name != "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    options = {"connect_timeout": 5, "application_name": "taskyard-send"}
+    return create_engine(
+        engine.url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={**options, "options": "-c synchronous_commit=off"},
+    )

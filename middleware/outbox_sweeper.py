@@ -1,0 +1,90 @@
+"""The outbox sweeper: publishes due outbox rows, from a thread in every worker process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+from dramatiq import Message
+from dramatiq.broker import Broker
+from dramatiq.errors import DecodeError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services import outbox
+
+logger = logging.getLogger("Outbox")
+
+
+def sweep_due(
+    broker: Broker,
+    session_factory: sessionmaker[Session],
+    *,
+    now: dt.datetime | None = None,
+    batch_size: int = 100,
+) -> int:
+    """Publish every row due by `now` (long delays, a crash's leftovers); returns how many.
+
+    Each batch is locked with SKIP LOCKED, published, deleted and committed, so
+    sweepers in many processes share the work.  A crash after a publish and
+    before the commit publishes that batch again: harmless, because the job
+    record makes a second copy of a finished message skip.
+    """
+    total = 0
+    while True:
+        with session_factory.begin() as session:
+            rows = outbox.claim_due(session, now=now or dt.datetime.now(dt.UTC), limit=batch_size)
+            done: list[int] = []
+            for row in rows:
+                try:
+                    message = Message.decode(row.body.encode())
+                except DecodeError:
+                    logger.error("Outbox row %d cannot be decoded; left in place", row.id)
+                    continue
+                # Published now, on its own queue: whatever delay it had has passed.
+                message.options.pop("eta", None)
+                broker.enqueue(message.copy(queue_name=row.queue))
+                done.append(row.id)
+            outbox.delete_messages(session, done)
+        total += len(done)
+        if len(rows) < batch_size:
+            return total
+
+
+class SweeperThread:
+    """Calls `sweep_due` every `poll_seconds` until stopped (a quick indexed query when idle)."""
+
+    def __init__(
+        self, session_factory: sessionmaker[Session], *, poll_seconds: float, batch_size: int
+    ) -> None:
+        self.session_factory = session_factory
+        self.poll_seconds = poll_seconds
+        self.batch_size = batch_size
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, broker: Broker) -> None:
+        """Start sweeping in the background."""
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, args=(broker,), name="taskyard-outbox-sweeper", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop sweeping; the batch being published is finished first."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self, broker: Broker) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                swept = sweep_due(broker, self.session_factory, batch_size=self.batch_size)
+            except Exception:
+                # The database or RabbitMQ may be briefly away; the next round tries again.
+                logger.warning("Could not sweep the outbox", exc_info=True)
+                continue
+            if swept:
+                logger.info("Published %d message(s) from the outbox", swept)

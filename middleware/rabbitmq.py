@@ -1,0 +1,180 @@
+"""Taskyard's RabbitMQ broker: its consumers decode only JSON and refuse poison bodies."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pika.exceptions
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import q_name
+from dramatiq.errors import ConnectionClosed
+
+# Messages carry ids and small JSON values; a body this big is a mistake, not a job.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+# The job record's key holds 36 characters: a UUID.
+MAX_MESSAGE_ID_LENGTH = 36
+# The JSON type of each field of a Dramatiq message.
+MESSAGE_FIELDS: dict[str, type] = {
+    "queue_name": str,
+    "actor_name": str,
+    "args": list,
+    "kwargs": dict,
+    "options": dict,
+    "message_id": str,
+    "message_timestamp": int,
+}
+
+# Called as (queue, body, reason, error) for every body a consumer refuses.
+OnPoison = Callable[[str, bytes, str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a body was refused: the dead letter's reason and a one-line error."""
+
+    reason: str
+    error: str
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number is out of range")
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+    return False
+
+
+def _shape_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not a message object"
+    if set(data) != set(MESSAGE_FIELDS):
+        missing, extra = set(MESSAGE_FIELDS) - set(data), set(data) - set(MESSAGE_FIELDS)
+        return f"not a message object: missing {sorted(missing)}, unexpected {sorted(extra)}"
+    for name, kind in MESSAGE_FIELDS.items():
+        if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            return f"{name} is a JSON {type(data[name]).__name__}, expected {kind.__name__}"
+    if not 0 < len(data["message_id"]) <= MAX_MESSAGE_ID_LENGTH:
+        return f"message_id must have 1 to {MAX_MESSAGE_ID_LENGTH} characters"
+    # PostgreSQL stores neither of these: the message could never get its job
+    # record, and would be retried for ever.
+    if _has_nul(data):
+        return "a string holds a NUL character"
+    tenant_id = data["kwargs"].get("tenant_id")
+    if isinstance(tenant_id, int) and abs(tenant_id) >= 2**63:
+        return "tenant_id does not fit in 64 bits"
+    return None
+
+
+def screen(body: bytes, *, queue_name: str, max_bytes: int) -> Message[Any] | Refusal:
+    """The message in `body`, or why it is refused; nothing but JSON is ever decoded."""
+    if len(body) > max_bytes:
+        return Refusal("too_large", f"body of {len(body)} bytes is over the limit of {max_bytes}")
+    try:
+        text = body.decode("utf-8")
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        return Refusal("undecodable", f"not a JSON message: {type(exc).__name__}: {exc}")
+    problem = _shape_problem(data)
+    if problem is not None:
+        return Refusal("undecodable", problem)
+    if data["queue_name"] != queue_name:
+        # Dramatiq's worker would crash a thread on a queue it does not consume.
+        return Refusal(
+            "queue_mismatch", f"message for queue {data['queue_name']!r} arrived on {queue_name!r}"
+        )
+    data["args"] = tuple(data["args"])
+    return Message(**data)
+
+
+class ScreeningConsumer(_RabbitmqConsumer):
+    """Dramatiq's RabbitMQ consumer, which refuses and reports poison bodies instead of decoding.
+
+    Dramatiq fetches and decodes in one method, and on a decode error only logs
+    and nacks (the body then expires in the dead-letter queue after 7 days), so
+    the fetch is repeated here as Dramatiq 2.2 writes it.
+    """
+
+    broker: TaskyardRabbitmqBroker
+
+    def __next__(self) -> MessageProxy | None:
+        """The next message, or None: nothing arrived, or a poison body was refused and nacked."""
+        try:
+            method, _properties, body = next(self.iterator)
+        except (
+            AssertionError,
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.AMQPChannelError,
+        ) as e:
+            # As Dramatiq does: a queue that vanished is declared again on restart.
+            if getattr(e, "reply_code", None) == 404:
+                self.broker.queues_pending.add(q_name(self.queue_name))
+            raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+        if method is None:
+            return None
+        verdict = screen(body, queue_name=self.queue_name, max_bytes=self.broker.max_message_bytes)
+        if isinstance(verdict, Refusal):
+            self.broker.report_poison(self.queue_name, body, verdict)
+            self._nack(method.delivery_tag)  # type: ignore[no-untyped-call]
+            return None
+        tag = method.delivery_tag
+        self.known_tags.add(tag)
+        proxy: MessageProxy = _RabbitmqMessage(method.redelivered, tag, verdict)  # type: ignore[no-untyped-call]
+        return proxy
+
+
+class TaskyardRabbitmqBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker whose consumers refuse poison bodies and report them."""
+
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_poison: OnPoison | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.max_message_bytes = max_message_bytes
+        self.on_poison = on_poison
+
+    @property
+    def consumer_class(self) -> type[ScreeningConsumer]:
+        """The consumer that screens every body before decoding it."""
+        return ScreeningConsumer
+
+    def report_poison(self, queue_name: str, body: bytes, refusal: Refusal) -> None:
+        """Hand a refused body to `on_poison`; whatever happens there, the consumer goes on."""
+        if self.on_poison is None:
+            self.logger.error(
+                "Refused a message on %s (%s: %s); it goes only to RabbitMQ's dead-letter queue",
+                queue_name,
+                refusal.reason,
+                refusal.error,
+            )
+            return
+        try:
+            self.on_poison(queue_name, body, refusal.reason, refusal.error)
+        except Exception:
+            self.logger.exception("Could not report a refused message on %s", queue_name)

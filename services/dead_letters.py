@@ -1,0 +1,249 @@
+"""Dead letters: every message given up on, kept until an operator requeues or purges it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from sqlalchemy import ColumnElement, delete, func, null, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import JOB_QUEUED, JOB_SUCCEEDED, DeadLetter, Job
+from services.errors import NotFound, PermanentError
+
+MAX_ERROR_LENGTH = 4_000
+# The end of a traceback names the error; its start is what gets cut.
+MAX_TRACEBACK_LENGTH = 16_000
+# Enough of an undecodable body to see what it was, not a copy of a huge one.
+MAX_RAW_BODY_BYTES = 64 * 1024
+# Rows one requeue takes (and locks) at most; call again for the rest.
+REQUEUE_BATCH = 1_000
+# Widths of the dead_letters columns (migration 0002).
+_ID_WIDTH, _NAME_WIDTH, _REASON_WIDTH = 64, 200, 64
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters to list, requeue or purge; requeued ones only when asked."""
+
+    tenant_id: int | None = None
+    actor: str | None = None
+    reason: str | None = None
+    since: dt.datetime | None = None
+    include_requeued: bool = False
+
+
+class DeadLetterInfo(TypedDict):
+    """A dead letter as the command line shows it."""
+
+    message_id: str
+    tenant_id: int | None
+    actor: str | None
+    queue: str
+    reason: str
+    error: str | None
+    traceback: str | None
+    attempts: int
+    message: dict[str, Any] | None
+    raw_body: str | None
+    created_at: str
+    requeued_at: str | None
+    requeueable: bool
+
+
+def _fit(value: str, limit: int, *, keep_end: bool = False) -> str:
+    # PostgreSQL text cannot hold NUL; a failure to store would lose the dead letter.
+    value = value.replace("\x00", "\ufffd")
+    if len(value) <= limit:
+        return value
+    return "…" + value[-(limit - 1) :] if keep_end else value[: limit - 1] + "…"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {_scrub(key): _scrub(item) for key, item in value.items()}
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
+def record_dead_letter(
+    session: Session,
+    *,
+    message_id: str,
+    queue: str,
+    reason: str,
+    error: str | None,
+    traceback: str | None,
+    attempts: int,
+    actor: str | None = None,
+    tenant_id: int | None = None,
+    message: dict[str, Any] | None = None,
+    raw_body: bytes | str | None = None,
+    replace: bool = True,
+) -> bool:
+    """Keep a dead letter, or refresh one requeued since; True when written.
+
+    With `replace=False`, a current (not requeued) dead letter with the same id
+    is left as it is: whoever recorded it first knew more.
+    """
+    raw = raw_body.encode("utf-8", "replace") if isinstance(raw_body, str) else raw_body
+    raw_text = None if raw is None else raw[:MAX_RAW_BODY_BYTES].decode("utf-8", "replace")
+    if raw is not None and len(raw) > MAX_RAW_BODY_BYTES:
+        note = f"(raw body of {len(raw)} bytes; the first {MAX_RAW_BODY_BYTES} kept)"
+        error = f"{error} {note}" if error else note
+    stored = None if message is None else _scrub(json.loads(json.dumps(message, default=str)))
+    row: dict[str, Any] = {
+        "message_id": _fit(message_id, _ID_WIDTH),
+        "queue": _fit(queue, _NAME_WIDTH),
+        "reason": _fit(reason, _REASON_WIDTH),
+        "error": None if error is None else _fit(error, MAX_ERROR_LENGTH),
+        "traceback": None
+        if traceback is None
+        else _fit(traceback, MAX_TRACEBACK_LENGTH, keep_end=True),
+        "attempts": attempts,
+        "actor": None if actor is None else _fit(actor, _NAME_WIDTH),
+        "tenant_id": tenant_id if tenant_id is None or abs(tenant_id) < 2**63 else None,
+        # An explicit NULL: a bare None would be stored as the JSON value null.
+        "message": null() if stored is None else stored,
+        "raw_body": None if raw_text is None else _fit(raw_text, MAX_RAW_BODY_BYTES),
+        "requeued_at": None,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(DeadLetter)
+    stmt = insert.values(**row)
+    refreshed = {name: stmt.excluded[name] for name in row if name != "message_id"}
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[DeadLetter.message_id],
+        # The row stands for the latest dead-lettering, so it is dated anew.
+        set_={**refreshed, "created_at": func.now()},
+        where=None if replace else DeadLetter.requeued_at.is_not(None),
+    )
+    return session.execute(upsert.returning(DeadLetter.message_id)).first() is not None
+
+
+def _conditions(flt: DeadLetterFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if flt.tenant_id is not None:
+        conditions.append(DeadLetter.tenant_id == flt.tenant_id)
+    if flt.actor is not None:
+        conditions.append(DeadLetter.actor == flt.actor)
+    if flt.reason is not None:
+        conditions.append(DeadLetter.reason == flt.reason)
+    if flt.since is not None:
+        conditions.append(DeadLetter.created_at >= flt.since)
+    if not flt.include_requeued:
+        conditions.append(DeadLetter.requeued_at.is_(None))
+    return conditions
+
+
+def list_dead_letters(
+    session: Session, flt: DeadLetterFilter, *, limit: int = 100
+) -> list[DeadLetter]:
+    """The newest dead letters first, filtered."""
+    query = select(DeadLetter).where(*_conditions(flt))
+    query = query.order_by(DeadLetter.created_at.desc(), DeadLetter.message_id).limit(limit)
+    return list(session.scalars(query))
+
+
+def get_dead_letter(session: Session, message_id: str) -> DeadLetter:
+    """The dead letter of one message, or `NotFound`."""
+    dead = session.get(DeadLetter, message_id)
+    if dead is None:
+        raise NotFound(f"no dead letter for message {message_id!r}")
+    return dead
+
+
+def dead_letter_info(dl: DeadLetter) -> DeadLetterInfo:
+    """The plain-data view of a dead letter."""
+    return {
+        "message_id": dl.message_id,
+        "tenant_id": dl.tenant_id,
+        "actor": dl.actor,
+        "queue": dl.queue,
+        "reason": dl.reason,
+        "error": dl.error,
+        "traceback": dl.traceback,
+        "attempts": dl.attempts,
+        "message": dl.message,
+        "raw_body": dl.raw_body,
+        "created_at": dl.created_at.isoformat(),
+        "requeued_at": dl.requeued_at.isoformat() if dl.requeued_at else None,
+        "requeueable": dl.message is not None and dl.requeued_at is None,
+    }
+
+
+def _for_requeue(message: dict[str, Any]) -> dict[str, Any]:
+    options = {k: v for k, v in dict(message.get("options") or {}).items() if k != "eta"}
+    queue = str(message["queue_name"]).removesuffix(".DQ").removesuffix(".XQ")
+    return {**message, "queue_name": queue, "options": options | {"retries": 0}}
+
+
+def _take_one(session: Session, message_id: str) -> DeadLetter:
+    query = select(DeadLetter).where(DeadLetter.message_id == message_id).with_for_update()
+    dead = session.scalars(query.execution_options(populate_existing=True)).first()
+    if dead is None:
+        raise NotFound(f"no dead letter for message {message_id!r}")
+    if dead.message is None:
+        raise PermanentError(
+            f"dead letter {message_id} ({dead.reason}) could not be decoded, so it cannot be "
+            "requeued; inspect its raw body, then purge it",
+            reason="not_requeueable",
+        )
+    if dead.requeued_at is not None:
+        raise PermanentError(
+            f"dead letter {message_id} was already requeued at {dead.requeued_at.isoformat()}",
+            reason="already_requeued",
+        )
+    return dead
+
+
+def take_for_requeue(
+    session: Session,
+    *,
+    message_id: str | None = None,
+    flt: DeadLetterFilter | None = None,
+    limit: int = REQUEUE_BATCH,
+) -> list[dict[str, Any]]:
+    """Mark dead letters requeued, queue their jobs again, and return the messages to publish.
+
+    Publish each with `broker.enqueue(dramatiq.Message(**d))` before committing:
+    a failed publish then rolls the whole requeue back, and a message that
+    arrives before the commit waits on its job record's lock, then runs.
+    """
+    if message_id is not None and flt is None:
+        taken = [_take_one(session, message_id)]
+    elif flt is not None and message_id is None:
+        query = select(DeadLetter).where(
+            *_conditions(flt), DeadLetter.requeued_at.is_(None), DeadLetter.message.is_not(None)
+        )
+        query = query.order_by(DeadLetter.created_at, DeadLetter.message_id).limit(limit)
+        # Two operators requeueing at once take disjoint rows.
+        query = query.with_for_update(skip_locked=True)
+        taken = list(session.scalars(query.execution_options(populate_existing=True)))
+    else:
+        raise ValueError("take_for_requeue needs exactly one of message_id and flt")
+    now = dt.datetime.now(dt.UTC)
+    for dead in taken:
+        dead.requeued_at = now
+    # A job that succeeded is never run again; its requeued message is skipped.
+    session.execute(
+        update(Job)
+        .where(Job.message_id.in_([dead.message_id for dead in taken]))
+        .where(Job.status != JOB_SUCCEEDED)
+        .values(status=JOB_QUEUED, attempts=0, finished_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return [_for_requeue(dead.message) for dead in taken if dead.message is not None]
+
+
+def purge_dead_letters(session: Session, flt: DeadLetterFilter) -> int:
+    """Delete the dead letters matching `flt`; returns how many."""
+    result = session.execute(
+        delete(DeadLetter).where(*_conditions(flt)).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,158 @@
+"""The job record before and between attempts: queued at send, cancelled on request.
+
+Kept apart from `services.jobs` (the record during an attempt) to keep both short.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Sequence
+from typing import Any, TypedDict, cast
+
+import sqlalchemy.exc
+from sqlalchemy import (
+    Table,
+    bindparam,
+    case,
+    delete,
+    exists,
+    literal_column,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import (
+    JOB_CANCELLED,
+    JOB_DEAD,
+    JOB_FINAL_STATES,
+    JOB_QUEUED,
+    JOB_RETRYING,
+    JOB_RUNNING,
+    CancelRequest,
+    Job,
+    Tenant,
+)
+from services import outbox
+from services.errors import NotFound, PermanentError, UnknownTenant
+
+# PostgreSQL's lock_not_available: FOR UPDATE NOWAIT met a row another transaction holds.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class QueuedJob(TypedDict):
+    """What the record of a message says from the moment it is sent."""
+
+    message_id: str
+    tenant_id: int | None
+    actor: str
+    queue: str
+    args: dict[str, Any]
+    enqueued_at: dt.datetime
+
+
+@functools.cache
+def _queued_insert(dialect: str) -> Any:
+    """One cacheable INSERT for any number of rows (executemany): no per-row SQL to compile."""
+    tenant_id = bindparam("tenant", type_=Job.tenant_id.type)
+    # The tenant is looked up in the INSERT itself: no extra round trip per send.
+    known = or_(tenant_id.is_(None), exists().where(Tenant.id == tenant_id))
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(cast(Table, Job.__table__))
+        .values(
+            status=case(
+                (known, literal_column(f"'{JOB_QUEUED}'")), else_=literal_column(f"'{JOB_DEAD}'")
+            ),
+            attempts=0,
+            finished_at=case((known, null()), else_=bindparam("now", type_=Job.finished_at.type)),
+            error=case((known, null()), else_=bindparam("error", type_=Job.error.type)),
+        )
+        .on_conflict_do_nothing(index_elements=[Job.message_id])
+        .returning(Job.message_id, Job.status)
+    )
+
+
+def record_queued(session: Session, rows: Sequence[QueuedJob]) -> dict[str, str]:
+    """Create the records of sent messages in one statement; returns each new record's status.
+
+    A message for a tenant that does not exist is recorded `dead` (it must not
+    be published); a record that already exists is left alone and not returned.
+    """
+    if not rows:
+        return {}
+    now = dt.datetime.now(dt.UTC)
+    params = [
+        {
+            **row,
+            "tenant": row["tenant_id"],
+            "now": now,
+            "error": f"UnknownTenant: {UnknownTenant(row['tenant_id'] or 0)}",
+        }
+        for row in rows
+    ]
+    stmt = _queued_insert(session.get_bind().dialect.name)
+    return {message_id: status for message_id, status in session.execute(stmt, params).all()}
+
+
+def forget_queued(session: Session, message_id: str) -> bool:
+    """Delete the record of a send that failed to publish, unless a worker has begun it."""
+    result = session.execute(
+        delete(Job).where(Job.message_id == message_id, Job.status == JOB_QUEUED)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def cancel_job(session: Session, message_id: str) -> str:
+    """Cancel a job that has not run yet, or ask a running one to stop; returns its status.
+
+    A queued or retrying job becomes `cancelled` (final: a worker that
+    receives it skips it) and leaves the outbox if it waits there.
+    """
+    query = (
+        select(Job)
+        .where(Job.message_id == message_id)
+        .with_for_update(nowait=True)
+        .execution_options(populate_existing=True)
+    )
+    try:
+        # A savepoint: a lock that is not available aborts only it, not the caller's transaction.
+        with session.begin_nested():
+            job = session.scalars(query).first()
+    except sqlalchemy.exc.OperationalError as exc:
+        if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+            raise
+        # The attempt's transaction holds the record until it ends: the job
+        # is running. Ask it to stop, where the running actor can read it.
+        _request_cancel(session, message_id)
+        return JOB_RUNNING
+    if job is None:
+        raise NotFound(f"no job record for message {message_id!r}")
+    now = dt.datetime.now(dt.UTC)
+    if job.status in JOB_FINAL_STATES:
+        raise PermanentError(f"job {message_id} already {job.status}", reason="already_finished")
+    _request_cancel(session, message_id)
+    if job.status not in (JOB_QUEUED, JOB_RETRYING):
+        return job.status
+    outbox.discard_message(session, message_id)
+    session.execute(
+        update(Job)
+        .where(Job.message_id == message_id)
+        .values(status=JOB_CANCELLED, finished_at=now)
+    )
+    return JOB_CANCELLED
+
+
+def _request_cancel(session: Session, message_id: str) -> None:
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(CancelRequest).values(message_id=message_id).on_conflict_do_nothing())
+
+
+def is_cancel_requested(session: Session, message_id: str) -> bool:
+    """Whether someone asked for this job to be cancelled."""
+    query = select(CancelRequest.message_id).where(CancelRequest.message_id == message_id)
+    return session.execute(query).first() is not None

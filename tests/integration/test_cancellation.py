@@ -1,0 +1,71 @@
+"""Cooperative cancellation of a running job, on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from dramatiq import Worker
+from dramatiq.broker import Broker
+from sqlalchemy.orm import Session, sessionmaker
+
+from actors.base import cancel_requested, taskyard_actor
+from brokers import build_broker
+from db.models import Job
+from services.job_control import cancel_job
+from settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pg_stub_broker(settings: Settings, migrated_database: str) -> Iterator[tuple[Broker, Worker]]:
+    """The production middleware on the real PostgreSQL, with an in-process broker."""
+    broker = build_broker(dataclasses.replace(settings, broker_url="stub://"))
+    worker = Worker(broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    yield broker, worker
+    worker.stop()
+    broker.close()
+
+
+def test_running_job_sees_a_cancel_request_and_stops(
+    pg_stub_broker: tuple[Broker, Worker],
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    broker, worker = pg_stub_broker
+    started = threading.Event()
+
+    def patient(tenant_id: int) -> dict[str, object]:
+        started.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if cancel_requested():
+                return {"stopped": "on request"}
+            time.sleep(0.05)
+        return {"stopped": "timed out"}
+
+    # Given a long job that checks for cancellation as it goes
+    tenant_id = make_tenant("cancel-running")
+    actor = taskyard_actor(name="patient", broker=broker)(patient)
+    broker.declare_queue(settings.tenant_queue(tenant_id))
+    message = actor.send(tenant_id=tenant_id)
+    assert started.wait(10)
+
+    # When an operator cancels it while it runs
+    with sessions.begin() as session:
+        outcome = cancel_job(session, message.message_id)
+
+    # Then the request is accepted and the actor sees it and stops early
+    assert outcome == "running"
+    broker.join(settings.tenant_queue(tenant_id), timeout=20_000)
+    worker.join()
+    with sessions() as session:
+        job = session.get(Job, message.message_id)
+        assert job is not None
+        assert job.result == {"stopped": "on request"}

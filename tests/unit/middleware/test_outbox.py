@@ -1,0 +1,188 @@
+"""The send path on the in-process broker and SQLite: records at send, outbox, crash, rollback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dramatiq import Message
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import sessionmaker
+
+from actors.transaction import taskyard_transaction
+from db.models import Job
+from middleware import current_session
+from middleware.outbox import Outbox, sweep_outbox
+from services.errors import PermanentError, UnknownTenant
+from services.tenants import create_tenant
+from tests.unit.middleware.outbox_harness import Harness, outbox_harness, spy_on_publish
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    with outbox_harness(tmp_path) as harness:
+        yield harness
+
+
+def test_send_records_the_job_as_queued_before_it_is_published(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    actor = harness.declare("noop", lambda tenant_id: None)
+    seen = spy_on_publish(harness, monkeypatch)
+
+    message = actor.send(tenant_id=1)
+    harness.drain()
+
+    assert seen == [("noop", ("queued", False))]
+    job = harness.job(message.message_id)
+    assert job is not None and (job.status, job.attempts, job.tenant_id) == ("succeeded", 1, 1)
+    assert job.enqueued_at is not None and job.queue == harness.settings.tenant_queue(1)
+
+
+def test_send_to_an_unknown_tenant_is_refused_and_recorded_dead(harness: Harness) -> None:
+    actor = harness.declare("noop_unknown", lambda tenant_id: None)
+    harness.broker.declare_queue(harness.settings.tenant_queue(99))
+
+    with pytest.raises(UnknownTenant, match="tenant 99 does not exist"):
+        actor.send(tenant_id=99)
+
+    with harness.sessions() as session:
+        job = session.scalars(select(Job).where(Job.tenant_id == 99)).one()
+    assert (job.status, job.attempts) == ("dead", 0)
+    assert job.error == "UnknownTenant: tenant 99 does not exist"
+    assert harness.waiting(harness.settings.tenant_queue(99)) == 0
+
+
+def test_send_while_the_database_is_away_publishes_and_the_worker_records_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    actor = harness.declare("noop_db_away", lambda tenant_id: None)
+    away = create_engine("sqlite:////nonexistent-dir/taskyard.sqlite3")
+    monkeypatch.setattr(harness.outbox, "_autocommit", sessionmaker(away))
+
+    with caplog.at_level(logging.WARNING, logger="Outbox"):
+        message = actor.send(tenant_id=1)
+    harness.drain()
+
+    assert "published without its queued record" in caplog.text
+    job = harness.job(message.message_id)
+    assert job is not None and job.status == "succeeded"
+
+
+def test_actor_sends_are_written_to_the_outbox_in_its_transaction_and_removed_after(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    child = harness.declare("child", lambda tenant_id, name: create_tenant(current_session(), name))
+    parent = harness.declare(
+        "parent", lambda tenant_id: child.send(tenant_id=tenant_id, name="from-parent")
+    )
+    seen = spy_on_publish(harness, monkeypatch)
+
+    parent.send(tenant_id=1)
+    harness.drain()
+
+    # When the child was published, its record and outbox row had committed with the parent.
+    assert seen == [("parent", ("queued", False)), ("child", ("queued", True))]
+    assert harness.outbox_rows() == []
+    assert harness.tenant_names() == ["acme", "from-parent"]
+
+
+def test_rollback_publishes_nothing_and_leaves_no_row_or_record(harness: Harness) -> None:
+    sent: list[str] = []
+    child = harness.declare("child_rb", lambda tenant_id: None)
+
+    def parent(tenant_id: int) -> None:
+        sent.append(child.send(tenant_id=tenant_id).message_id)
+        raise PermanentError("parent failed")
+
+    harness.declare("parent_rb", parent).send(tenant_id=1)
+    harness.drain()
+
+    assert len(sent) == 1 and harness.job(sent[0]) is None
+    assert harness.outbox_rows() == []
+
+
+def test_rows_left_by_a_crash_after_commit_are_published_once_by_the_sweeper(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a producer transaction that committed, then died before publishing
+    actor = harness.declare(
+        "after_crash", lambda tenant_id, name: create_tenant(current_session(), name)
+    )
+    monkeypatch.setattr(Outbox, "publish", lambda self, broker, pending: None)
+    with taskyard_transaction(harness.broker):
+        message = actor.send(tenant_id=1, name="swept")
+    monkeypatch.undo()
+    [row] = harness.outbox_rows()
+    assert harness.status(message.message_id) == "queued"
+
+    # When the sweeper runs: within the grace period, then after it, then again
+    now = dt.datetime.now(dt.UTC)
+    counts = [
+        sweep_outbox(harness.broker, now=now),
+        sweep_outbox(harness.broker, now=now + dt.timedelta(seconds=11)),
+        sweep_outbox(harness.broker, now=now + dt.timedelta(seconds=12)),
+    ]
+    harness.drain()
+
+    # Then it was published exactly once, and ran once
+    assert counts == [0, 1, 0]
+    assert row.message_id == message.message_id and harness.outbox_rows() == []
+    assert harness.tenant_names() == ["acme", "swept"]
+    assert harness.status(message.message_id) == "succeeded"
+
+
+def test_producer_transaction_publishes_on_commit_and_nothing_on_rollback(
+    harness: Harness,
+) -> None:
+    actor = harness.declare("produced", lambda tenant_id: None)
+
+    with taskyard_transaction(harness.broker) as session:
+        create_tenant(session, "beta")
+        kept = actor.send(tenant_id=1)
+    with (
+        pytest.raises(RuntimeError, match="changed my mind"),
+        taskyard_transaction(harness.broker) as session,
+    ):
+        create_tenant(session, "gamma")
+        dropped = actor.send(tenant_id=1)
+        raise RuntimeError("changed my mind")
+    harness.drain()
+
+    assert harness.status(kept.message_id) == "succeeded"
+    assert harness.job(dropped.message_id) is None
+    assert harness.tenant_names() == ["acme", "beta"]
+    assert harness.outbox_rows() == []
+
+
+def test_send_to_an_unknown_tenant_inside_a_transaction_is_refused_at_once(
+    harness: Harness,
+) -> None:
+    actor = harness.declare("in_tx_unknown", lambda tenant_id: None)
+
+    with pytest.raises(UnknownTenant), taskyard_transaction(harness.broker):
+        actor.send(tenant_id=42)
+
+    with harness.sessions() as session:
+        assert session.scalars(select(Job.status).where(Job.tenant_id == 42)).all() == ["dead"]
+    assert harness.outbox_rows() == []
+
+
+def test_send_that_cannot_be_published_fails_and_leaves_no_record(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    actor = harness.declare("unpublishable", lambda tenant_id: None)
+
+    def rabbitmq_away(message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        raise ConnectionError("RabbitMQ is away")
+
+    monkeypatch.setattr(harness.broker, "enqueue", rabbitmq_away)
+    with pytest.raises(ConnectionError):
+        actor.send(tenant_id=1)
+
+    with harness.sessions() as session:
+        assert session.scalars(select(Job)).all() == []
