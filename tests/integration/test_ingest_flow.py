@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -9,6 +10,7 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+import brokers
 from actors import ingest_resources
 from db.models import Ingest, IngestItem, Job, Resource
 from tests.support import WorkerProcess, wait_for
@@ -190,3 +192,31 @@ def test_unreachable_feed_is_retried_then_dead(
     assert "FetchFailed" in (job.error or "")
     ingest = wait_for(lambda: ingest_of(sessions, message.message_id), what="failed ingest")
     assert ingest.status == "failed"
+
+
+def test_a_message_delivered_twice_has_its_effects_once(
+    worker: WorkerProcess,
+    httpserver: HTTPServer,
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+) -> None:
+    # Given an ingest that has run and committed
+    tenant_id = make_tenant("redelivered")
+    httpserver.expect_request("/again.json").respond_with_json(GOOD)
+    message = ingest_resources.send(
+        tenant_id=tenant_id, source_url=httpserver.url_for("/again.json")
+    )
+    wait_for(lambda: ingest_of(sessions, message.message_id), what="first delivery")
+
+    # When RabbitMQ delivers the very same message again (as after a worker
+    # was killed between its commit and its acknowledgement)
+    brokers.broker.enqueue(message)
+    time.sleep(2.0)
+
+    # Then the copy is skipped: one ingest, one job record, three resources
+    with sessions() as session:
+        ingests = session.scalars(select(Ingest).where(Ingest.tenant_id == tenant_id)).all()
+        job = session.get(Job, message.message_id)
+        assert len(ingests) == 1
+        assert job is not None and (job.status, job.attempts) == ("succeeded", 1)
+        assert sorted(stamps(session, tenant_id)) == ["2", "r1", "r3"]

@@ -246,3 +246,23 @@ def test_worker_refuses_to_start_when_migrations_are_behind(tmp_path: Path) -> N
     worker = Worker(broker, worker_threads=1)
     with pytest.raises(SystemExit):
         worker.start()
+
+
+def test_a_retry_logs_one_warning_line_and_the_last_failure_its_traceback(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    def always_down(tenant_id: int) -> None:
+        raise TransientError("still down")
+
+    actor = declare(harness, "logged", always_down)
+    with caplog.at_level("WARNING", logger="RetryPolicy"):
+        actor.send(tenant_id=1)
+        harness.drain()
+
+    records = [r for r in caplog.records if r.name == "RetryPolicy"]
+    warnings = [r for r in records if r.levelname == "WARNING"]
+    errors = [r for r in records if r.levelname == "ERROR"]
+    assert len(warnings) == 2 and all(r.exc_info is None for r in warnings)
+    assert all("\n" not in r.getMessage() for r in warnings)
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "max_attempts_exceeded" in errors[0].getMessage()
