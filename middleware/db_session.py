@@ -123,8 +123,14 @@ class DbSession(Middleware):
         self._incoming.message = None
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        """Forget the message this thread skipped."""
+        """Mark a message skipped before it ran (a stale tick) and forget it."""
         self._incoming.message = None
+        # A record already final is left alone: that is the "already finished" skip.
+        try:
+            with self.session_factory.begin() as session:
+                jobs.mark_skipped(session, message.message_id, reason="skipped before it ran")
+        except Exception:
+            self.logger.warning("Could not mark %s skipped", message.message_id, exc_info=True)
 
     def incoming(self) -> Message[Any] | None:
         """The message this worker thread is running, if any."""

@@ -14,6 +14,7 @@ from db.models import (
     JOB_FINAL_STATES,
     JOB_RETRYING,
     JOB_RUNNING,
+    JOB_SKIPPED,
     JOB_SUCCEEDED,
     Job,
 )
@@ -50,6 +51,25 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _upsert_unless_final(
+    session: Session,
+    message_id: str,
+    fields: dict[str, Any],
+    changes: dict[str, Any],
+) -> Any:
+    """Insert the record with `fields` and `changes`, or apply `changes` unless it is final.
+
+    A record already final (a commit that went through although its
+    acknowledgement did not) is never changed by a later delivery.
+    """
+    stmt = _insert(session).values(message_id=message_id, **fields, **changes)
+    return stmt.on_conflict_do_update(
+        index_elements=[Job.message_id],
+        set_=changes,
+        where=Job.status.not_in(JOB_FINAL_STATES),
+    )
+
+
 def begin_attempt(
     session: Session,
     message_id: str,
@@ -67,24 +87,12 @@ def begin_attempt(
     ends, so a redelivered copy of a message waits here and then sees that
     the first copy succeeded.
     """
-    now = dt.datetime.now(dt.UTC)
-    stmt = _insert(session).values(
-        message_id=message_id,
-        tenant_id=tenant_id,
-        actor=actor,
-        queue=queue,
-        args=args,
-        status=JOB_RUNNING,
-        attempts=attempt,
-        enqueued_at=enqueued_at,
-        started_at=now,
+    fields = {"tenant_id": tenant_id, "actor": actor, "queue": queue, "args": args}
+    changes = {"status": JOB_RUNNING, "attempts": attempt, "started_at": dt.datetime.now(dt.UTC)}
+    stmt = _upsert_unless_final(
+        session, message_id, {**fields, "enqueued_at": enqueued_at}, changes
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Job.message_id],
-        set_={"status": JOB_RUNNING, "attempts": attempt, "started_at": now},
-        where=Job.status.not_in(JOB_FINAL_STATES),
-    ).returning(Job.message_id)
-    return session.execute(stmt).first() is not None
+    return session.execute(stmt.returning(Job.message_id)).first() is not None
 
 
 def mark_succeeded(
@@ -104,6 +112,15 @@ def mark_succeeded(
     )
 
 
+def mark_skipped(session: Session, message_id: str, *, reason: str) -> None:
+    """Record that a message was dropped before it ran (a stale scheduler tick, say)."""
+    session.execute(
+        update(Job)
+        .where(Job.message_id == message_id, Job.status.not_in(JOB_FINAL_STATES))
+        .values(status=JOB_SKIPPED, finished_at=dt.datetime.now(dt.UTC), error=reason)
+    )
+
+
 def record_failure(
     session: Session,
     message_id: str,
@@ -119,30 +136,21 @@ def record_failure(
 ) -> None:
     """Record a failed attempt: `retrying`, or `dead` when no attempt follows."""
     now = dt.datetime.now(dt.UTC)
-    status = JOB_DEAD if dead else JOB_RETRYING
-    error = error[:MAX_ERROR_LENGTH]
-    finished = now if dead else None
-    stmt = _insert(session).values(
-        message_id=message_id,
-        tenant_id=tenant_id,
-        actor=actor,
-        queue=queue,
-        args=args,
-        status=status,
-        attempts=attempt,
-        enqueued_at=enqueued_at,
-        started_at=now,
-        finished_at=finished,
-        error=error,
-    )
-    # A record already final (a commit that went through although its
-    # acknowledgement did not) is never overwritten by a later failure.
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Job.message_id],
-        set_={"status": status, "attempts": attempt, "finished_at": finished, "error": error},
-        where=Job.status.not_in(JOB_FINAL_STATES),
-    )
-    session.execute(stmt)
+    fields = {
+        "tenant_id": tenant_id,
+        "actor": actor,
+        "queue": queue,
+        "args": args,
+        "enqueued_at": enqueued_at,
+        "started_at": now,
+    }
+    changes = {
+        "status": JOB_DEAD if dead else JOB_RETRYING,
+        "attempts": attempt,
+        "finished_at": now if dead else None,
+        "error": error[:MAX_ERROR_LENGTH],
+    }
+    session.execute(_upsert_unless_final(session, message_id, fields, changes))
 
 
 def job_info(job: Job) -> JobInfo:

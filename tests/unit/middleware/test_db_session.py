@@ -266,3 +266,19 @@ def test_a_retry_logs_one_warning_line_and_the_last_failure_its_traceback(
     assert all("\n" not in r.getMessage() for r in warnings)
     assert len(errors) == 1 and errors[0].exc_info is not None
     assert "max_attempts_exceeded" in errors[0].getMessage()
+
+
+def test_a_stale_scheduler_tick_is_recorded_as_skipped(harness: Harness) -> None:
+    from periodiq import cron
+
+    ran: list[int] = []
+    actor = declare(
+        harness, "ticker", lambda: ran.append(1), tenant_scoped=False, periodic=cron("* * * * *")
+    )
+    # periodiq drops a tick older than its skip delay (30 s) before it runs
+    stale = actor.send_with_options(scheduled_at="2020-01-01T00:00:00+00:00")
+    harness.drain()
+
+    job = harness.job(stale.message_id)
+    assert ran == []
+    assert (job.status, job.error) == ("skipped", "skipped before it ran")
