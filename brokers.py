@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import check_schema
 from db.session import make_engine, make_session_factory
 from middleware import DbSession, RetryPolicy, TenantRouting
+from middleware.consumer import ConsumerMultiplexing
 from middleware.dead_letters import DeadLetters
 from middleware.outbox import Outbox
 from middleware.rabbitmq import TaskyardRabbitmqBroker
@@ -36,6 +37,10 @@ def build_middleware(
     return [
         # Interrupts a runaway actor; first, so its timer covers everything below.
         TimeLimit(),
+        # Consumes every queue of a worker over one connection and thread, not one
+        # each (1,000 tenants are 2,000 queues); only replaces the worker's consumers
+        # at boot, and does nothing on the stub broker.
+        ConsumerMultiplexing(),
         # Keeps every message the worker nacks in the database (RabbitMQ's dead-letter
         # queue drops it after 7 days); early, so no later before_nack can skip it.
         DeadLetters(session_factory=session_factory),

@@ -1,0 +1,368 @@
+"""One consumer thread and one AMQP connection per worker process, however many queues it serves.
+
+Dramatiq's worker starts a `ConsumerThread`, with its own connection, for every
+queue and every delay queue: a worker serving 1,000 tenants would hold 2,000
+connections and threads.  `ConsumerMultiplexing` replaces the worker's
+`_add_consumer` so that every queue is consumed by one `MultiplexingConsumer`
+instead: one connection, one channel for the queues and one for the delay
+queues, one `basic_consume` per queue.  RabbitMQ applies a channel's
+`basic_qos` (global=False) to each consumer on it, so every queue still
+prefetches at most `queue_prefetch` messages (`delay_prefetch` for a delay
+queue): one tenant's backlog cannot fill the work queue ahead of another's.
+
+The consumer is a `ConsumerThread` registered in `worker.consumers` under every
+queue name, so Dramatiq's own code keeps doing the rest: the worker threads ack
+and nack through `post_process_message`, delayed messages wait in its
+`delay_queue`, and `Worker.pause/resume/stop/join` see it like any consumer.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from queue import PriorityQueue
+from typing import Any
+
+import pika
+import pika.exceptions
+from dramatiq import Worker
+from dramatiq.broker import Broker, Consumer, MessageProxy
+from dramatiq.common import q_name
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.middleware import Middleware
+from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQueueItem
+
+from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker, screen
+
+# Queues started per pass of the loop: declaring 1,000 tenants' queues takes
+# seconds, and the queues already consumed keep being served in between.
+QUEUES_PER_PASS = 100
+# What a lost connection, a closed channel or a refused declaration raises.
+AMQP_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
+
+
+def is_delay_queue(queue_name: str) -> bool:
+    """Whether `queue_name` is a delay queue (its messages carry an eta)."""
+    return queue_name.endswith(".DQ")
+
+
+class _Delivery(MessageProxy):
+    """A message and where it came from: the link and channel whose delivery tag it carries."""
+
+    def __init__(self, link: _Link, channel_number: int, tag: int, redelivered: bool, message: Any):
+        super().__init__(message)
+        self.link = link
+        self.channel_number = channel_number
+        self._tag = tag
+        self.redelivered = redelivered
+
+
+class _Link(Consumer):
+    """One AMQP connection of the consumer: its two channels and its unsettled deliveries.
+
+    Worker threads settle deliveries through `ack` and `nack`; pika is not
+    thread-safe, so those only schedule the call on the connection's own thread.
+    A delivery from an earlier link is not settled: RabbitMQ already put it back
+    when that connection closed.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        queue_prefetch: int,
+        delay_prefetch: int,
+        on_cancel: Callable[[str], None] = lambda queue_name: None,
+    ) -> None:
+        self.logger = logging.getLogger("MultiplexingConsumer")
+        self.connection = connection
+        self.on_cancel = on_cancel
+        self.channels: dict[bool, Any] = {}
+        for delay, prefetch in ((False, queue_prefetch), (True, delay_prefetch)):
+            channel = self.connection.channel()
+            # global=False: the limit holds for each queue consumed on the channel.
+            channel.basic_qos(prefetch_count=prefetch, global_qos=False)
+            channel.add_on_cancel_callback(self._cancelled)
+            self.channels[delay] = channel
+        self._queue_of_tag: dict[str, str] = {}
+        self._unsettled: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def consume(self, queue_name: str, on_message: Any) -> None:
+        """Deliver `queue_name`'s messages to `on_message(channel, method, props, body)`."""
+        tag = self.channels[is_delay_queue(queue_name)].basic_consume(queue_name, on_message)
+        self._queue_of_tag[tag] = queue_name
+
+    def _cancelled(self, method_frame: Any) -> None:
+        # RabbitMQ cancels the consumer of a queue that was deleted.
+        queue_name = self._queue_of_tag.pop(method_frame.method.consumer_tag, None)
+        if queue_name is not None:
+            self.on_cancel(queue_name)
+
+    def track(self, channel_number: int, tag: int) -> None:
+        """Remember a delivery until a worker thread settles it."""
+        with self._lock:
+            self._unsettled.add((channel_number, tag))
+
+    def ack(self, message: MessageProxy) -> None:
+        """Acknowledge a delivery (from any thread)."""
+        self._settle(message, ack=True)
+
+    def nack(self, message: MessageProxy) -> None:
+        """Reject a delivery to its dead-letter queue (from any thread)."""
+        self._settle(message, ack=False)
+
+    def reject(self, channel: Any, tag: int) -> None:
+        """Reject a delivery that never became a message (on the connection's thread)."""
+        channel.basic_nack(tag, requeue=False)
+
+    def _settle(self, message: MessageProxy, *, ack: bool) -> None:
+        assert isinstance(message, _Delivery)
+        key = (message.channel_number, message._tag)
+        with self._lock:
+            known = message.link is self and key in self._unsettled
+            self._unsettled.discard(key)
+        if not known:
+            self.logger.warning(
+                "Could not settle message %s: its connection was closed, so RabbitMQ redelivers it",
+                message.message_id,
+            )
+            return
+        channel = self.channels[is_delay_queue(message.queue_name)]
+        call = (
+            functools.partial(channel.basic_ack, message._tag)
+            if ack
+            else functools.partial(channel.basic_nack, message._tag, requeue=False)
+        )
+        try:
+            self.connection.add_callback_threadsafe(call)
+        except AMQP_ERRORS:
+            self.logger.warning(
+                "Could not settle message %s; RabbitMQ redelivers it", message.message_id
+            )
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Nothing to do: RabbitMQ puts unacked messages back when the connection closes."""
+
+    def close(self) -> None:
+        """Send what worker threads settled, then close; safe to call again."""
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            self._unsettled.clear()
+        try:
+            if self.connection.is_open:
+                # Callbacks run in order: once this one has, every ack before it is written.
+                flushed = threading.Event()
+                self.connection.add_callback_threadsafe(flushed.set)
+                while not flushed.is_set():
+                    self.connection.process_data_events(time_limit=0)
+                self.connection.close()
+        except Exception:
+            # The server may be gone already; the unacked messages come back anyway.
+            self.logger.debug("Could not close the connection cleanly", exc_info=True)
+
+
+class MultiplexingConsumer(ConsumerThread):
+    """The one consumer thread of a worker: every queue, over one connection at a time."""
+
+    consumer: _Link | None
+    broker: TaskyardRabbitmqBroker
+
+    def __init__(
+        self,
+        *,
+        broker: TaskyardRabbitmqBroker,
+        work_queue: PriorityQueue[_WorkQueueItem],
+        queue_prefetch: int,
+        delay_prefetch: int,
+        worker_timeout: int,
+        restart_delay: float = CONSUMER_RESTART_DELAY_SECS,
+    ) -> None:
+        super().__init__(
+            broker=broker,
+            queue_name="*",
+            prefetch=queue_prefetch,
+            work_queue=work_queue,
+            worker_timeout=worker_timeout,
+        )
+        self.name = "taskyard-consumer"
+        self.logger = logging.getLogger(type(self).__name__)
+        self.delay_prefetch = delay_prefetch
+        self.restart_delay = restart_delay
+        self._lock = threading.Lock()
+        self._queues: list[str] = []
+        self._pending: list[str] = []
+        self._start_requested = False
+
+    @property
+    def queue_names(self) -> list[str]:
+        """Every queue registered, in the order they were added."""
+        with self._lock:
+            return list(self._queues)
+
+    def add_queue(self, queue_name: str) -> bool:
+        """Consume `queue_name` too (from any thread); False if it was already registered."""
+        with self._lock:
+            if queue_name in self._queues:
+                return False
+            self._queues.append(queue_name)
+            self._pending.append(queue_name)
+            return True
+
+    def ensure_started(self) -> None:
+        """Start the thread once, whichever thread registers the first queue."""
+        with self._lock:
+            if self._start_requested:
+                return
+            self._start_requested = True
+        self.start()
+
+    def take_pending(self, limit: int = QUEUES_PER_PASS) -> list[str]:
+        """Up to `limit` of the queues registered but not yet consumed, oldest first."""
+        with self._lock:
+            pending, self._pending = self._pending[:limit], self._pending[limit:]
+            return pending
+
+    def run(self) -> None:
+        """Consume until stopped; reconnect after a lost connection, as `ConsumerThread` does."""
+        self.running = True
+        self.broker.emit_after("consumer_thread_boot", self)
+        while self.running:
+            if self.paused:
+                # As Dramatiq's consumer: a paused worker holds no prefetched messages.
+                self._disconnect()
+                self.paused_event.set()
+                time.sleep(self.worker_timeout / 1000)
+                continue
+            try:
+                self._serve_once()
+            except (BrokerConnectionError, *AMQP_ERRORS) as exc:
+                self.logger.critical("Consumer encountered a connection error: %s", exc)
+                self._restart()
+            except Exception:
+                self.logger.critical("Consumer encountered an unexpected error.", exc_info=True)
+                self._restart()
+        self._disconnect()
+        self.broker.emit_before("consumer_thread_shutdown", self)
+
+    def _serve_once(self) -> None:
+        if self.consumer is None:
+            self.consumer = _Link(
+                pika.BlockingConnection(self.broker.parameters),
+                queue_prefetch=self.prefetch,
+                delay_prefetch=self.delay_prefetch,
+                on_cancel=self._resume_queue,
+            )
+            with self._lock:
+                self._pending = list(self._queues)
+        started = self._start_pending(self.consumer)
+        if started:
+            self.logger.info("Consuming %d more queue(s) on one connection", started)
+        with self._lock:
+            more = bool(self._pending)
+        # Returns early when a delivery or a worker thread's ack is waiting.
+        wait = 0 if more else self.worker_timeout / 1000
+        self.consumer.connection.process_data_events(time_limit=wait)
+        self.handle_delayed_messages()
+
+    def _start_pending(self, link: _Link) -> int:
+        pending = self.take_pending()
+        for index, queue_name in enumerate(pending):
+            try:
+                # As `broker.consume` does: declared on the server with Dramatiq's arguments.
+                self.broker.declare_queue(queue_name, ensure=True)
+                link.consume(queue_name, functools.partial(self._on_message, link, queue_name))
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = pending[index:]
+                raise
+        return len(pending)
+
+    def _resume_queue(self, queue_name: str) -> None:
+        # As Dramatiq's consumer does after a 404: declare the queue again, then consume it.
+        self.logger.warning("RabbitMQ cancelled the consumer of %s; declaring it again", queue_name)
+        self.broker.queues_pending.add(q_name(queue_name))
+        with self._lock:
+            self._pending.append(queue_name)
+
+    def _on_message(
+        self, link: _Link, queue_name: str, channel: Any, method: Any, _props: Any, body: bytes
+    ) -> None:
+        verdict = screen(body, queue_name=queue_name, max_bytes=self.broker.max_message_bytes)
+        if isinstance(verdict, Refusal):
+            self.broker.report_poison(queue_name, body, verdict)
+            link.reject(channel, method.delivery_tag)
+            return
+        link.track(channel.channel_number, method.delivery_tag)
+        delivery = _Delivery(
+            link, channel.channel_number, method.delivery_tag, method.redelivered, verdict
+        )
+        self.handle_message(delivery)
+
+    def _restart(self) -> None:
+        self._disconnect()
+        if self.running:
+            self.logger.info("Restarting consumer in %0.2f seconds.", self.restart_delay)
+            time.sleep(self.restart_delay)
+
+    def _disconnect(self) -> None:
+        link, self.consumer = self.consumer, None
+        if link is None:
+            return
+        link.close()
+        # Unacked on the closed connection, so RabbitMQ delivers them again.
+        self.delay_queue = PriorityQueue()
+        # A queue deleted on the server is declared again on the next connection.
+        for queue_name in self.queue_names:
+            self.broker.queues_pending.add(q_name(queue_name))
+
+    def requeue_messages(self, messages: Iterable[MessageProxy]) -> None:
+        """Nothing to do: RabbitMQ put back the unacked messages when the connection closed.
+
+        `Worker.stop` calls this after the thread has stopped and closed its
+        connection, for the messages still waiting in the work queue.
+        """
+
+    def close(self) -> None:
+        """Close the connection once the thread has stopped; `Worker.stop` calls this per queue."""
+        if not self.is_alive():
+            self._disconnect()
+
+
+class ConsumerMultiplexing(Middleware):
+    """Makes a worker consume all its queues with one `MultiplexingConsumer` (RabbitMQ only)."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger(type(self).__name__)
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        """Replace the worker's one-thread-per-queue consumers before the first one starts."""
+        if not isinstance(broker, TaskyardRabbitmqBroker):
+            return
+        consumer = MultiplexingConsumer(
+            broker=broker,
+            work_queue=worker.work_queue,
+            queue_prefetch=worker.queue_prefetch,
+            delay_prefetch=worker.delay_prefetch,
+            worker_timeout=worker.worker_timeout,
+        )
+        worker._add_consumer = functools.partial(add_consumer, worker, consumer)  # type: ignore[method-assign]
+
+
+def add_consumer(
+    worker: Worker, consumer: MultiplexingConsumer, queue_name: str, *, delay: bool = False
+) -> None:
+    """`Worker._add_consumer`, registering the queue with the shared consumer instead."""
+    if queue_name in worker.consumers:
+        return
+    if worker.consumer_whitelist and q_name(queue_name) not in worker.consumer_whitelist:
+        return
+    worker.consumers[queue_name] = consumer
+    consumer.add_queue(queue_name)
+    consumer.ensure_started()

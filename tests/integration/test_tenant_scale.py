@@ -1,0 +1,333 @@
+"""Many tenants on one worker: few connections and threads, idle CPU, fairness under a backlog."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pika
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug import Request, Response
+
+import brokers
+from actors import ingest_resources
+from db.models import Job, Tenant
+from settings import Settings
+from tests.support import WorkerProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+# The issue's figure: 3,000 queues declared, 2,000 consumed (about 15 s here).
+SCALE_TENANTS = 1000
+AMQP_PORT = 5672
+# A tenant's backlog in the fairness test, and what another tenant may wait behind it.
+BACKLOG = 500
+FAIR_START_SECONDS = 1.0
+FEED = [{"id": "x1", "name": "One", "creation_date": "2024-01-01"}]
+CONSUMING = re.compile(r"Consuming (\d+) more queue")
+
+
+def worker_child(pid: int) -> int:
+    """The pid of the worker process that `dramatiq` forked (its only child)."""
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    assert len(children) == 1, f"expected one worker process, found {children}"
+    return children[0]
+
+
+def amqp_connections(pid: int) -> int:
+    """How many established TCP connections to RabbitMQ the process holds."""
+    return len(amqp_local_ports(pid))
+
+
+def amqp_local_ports(pid: int) -> list[int]:
+    """The local ports of the process's established TCP connections to RabbitMQ."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == AMQP_PORT and fields[3] == "01" and fields[9] in inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/<pid>/status (Threads, VmRSS in kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def queues_consumed(worker: WorkerProcess) -> int:
+    """How many queues the worker's consumer says it consumes."""
+    return sum(int(n) for n in CONSUMING.findall(worker.log()))
+
+
+def job(sessions: sessionmaker[Session], message_id: str) -> Job | None:
+    with sessions() as session:
+        return session.get(Job, message_id)
+
+
+@pytest.fixture
+def feed_url(httpserver: HTTPServer) -> str:
+    httpserver.expect_request("/scale-feed.json").respond_with_json(FEED)
+    return str(httpserver.url_for("/scale-feed.json"))
+
+
+@pytest.fixture
+def gone_url(httpserver: HTTPServer) -> str:
+    """A feed that answers 404: its ingest fails at once, for good."""
+    httpserver.expect_request("/gone.json").respond_with_data("gone", status=404)
+    return str(httpserver.url_for("/gone.json"))
+
+
+def test_tenant_is_not_kept_waiting_behind_another_tenants_backlog(
+    worker: WorkerProcess,
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    feed_url: str,
+    gone_url: str,
+) -> None:
+    # Given tenant A with a backlog of quick jobs
+    tenant_a, tenant_b = make_tenant("busy-a"), make_tenant("quiet-b")
+    a_ids = [
+        ingest_resources.send(tenant_id=tenant_a, source_url=gone_url).message_id
+        for _ in range(BACKLOG)
+    ]
+
+    # When tenant B sends one job while A's backlog drains
+    b_id = ingest_resources.send(tenant_id=tenant_b, source_url=feed_url).message_id
+
+    # Then B's job starts within a second of being sent, ahead of most of A's
+    wait_for(lambda: (j := job(sessions, b_id)) and j.status == "succeeded", what="B's job")
+    b_job = job(sessions, b_id)
+    assert b_job is not None and b_job.started_at and b_job.enqueued_at
+    waited = (b_job.started_at - b_job.enqueued_at).total_seconds()
+    wait_for(
+        lambda: all((j := job(sessions, i)) and j.status == "dead" for i in a_ids[-5:]),
+        timeout=120,
+        what="A's backlog to drain",
+    )
+    with sessions() as session:
+        a_after_b = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.message_id.in_(a_ids), Job.finished_at > b_job.started_at)
+        )
+    print(f"\nB waited {waited:.3f}s; {a_after_b} of A's {BACKLOG} jobs finished after it started")
+    assert waited < FAIR_START_SECONDS
+    # B did not wait for A's backlog: most of it was still to run.
+    assert a_after_b is not None and a_after_b > BACKLOG // 2
+
+
+def test_one_worker_serves_many_tenants_over_few_connections(
+    start_worker: Callable[..., WorkerProcess],
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    feed_url: str,
+) -> None:
+    # Given many tenants
+    run = uuid.uuid4().hex[:8]
+    with sessions.begin() as session:
+        session.execute(
+            insert(Tenant),
+            [{"name": f"scale-{run}-{i}", "status": "active"} for i in range(SCALE_TENANTS)],
+        )
+    # The tenants stay: the shared worker serves their queues too, and would declare
+    # again any queue deleted under it; `delete_test_queues` deletes them at the end.
+
+    # When one worker process with 8 threads starts
+    started = time.monotonic()
+    worker = start_worker(threads=8, TASKYARD_TENANT_REFRESH_SECONDS="1")
+    wait_for(
+        lambda: queues_consumed(worker) >= 2 * SCALE_TENANTS,
+        timeout=120,
+        what="the worker to consume every tenant's queues",
+    )
+    serving = time.monotonic() - started
+    child = worker_child(worker.proc.pid)
+
+    # Then it holds a few connections and threads, and idles cheaply
+    connections = amqp_connections(child)
+    threads = proc_status(child, "Threads")
+    rss_mb = proc_status(child, "VmRSS") / 1024
+    cpu_before = cpu_seconds(child)
+    time.sleep(10)
+    idle_cpu = (cpu_seconds(child) - cpu_before) / 10
+
+    # And it picks up a new tenant's job without a restart
+    newcomer = make_tenant("scale-newcomer")
+    sent = time.monotonic()
+    message_id = ingest_resources.send(tenant_id=newcomer, source_url=feed_url).message_id
+    wait_for(
+        lambda: (j := job(sessions, message_id)) and j.status == "succeeded",
+        timeout=60,
+        what="the new tenant's job",
+    )
+    pick_up = time.monotonic() - sent
+    print(
+        f"\n{queues_consumed(worker)} queues served after {serving:.1f}s: "
+        f"{connections} AMQP connections, {threads} threads, {rss_mb:.0f} MB RSS, "
+        f"idle CPU {idle_cpu:.1%} of a core; new tenant's job done in {pick_up:.1f}s"
+    )
+    assert connections <= 4
+    assert threads <= 40
+    assert idle_cpu < 0.05
+
+    # And it still shuts down gracefully
+    assert worker.stop() == 0
+
+
+def queued_message_ids(settings: Settings, queue: str) -> set[str]:
+    """The ids of the messages waiting in a queue (read, then left there)."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    channel = connection.channel()
+    found = set()
+    while True:
+        method, _props, body = channel.basic_get(queue)
+        if method is None:
+            break
+        found.add(json.loads(body)["message_id"])
+    connection.close()  # unacked: every message stays in the queue
+    return found
+
+
+def close_connections_from(ports: list[int]) -> None:
+    """Make RabbitMQ close the connections that come from these local ports."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "peer_port", "-q", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    for line in listing.stdout.splitlines():
+        pid, _, port = line.rpartition("\t")
+        if port.strip().isdigit() and int(port) in ports:
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "test: connection lost"],
+                capture_output=True,
+                check=True,
+                timeout=30,
+            )
+
+
+def test_worker_consumes_again_after_its_connection_is_closed(
+    start_worker: Callable[..., WorkerProcess],
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    feed_url: str,
+) -> None:
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not installed here")
+    # Given a worker of its own (a queue prefix no other worker serves), pinned to a tenant
+    tenant_id = make_tenant("reconnect")
+    own = dataclasses.replace(settings, queue_prefix=f"{settings.queue_prefix}rc.")
+    worker = start_worker(
+        threads=2, TASKYARD_QUEUE_PREFIX=own.queue_prefix, TASKYARD_TENANTS=str(tenant_id)
+    )
+    try:
+        wait_for(lambda: queues_consumed(worker) >= 2, what="the worker to consume")
+        child = worker_child(worker.proc.pid)
+
+        # When RabbitMQ closes its connections
+        close_connections_from(amqp_local_ports(child))
+
+        # Then it connects again, and runs the tenant's next job
+        message = ingest_resources.message(tenant_id=tenant_id, source_url=feed_url)
+        message = dataclasses.replace(message, queue_name=own.tenant_queue(tenant_id))
+        brokers.broker.enqueue(message)
+        wait_for(
+            lambda: (j := job(sessions, message.message_id)) and j.status == "succeeded",
+            what="the job after the reconnection",
+        )
+        assert "Restarting consumer" in worker.log()
+        assert worker.stop() == 0
+    finally:
+        worker.stop()
+        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+        channel = connection.channel()
+        for name in (own.tenant_queue(tenant_id), own.system_queue):
+            for queue in (name, f"{name}.DQ", f"{name}.XQ"):
+                channel.queue_delete(queue)
+        connection.close()
+
+
+def test_stopping_worker_finishes_its_job_and_leaves_prefetched_ones_queued(
+    start_worker: Callable[..., WorkerProcess],
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    httpserver: HTTPServer,
+) -> None:
+    # Given a one-thread worker of its own, busy with the first of five slow jobs
+    def slow_feed(_request: Request) -> Response:
+        time.sleep(1.5)
+        return Response(json.dumps(FEED), content_type="application/json")
+
+    httpserver.expect_request("/slow-feed.json").respond_with_handler(slow_feed)
+    tenant_id = make_tenant("shutdown")
+    own = dataclasses.replace(settings, queue_prefix=f"{settings.queue_prefix}sd.")
+    queue = own.tenant_queue(tenant_id)
+    worker = start_worker(
+        threads=1, TASKYARD_QUEUE_PREFIX=own.queue_prefix, TASKYARD_TENANTS=str(tenant_id)
+    )
+    ids = []
+    for _ in range(5):
+        message = ingest_resources.message(
+            tenant_id=tenant_id, source_url=httpserver.url_for("/slow-feed.json")
+        )
+        ids.append(
+            brokers.broker.enqueue(dataclasses.replace(message, queue_name=queue)).message_id
+        )
+    try:
+        wait_for(lambda: len(httpserver.log) >= 1, what="the first job to start")
+
+        # When it is stopped
+        assert worker.stop() == 0, worker.log()[-3000:]
+
+        # Then the running job finished, and the rest wait in the queue for the next worker
+        done = [i for i in ids if (j := job(sessions, i)) and j.status == "succeeded"]
+        assert 1 <= len(done) < len(ids)
+        waiting = queued_message_ids(settings, queue)
+        assert set(ids) - set(done) <= waiting
+        assert not set(done) & waiting
+    finally:
+        worker.stop()
+        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+        channel = connection.channel()
+        for name in (queue, own.system_queue):
+            for each in (name, f"{name}.DQ", f"{name}.XQ"):
+                channel.queue_delete(each)
+        connection.close()

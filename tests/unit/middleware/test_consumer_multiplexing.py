@@ -1,0 +1,276 @@
+"""The multiplexing consumer without a server: registration, settling, delayed messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq import Message, Worker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import current_millis
+
+from middleware.consumer import ConsumerMultiplexing, MultiplexingConsumer, _Delivery, _Link
+from middleware.rabbitmq import TaskyardRabbitmqBroker
+
+QUEUE = "tenant.1"
+
+
+class FakeChannel:
+    """Records what the consumer asks of one pika channel."""
+
+    def __init__(self, number: int) -> None:
+        self.channel_number = number
+        self.calls: list[tuple[Any, ...]] = []
+
+    def basic_qos(self, *, prefetch_count: int, global_qos: bool) -> None:
+        self.calls.append(("qos", prefetch_count, global_qos))
+
+    def basic_consume(self, queue: str, on_message: Callable[..., None]) -> str:
+        self.calls.append(("consume", queue))
+        return f"ctag-{queue}"
+
+    def add_on_cancel_callback(self, callback: Callable[[Any], None]) -> None:
+        self.on_cancel = callback
+
+    def basic_ack(self, tag: int) -> None:
+        self.calls.append(("ack", tag))
+
+    def basic_nack(self, tag: int, requeue: bool) -> None:
+        self.calls.append(("nack", tag, requeue))
+
+
+class FakeConnection:
+    """A pika connection whose thread-safe callbacks run at once."""
+
+    def __init__(self) -> None:
+        self.opened: list[FakeChannel] = []
+        self.is_open = True
+
+    def channel(self) -> FakeChannel:
+        self.opened.append(FakeChannel(len(self.opened) + 1))
+        return self.opened[-1]
+
+    def add_callback_threadsafe(self, callback: Callable[[], None]) -> None:
+        callback()
+
+    def process_data_events(self, time_limit: float = 0) -> None:
+        pass
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+@pytest.fixture
+def broker() -> TaskyardRabbitmqBroker:
+    """A broker that never connects (nothing here publishes), with one actor on QUEUE."""
+    broker = TaskyardRabbitmqBroker(url="amqp://guest:guest@127.0.0.1:1/%2F")
+    dramatiq.actor(lambda: None, actor_name="noop", queue_name=QUEUE, broker=broker, priority=5)
+    return broker
+
+
+@pytest.fixture
+def consumer(broker: TaskyardRabbitmqBroker) -> MultiplexingConsumer:
+    return MultiplexingConsumer(
+        broker=broker,
+        work_queue=Worker(broker).work_queue,
+        queue_prefetch=8,
+        delay_prefetch=4000,
+        worker_timeout=100,
+    )
+
+
+@pytest.fixture
+def link() -> _Link:
+    return _Link(FakeConnection(), queue_prefetch=8, delay_prefetch=4000)
+
+
+def body(queue_name: str = QUEUE, **options: Any) -> bytes:
+    message = Message(queue_name=queue_name, actor_name="noop", args=(), kwargs={}, options=options)
+    return message.encode()
+
+
+def deliver(
+    consumer: MultiplexingConsumer, link: _Link, queue_name: str, data: bytes, tag: int
+) -> None:
+    channel = link.channels[queue_name.endswith(".DQ")]
+    method = SimpleNamespace(delivery_tag=tag, redelivered=False)
+    consumer._on_message(link, queue_name, channel, method, None, data)
+
+
+def test_every_queue_of_a_worker_shares_one_consumer(
+    broker: TaskyardRabbitmqBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker booted with the middleware (its thread is not started here)
+    monkeypatch.setattr(MultiplexingConsumer, "start", lambda self: None)
+    worker = Worker(broker, worker_threads=2)
+    ConsumerMultiplexing().before_worker_boot(broker, worker)
+
+    # When queues are added, one twice
+    for queue_name in (QUEUE, f"{QUEUE}.DQ", "tenant.2", QUEUE):
+        worker._add_consumer(queue_name, delay=queue_name.endswith(".DQ"))
+
+    # Then one consumer is registered under each name, once
+    consumers = set(map(id, worker.consumers.values()))
+    assert list(worker.consumers) == [QUEUE, f"{QUEUE}.DQ", "tenant.2"]
+    assert len(consumers) == 1
+    consumer = worker.consumers[QUEUE]
+    assert isinstance(consumer, MultiplexingConsumer)
+    assert consumer.queue_names == [QUEUE, f"{QUEUE}.DQ", "tenant.2"]
+    assert consumer.take_pending(limit=2) == [QUEUE, f"{QUEUE}.DQ"]
+    assert consumer.take_pending() == ["tenant.2"]
+    assert consumer.take_pending() == []
+
+
+def test_a_pinned_worker_registers_only_its_queues(
+    broker: TaskyardRabbitmqBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MultiplexingConsumer, "start", lambda self: None)
+    worker = Worker(broker, queues={"tenant.2"}, worker_threads=2)
+    ConsumerMultiplexing().before_worker_boot(broker, worker)
+
+    for queue_name in (QUEUE, f"{QUEUE}.DQ", "tenant.2", "tenant.2.DQ"):
+        worker._add_consumer(queue_name)
+
+    assert list(worker.consumers) == ["tenant.2", "tenant.2.DQ"]
+
+
+def test_the_stub_broker_keeps_dramatiqs_consumers() -> None:
+    broker = StubBroker()
+    worker = Worker(broker, worker_threads=1)
+    ConsumerMultiplexing().before_worker_boot(broker, worker)
+    assert "_add_consumer" not in vars(worker)
+
+
+def test_queues_and_delay_queues_get_their_own_prefetch_per_queue(link: _Link) -> None:
+    assert link.channels[False].calls == [("qos", 8, False)]
+    assert link.channels[True].calls == [("qos", 4000, False)]
+    link.consume(QUEUE, print)
+    link.consume(f"{QUEUE}.DQ", print)
+    assert link.channels[False].calls[-1] == ("consume", QUEUE)
+    assert link.channels[True].calls[-1] == ("consume", f"{QUEUE}.DQ")
+
+
+@pytest.mark.parametrize(("failed", "expected"), [(False, ("ack", 7)), (True, ("nack", 7, False))])
+def test_a_delivery_is_settled_on_the_channel_that_delivered_it(
+    consumer: MultiplexingConsumer, link: _Link, failed: bool, expected: tuple[Any, ...]
+) -> None:
+    # Given a message delivered on the queue's channel
+    consumer.consumer = link
+    deliver(consumer, link, QUEUE, body(), tag=7)
+    item = consumer.work_queue.get_nowait()
+    assert item.priority == 5
+
+    # When a worker thread is done with it
+    if failed:
+        item.message.fail()
+    consumer.post_process_message(item.message)
+
+    # Then it is acked or nacked there, once
+    assert link.channels[False].calls[-1] == expected
+    consumer.post_process_message(item.message)
+    assert link.channels[False].calls[-1] == expected
+    assert len([c for c in link.channels[False].calls if c[0] != "qos"]) == 1
+
+
+def test_a_delivery_from_a_closed_connection_is_left_to_rabbitmq(
+    consumer: MultiplexingConsumer, link: _Link, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a delivery on a connection that was then replaced
+    deliver(consumer, link, QUEUE, body(), tag=3)
+    message = consumer.work_queue.get_nowait().message
+    link.close()
+    consumer.consumer = _Link(FakeConnection(), queue_prefetch=8, delay_prefetch=4000)
+
+    # When it is acked, nothing is sent on either connection
+    with caplog.at_level(logging.WARNING):
+        consumer.post_process_message(message)
+    assert ("ack", 3) not in link.channels[False].calls
+    assert consumer.consumer.channels[False].calls == [("qos", 8, False)]
+    assert "redelivers" in caplog.text
+
+
+def test_a_poison_body_is_reported_and_rejected(
+    broker: TaskyardRabbitmqBroker, consumer: MultiplexingConsumer, link: _Link
+) -> None:
+    poisoned: list[tuple[str, str]] = []
+    broker.on_poison = lambda queue, _body, reason, _error: poisoned.append((queue, reason))
+
+    deliver(consumer, link, QUEUE, b"\x80not json", tag=9)
+    deliver(consumer, link, QUEUE, json.dumps({"queue_name": QUEUE}).encode(), tag=10)
+
+    assert poisoned == [(QUEUE, "undecodable"), (QUEUE, "undecodable")]
+    assert link.channels[False].calls[-2:] == [("nack", 9, False), ("nack", 10, False)]
+    assert consumer.work_queue.empty()
+
+
+def test_a_delayed_message_waits_until_due_then_moves_to_its_queue(
+    broker: TaskyardRabbitmqBroker,
+    consumer: MultiplexingConsumer,
+    link: _Link,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given two delayed messages, one due and one an hour away
+    enqueued: list[Message[Any]] = []
+    monkeypatch.setattr(broker, "enqueue", lambda message, **_: enqueued.append(message))
+    consumer.consumer = link
+    dq = f"{QUEUE}.DQ"
+    deliver(consumer, link, dq, body(dq, eta=current_millis() + 3_600_000), tag=1)
+    deliver(consumer, link, dq, body(dq, eta=current_millis() - 1), tag=2)
+    assert consumer.work_queue.empty()
+
+    # When the consumer looks at its delay queue
+    consumer.handle_delayed_messages()
+
+    # Then the due one goes to the tenant's queue without its eta, and leaves the delay queue
+    assert [(m.queue_name, "eta" in m.options) for m in enqueued] == [(QUEUE, False)]
+    assert link.channels[True].calls[-1] == ("ack", 2)
+    assert consumer.delay_queue.qsize() == 1
+
+
+def test_closing_is_idempotent_and_flushes_settled_deliveries(link: _Link) -> None:
+    connection = link.connection
+    link.close()
+    link.close()
+    assert not connection.is_open
+
+
+def test_delivery_keeps_its_origin(link: _Link) -> None:
+    message = Message(queue_name=QUEUE, actor_name="noop", args=(), kwargs={}, options={})
+    delivery = _Delivery(link, 1, 5, True, message)
+    assert (delivery.link, delivery.channel_number, delivery._tag) == (link, 1, 5)
+    assert delivery.redelivered and delivery.queue_name == QUEUE
+
+
+def test_a_queue_deleted_on_the_server_is_declared_and_consumed_again(
+    broker: TaskyardRabbitmqBroker, consumer: MultiplexingConsumer
+) -> None:
+    # Given a consumed queue
+    link = _Link(
+        FakeConnection(), queue_prefetch=8, delay_prefetch=4000, on_cancel=consumer._resume_queue
+    )
+    link.consume(QUEUE, print)
+
+    # When RabbitMQ cancels its consumer (the queue was deleted)
+    cancel = SimpleNamespace(method=SimpleNamespace(consumer_tag=f"ctag-{QUEUE}"))
+    link.channels[False].on_cancel(cancel)
+
+    # Then it is declared again on the next pass, and consumed
+    assert QUEUE in broker.queues_pending
+    assert consumer.take_pending() == [QUEUE]
+
+
+def test_requeueing_after_the_thread_stopped_is_left_to_rabbitmq(
+    consumer: MultiplexingConsumer, link: _Link
+) -> None:
+    # Given a message still in the work queue when the consumer closed its connection
+    deliver(consumer, link, QUEUE, body(), tag=4)
+    consumer.consumer = None
+
+    # When the worker, shutting down, asks to requeue it, nothing fails
+    consumer.requeue_messages([consumer.work_queue.get_nowait().message])
+    consumer.close()
