@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import TypedDict
 
-from periodiq import cron
-
 import brokers
 from actors.base import taskyard_actor
 from middleware import current_session
 from services import jobs
+from services.cron import periodic
+from services.schedule_slots import purge_schedule_runs
 
 # Every day at 03:17 UTC: off the hour, when most other cron jobs start.
 JOB_RETENTION_CRON = "17 3 * * *"
@@ -26,15 +26,21 @@ class PurgeResult(TypedDict):
     """What `purge_job_records` leaves on its job record."""
 
     deleted: int
+    schedule_runs_deleted: int
     older_than: str
 
 
-@taskyard_actor(name="purge_job_records", tenant_scoped=False, periodic=cron(JOB_RETENTION_CRON))
+@taskyard_actor(
+    name="purge_job_records", tenant_scoped=False, periodic=periodic(JOB_RETENTION_CRON)
+)
 def purge_job_records() -> PurgeResult:
-    """Delete finished job records older than the retention period."""
+    """Delete finished job records, and schedules' claimed slots, older than the retention."""
     days = brokers.settings.job_retention_days
     older_than = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     deleted = jobs.purge_finished_jobs(
         current_session(), older_than=older_than, batch_size=PURGE_BATCH_SIZE
     )
-    return {"deleted": deleted, "older_than": older_than.isoformat()}
+    runs = purge_schedule_runs(
+        current_session(), older_than=older_than, batch_size=PURGE_BATCH_SIZE
+    )
+    return {"deleted": deleted, "schedule_runs_deleted": runs, "older_than": older_than.isoformat()}

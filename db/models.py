@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base, BigIntPk, BigIntType, CreatedAt, TenantId, UpdatedAt
@@ -31,6 +31,12 @@ ITEM_PENDING = "pending"
 ITEM_REJECTED = "rejected"
 ITEM_PROCESSED = "processed"
 ITEM_FAILED = "failed"
+
+# What a schedule does with slots missed while nothing ran (see services/schedule_slots.py).
+CATCH_UP_LATEST = "latest"
+CATCH_UP_ALL = "all"
+CATCH_UP_SKIP = "skip"
+CATCH_UP_MODES = (CATCH_UP_LATEST, CATCH_UP_ALL, CATCH_UP_SKIP)
 
 
 class Tenant(Base):
@@ -142,6 +148,10 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None]
+    # Set when a schedule sent the job: which one, and for which slot. Not a foreign
+    # key: the record outlives a removed schedule.
+    schedule_id: Mapped[int | None] = mapped_column(BigIntType)
+    slot_at: Mapped[dt.datetime | None]
     updated_at: Mapped[UpdatedAt]
 
 
@@ -208,3 +218,56 @@ class CancelRequest(Base):
 
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     requested_at: Mapped[CreatedAt]
+
+
+class Schedule(Base):
+    """A tenant's recurring job: an actor and its arguments, sent at every slot of a cron.
+
+    `next_slot_at` (UTC) is the first slot not yet handled; the tick finds due
+    schedules by it, and NULL means no slot is left (past `end_at`).
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index(None, "tenant_id", "actor"),
+        # The tick's one query, across tenants: the enabled schedules due by now.
+        Index(
+            "ix_schedules_due",
+            "next_slot_at",
+            postgresql_where=text("enabled"),
+            sqlite_where=text("enabled"),
+        ),
+    )
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    actor: Mapped[str] = mapped_column(String(200))
+    args: Mapped[dict[str, Any]]
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    catch_up: Mapped[str] = mapped_column(String(8), default=CATCH_UP_LATEST)
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=true())
+    start_at: Mapped[dt.datetime | None]
+    end_at: Mapped[dt.datetime | None]
+    last_slot_at: Mapped[dt.datetime | None]
+    next_slot_at: Mapped[dt.datetime | None]
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class ScheduleRun(Base):
+    """One claimed (schedule, slot): the unique constraint makes every slot run once."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "slot_at"),
+        Index(None, "tenant_id", "created_at"),
+    )
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    schedule_id: Mapped[int] = mapped_column(
+        BigIntType, ForeignKey("schedules.id", ondelete="CASCADE")
+    )
+    slot_at: Mapped[dt.datetime]
+    created_at: Mapped[CreatedAt]

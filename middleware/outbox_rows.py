@@ -12,11 +12,16 @@ from sqlalchemy import Engine, create_engine
 from services.job_control import QueuedJob
 from services.outbox import OutboxRow
 
+# Message options a schedule's send carries; they end up on the job record.
+SCHEDULE_OPTION = "taskyard_schedule_id"
+SLOT_OPTION = "taskyard_slot"
+
 
 def queued_job(broker: Broker, message: Message[Any]) -> QueuedJob:
     """The job record a message gets when it is sent."""
     tenant_id = message.kwargs.get("tenant_id")
     scoped = broker.get_actor(message.actor_name).options.get("tenant_scoped")
+    schedule_id, slot = message.options.get(SCHEDULE_OPTION), message.options.get(SLOT_OPTION)
     return {
         "message_id": message.message_id,
         "tenant_id": tenant_id if scoped and type(tenant_id) is int else None,
@@ -24,6 +29,8 @@ def queued_job(broker: Broker, message: Message[Any]) -> QueuedJob:
         "queue": message.queue_name.removesuffix(".DQ"),
         "args": dict(message.kwargs),
         "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
+        "schedule_id": schedule_id if type(schedule_id) is int else None,
+        "slot_at": dt.datetime.fromisoformat(slot) if isinstance(slot, str) else None,
     }
 
 

@@ -53,6 +53,9 @@ class QueuedJob(TypedDict):
     queue: str
     args: dict[str, Any]
     enqueued_at: dt.datetime
+    # The schedule that sent the message and the slot it ran for; None for other sends.
+    schedule_id: int | None
+    slot_at: dt.datetime | None
 
 
 @functools.cache

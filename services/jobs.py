@@ -40,6 +40,8 @@ class JobInfo(TypedDict):
     duration_seconds: float | None
     error: str | None
     result: dict[str, Any] | None
+    schedule_id: int | None
+    slot_at: str | None
 
 
 def _insert(session: Session) -> Any:
@@ -172,6 +174,8 @@ def job_info(job: Job) -> JobInfo:
         "duration_seconds": duration,
         "error": job.error,
         "result": job.result,
+        "schedule_id": job.schedule_id,
+        "slot_at": _iso(job.slot_at),
     }
 
 

@@ -29,6 +29,8 @@ def queued(message_id: str, tenant_id: int | None) -> QueuedJob:
         "queue": "q",
         "args": {"k": 1},
         "enqueued_at": dt.datetime.now(dt.UTC),
+        "schedule_id": None,
+        "slot_at": None,
     }
 
 

@@ -1,0 +1,187 @@
+"""Tenant schedules through the whole path: tick → outbox → RabbitMQ → worker → job record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+import brokers
+from actors.schedules import run_schedule_now, schedulable_actors, scheduler_tick
+from db.models import Job, ScheduleRun
+from services.schedules import create_schedule
+from tests.support import REPO, WorkerProcess, wait_for, worker_env
+
+pytestmark = pytest.mark.integration
+
+LAST_YEAR = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+
+
+def make_schedule(
+    sessions: sessionmaker[Session], tenant_id: int, url: str, *, cron: str, timezone: str
+) -> int:
+    """A committed schedule of `ingest_resources`, created long ago so a slot is due now."""
+    with sessions.begin() as session:
+        schedule = create_schedule(
+            session,
+            tenant_id,
+            actor="ingest_resources",
+            args={"source_url": url},
+            cron=cron,
+            timezone=timezone,
+            actors=schedulable_actors(brokers.broker),
+            now=LAST_YEAR,
+        )
+        return schedule.id
+
+
+def jobs_of(sessions: sessionmaker[Session], schedule_id: int) -> list[Job]:
+    """The job records a schedule's sends made, once every one has succeeded."""
+    with sessions() as session:
+        jobs = list(session.scalars(select(Job).where(Job.schedule_id == schedule_id)))
+        return jobs if jobs and all(job.status == "succeeded" for job in jobs) else []
+
+
+def test_a_due_slot_is_run_by_a_worker_and_its_record_names_schedule_and_slot(
+    worker: WorkerProcess,
+    httpserver: HTTPServer,
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+) -> None:
+    # Given a yearly schedule in Asia/Kolkata whose 2026 slot has passed
+    tenant_id = make_tenant("scheduled")
+    httpserver.expect_request("/feed.json").respond_with_json([])
+    schedule_id = make_schedule(
+        sessions,
+        tenant_id,
+        httpserver.url_for("/feed.json"),
+        cron="@yearly",
+        timezone="Asia/Kolkata",
+    )
+
+    # When the scheduler's tick runs on the worker
+    scheduler_tick.send()
+
+    # Then the worker runs the job, whose record shows the schedule and the slot
+    jobs = wait_for(lambda: jobs_of(sessions, schedule_id), what="the scheduled job")
+    assert len(jobs) == 1
+    assert jobs[0].tenant_id == tenant_id and jobs[0].actor == "ingest_resources"
+    assert jobs[0].slot_at == dt.datetime(2025, 12, 31, 18, 30, tzinfo=dt.UTC)
+    assert jobs[0].args == {"source_url": httpserver.url_for("/feed.json"), "tenant_id": tenant_id}
+
+
+def test_two_ticks_for_the_same_minute_send_one_job(
+    worker: WorkerProcess,
+    httpserver: HTTPServer,
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+) -> None:
+    # Given a schedule with one due slot
+    tenant_id = make_tenant("twice")
+    httpserver.expect_request("/feed.json").respond_with_json([])
+    schedule_id = make_schedule(
+        sessions, tenant_id, httpserver.url_for("/feed.json"), cron="0 0 1 1 *", timezone="UTC"
+    )
+
+    # When two ticks run at once (two schedulers, or one tick delivered twice)
+    ticks = [scheduler_tick.send(), scheduler_tick.send()]
+    wait_for(lambda: all(jobs_of_tick(sessions, t.message_id) for t in ticks), what="both ticks")
+
+    # Then the slot was claimed and sent once
+    jobs = wait_for(lambda: jobs_of(sessions, schedule_id), what="the scheduled job")
+    with sessions() as session:
+        runs = list(
+            session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == schedule_id))
+        )
+    assert [job.slot_at for job in jobs] == [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+    assert [run.slot_at for run in runs] == [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+
+
+def test_run_now_sends_an_extra_run_at_once(
+    worker: WorkerProcess,
+    httpserver: HTTPServer,
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+) -> None:
+    tenant_id = make_tenant("now")
+    httpserver.expect_request("/feed.json").respond_with_json([])
+    schedule_id = make_schedule(
+        sessions, tenant_id, httpserver.url_for("/feed.json"), cron="0 0 1 1 *", timezone="UTC"
+    )
+    now = dt.datetime.now(dt.UTC)
+
+    message_id = run_schedule_now(schedule_id, now=now)
+
+    jobs = wait_for(lambda: jobs_of(sessions, schedule_id), what="the run-now job")
+    assert [(job.message_id, job.slot_at) for job in jobs] == [(message_id, now)]
+
+
+def jobs_of_tick(sessions: sessionmaker[Session], message_id: str) -> bool:
+    """Whether a tick's job record is final."""
+    with sessions() as session:
+        job = session.get(Job, message_id)
+        return job is not None and job.status in ("succeeded", "skipped")
+
+
+def start_scheduler(log_path: Path) -> subprocess.Popen[bytes]:
+    """A real `periodiq schedules` process of this test run."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).with_name("periodiq")), "schedules"],
+            cwd=REPO,
+            env=worker_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_two_periodiq_schedulers_at_once_run_each_slot_once(
+    worker: WorkerProcess,
+    httpserver: HTTPServer,
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+) -> None:
+    # Given an every-minute schedule with slots due, and two schedulers started together
+    # (periodiq sends an every-minute actor at once when it starts: the two race)
+    tenant_id = make_tenant("two-schedulers")
+    httpserver.expect_request("/feed.json").respond_with_json([])
+    with sessions.begin() as session:
+        schedule_id = create_schedule(
+            session,
+            tenant_id,
+            actor="ingest_resources",
+            args={"source_url": httpserver.url_for("/feed.json")},
+            cron="* * * * *",
+            catch_up="skip",
+            actors=schedulable_actors(brokers.broker),
+            now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2),
+        ).id
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    schedulers = [start_scheduler(log) for log in logs]
+    try:
+        # When both have sent their tick
+        wait_for(
+            lambda: all("Scheduling" in log.read_text(errors="replace") for log in logs),
+            timeout=75,
+            what="both schedulers to send a tick",
+        )
+        jobs = wait_for(lambda: jobs_of(sessions, schedule_id), what="the scheduled job")
+    finally:
+        for proc in schedulers:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+
+    # Then every slot was sent once
+    slots = [job.slot_at for job in jobs]
+    assert slots and len(slots) == len(set(slots))
