@@ -141,7 +141,9 @@ def test_pinned_worker_serves_only_its_tenants(
 ) -> None:
     # Given a worker pinned to tenant A, with queues of its own prefix
     tenant_a, tenant_b = make_tenant("pinned-a"), make_tenant("pinned-b")
-    start_worker(TASKYARD_QUEUE_PREFIX=pinned.queue_prefix, TASKYARD_TENANTS=str(tenant_a))
+    pinned_worker = start_worker(
+        TASKYARD_QUEUE_PREFIX=pinned.queue_prefix, TASKYARD_TENANTS=str(tenant_a)
+    )
 
     # When a job is sent to each tenant's queue under that prefix
     sent = {}
@@ -156,3 +158,5 @@ def test_pinned_worker_serves_only_its_tenants(
     time.sleep(1.0)
     assert job_status(sessions, b_id) in (None, "queued")
     assert ready_count(settings, pinned.tenant_queue(tenant_b)) == 1
+    # Stopped now, so that it does not declare its queue again once the fixture deletes it.
+    assert pinned_worker.stop() == 0
