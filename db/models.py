@@ -12,6 +12,8 @@ from db.base import Base, BigIntPk, BigIntType, CreatedAt, TenantId, UpdatedAt
 
 TENANT_ACTIVE = "active"
 TENANT_DISABLED = "disabled"
+# Being deleted by delete_tenant: nothing new runs for it.
+TENANT_DELETING = "deleting"
 
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
@@ -47,6 +49,8 @@ class Tenant(Base):
     id: Mapped[BigIntPk]
     name: Mapped[str] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16), default=TENANT_ACTIVE)
+    # Where notify_webhook posts; its signing key is the locker entry `webhook.signing_key`.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
 
@@ -271,3 +275,100 @@ class ScheduleRun(Base):
     )
     slot_at: Mapped[dt.datetime]
     created_at: Mapped[CreatedAt]
+
+
+class Worker(Base):
+    """A live (or lately live) worker process: what it serves and when it last said so.
+
+    Each `dramatiq actors` process writes its row every few seconds; the
+    command line's `workers` and `health` read them.  Rows of processes that
+    stopped are removed at shutdown, and ones that vanished are removed by the
+    retention job once their heartbeat is old.
+    """
+
+    __tablename__ = "workers"
+    __table_args__ = (Index(None, "heartbeat_at"),)
+
+    # host:pid:start, unique across restarts of the same pid.
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="worker")
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    queues: Mapped[list[Any]]
+    threads: Mapped[int] = mapped_column(default=0)
+    in_progress: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[dt.datetime]
+    heartbeat_at: Mapped[dt.datetime]
+
+
+class LockerEntry(Base):
+    """One secret of a tenant's locker, encrypted with Fernet; the plaintext is never stored."""
+
+    __tablename__ = "locker_entries"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    key: Mapped[str] = mapped_column(String(200))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class Integration(Base):
+    """A tenant's connection to an outside system: a kind and its validated config."""
+
+    __tablename__ = "integrations"
+    __table_args__ = (Index(None, "tenant_id", "kind"),)
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    kind: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]]
+    last_synced_at: Mapped[dt.datetime | None]
+    last_status: Mapped[str | None] = mapped_column(String(16))
+    last_summary: Mapped[dict[str, Any] | None]
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class GithubMember(Base):
+    """A member of a GitHub organisation, as a `github` integration last saw it."""
+
+    __tablename__ = "github_members"
+    __table_args__ = (UniqueConstraint("integration_id", "github_id"),)
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    integration_id: Mapped[int] = mapped_column(
+        BigIntType, ForeignKey("integrations.id", ondelete="CASCADE")
+    )
+    github_id: Mapped[int] = mapped_column(BigIntType)
+    login: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str | None] = mapped_column(String(32))
+    site_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class GithubRepository(Base):
+    """A repository of a GitHub organisation, as a `github` integration last saw it."""
+
+    __tablename__ = "github_repositories"
+    __table_args__ = (UniqueConstraint("integration_id", "github_id"),)
+
+    id: Mapped[BigIntPk]
+    tenant_id: Mapped[TenantId]
+    integration_id: Mapped[int] = mapped_column(
+        BigIntType, ForeignKey("integrations.id", ondelete="CASCADE")
+    )
+    github_id: Mapped[int] = mapped_column(BigIntType)
+    name: Mapped[str] = mapped_column(String(200))
+    full_name: Mapped[str] = mapped_column(String(400))
+    private: Mapped[bool] = mapped_column(default=False)
+    archived: Mapped[bool] = mapped_column(default=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    default_branch: Mapped[str | None] = mapped_column(String(200))
+    html_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
