@@ -1,0 +1,275 @@
+"""`taskyard demo`: the production actors and middleware in one process, with nothing installed.
+
+SQLite stands in for PostgreSQL and Dramatiq's in-process broker for RabbitMQ;
+everything else — tenant routing, the DB session and job records, the retry
+policy, the outbox, the scheduler's claims — is the code `dramatiq actors`
+runs.  The demo serves a bundled sample feed on 127.0.0.1, ingests it (the
+feed answers 503 once, so the ingest is retried), runs a scheduler tick that
+sends a due schedule's job, sends one ingest of a feed that does not exist
+(dead, with its reason), and prints the job records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+SAMPLE_FEED = Path(__file__).with_name("sample_feed.json")
+# The demo gives up on its jobs after this long; it normally finishes in a few seconds.
+DEADLINE_SECONDS = 25.0
+
+
+@dataclass
+class FeedServer:
+    """The sample feed on 127.0.0.1: `/feed.json` answers 503 the first time, then the feed."""
+
+    failures_left: int = 1
+    requests: list[str] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        """Serve in a daemon thread; returns the base URL."""
+        body = SAMPLE_FEED.read_bytes()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.requests.append(self.path)
+                if self.path == "/feed.json" and owner.failures_left > 0:
+                    owner.failures_left -= 1
+                    self._answer(503, b'{"error": "busy, try again"}', {"Retry-After": "1"})
+                elif self.path == "/feed.json":
+                    self._answer(200, body, {})
+                else:
+                    self._answer(404, b'{"error": "no such feed"}', {})
+
+            def _answer(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet: the demo prints its own progress."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def demo_environment(workdir: Path) -> dict[str, str]:
+    """The settings the demo runs with: SQLite in `workdir`, the in-process broker, fast retries."""
+    return {
+        "BROKER_URL": "stub://",
+        "DATABASE_URL": f"sqlite:///{workdir / 'taskyard-demo.db'}",
+        "TASKYARD_QUEUE_PREFIX": "demo.",
+        # The sample feed is served on 127.0.0.1, which the outbound guard refuses by default.
+        "TASKYARD_HTTP_ALLOW_PRIVATE": "true",
+        "TASKYARD_MIN_BACKOFF_MS": "200",
+        "TASKYARD_MAX_BACKOFF_MS": "1000",
+        "TASKYARD_TENANT_REFRESH_SECONDS": "1",
+    }
+
+
+@contextmanager
+def _quiet_logs(path: Path) -> Iterator[None]:
+    """Send the workers' logs to `path`: a dead job's traceback is expected here, not news."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        handler.close()
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass
+class DemoResult:
+    """What the demo did: its job records, the ingest it ran, and how long it took."""
+
+    jobs: list[dict[str, Any]]
+    ingest: dict[str, Any]
+    seconds: float
+    finished: bool
+    log_file: Path
+
+
+def run_demo(
+    workdir: Path | None = None, *, progress: Callable[[str], None] = lambda _: None
+) -> DemoResult:
+    """Run the whole demo and return its job records; `progress` hears each step."""
+    started = time.monotonic()
+    # Kept after the demo: its database and log are there to look at.
+    work = workdir or Path(tempfile.mkdtemp(prefix="taskyard-demo-"))
+    feed = FeedServer()
+    base_url = feed.start()
+    log_file = work / "taskyard-demo.log"
+    try:
+        with _environment(demo_environment(work)), _quiet_logs(log_file):
+            return _run(base_url, progress, started, log_file)
+    finally:
+        feed.stop()
+
+
+def _run(
+    base_url: str, progress: Callable[[str], None], started: float, log_file: Path
+) -> DemoResult:
+    # Imported here: the broker is built from the environment set above.
+    import dramatiq
+    from dramatiq import Worker
+
+    from db.migrate import upgrade_to_head
+    from settings import load_settings
+
+    settings = load_settings()
+    progress("Creating the database (SQLite) and its tables")
+    upgrade_to_head(settings.database_url)
+
+    import actors
+    import brokers
+    from actors.schedules import schedulable_actors
+    from actors.transaction import taskyard_transaction
+    from services.schedules import create_schedule
+    from services.tenants import create_tenant
+
+    broker = brokers.broker
+    worker = Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        progress("Creating the tenant 'demo' and a schedule that is due")
+        with taskyard_transaction(broker) as session:
+            tenant = create_tenant(session, "demo")
+            tenant_id = tenant.id
+            create_schedule(
+                session,
+                tenant_id,
+                actor="ingest_resources",
+                args={"source_url": f"{base_url}/feed.json"},
+                cron="@hourly",
+                actors=schedulable_actors(broker),
+                # Created "two hours ago", so the tick finds a missed slot to catch up on.
+                now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2),
+            )
+        _wait_until_served(broker, tenant_id)
+        progress("Ingesting the sample feed (it answers 503 once: watch the retry)")
+        ingest_message = actors.ingest_resources.send(
+            tenant_id=tenant_id, source_url=f"{base_url}/feed.json"
+        )
+        progress("Ingesting a feed that does not exist (404: dead, with its reason)")
+        actors.ingest_resources.send(tenant_id=tenant_id, source_url=f"{base_url}/missing.json")
+        progress("Running a scheduler tick: it claims the schedule's missed slot and sends it")
+        actors.scheduler_tick.send()
+        finished = _wait_for_final_records(settings, deadline=started + DEADLINE_SECONDS)
+        progress("Every job has finished" if finished else "Stopped waiting: the deadline passed")
+    finally:
+        worker.stop()
+        broker.close()
+        dramatiq.set_broker(broker)
+    return DemoResult(
+        jobs=_job_rows(settings),
+        ingest=_ingest_of(settings, ingest_message.message_id),
+        seconds=time.monotonic() - started,
+        finished=finished,
+        log_file=log_file,
+    )
+
+
+def _wait_until_served(broker: Any, tenant_id: int) -> None:
+    """Wait (at most a few seconds) for the worker to consume the new tenant's queue."""
+    from middleware.db_session import find_middleware
+    from middleware.tenant_routing import TenantRouting
+
+    routing = find_middleware(broker, TenantRouting)
+    if routing is None:
+        return
+    queue = routing.queue_for(tenant_id)
+    deadline = time.monotonic() + 5
+    while queue not in broker.get_declared_queues() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _sessions(settings: Any) -> Any:
+    from db.session import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(settings))
+
+
+def _wait_for_final_records(settings: Any, *, deadline: float) -> bool:
+    from sqlalchemy import func, select
+
+    from db.models import JOB_FINAL_STATES, Job
+
+    factory = _sessions(settings)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        with factory() as session:
+            total = session.scalar(select(func.count()).select_from(Job)) or 0
+            open_jobs = session.scalar(
+                select(func.count()).select_from(Job).where(Job.status.not_in(JOB_FINAL_STATES))
+            )
+        # The feed's items, the 404 ingest, the scheduled ingest and the tick itself.
+        if total > 4 and open_jobs == 0:
+            return True
+    return False
+
+
+def _job_rows(settings: Any) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from db.models import Job
+    from services.jobs import job_info
+
+    with _sessions(settings)() as session:
+        jobs = session.scalars(select(Job).order_by(Job.enqueued_at, Job.message_id)).all()
+        return [dict(job_info(job)) for job in jobs]
+
+
+def _ingest_of(settings: Any, message_id: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from db.models import Ingest
+    from services.ingest import get_ingest
+
+    with _sessions(settings)() as session:
+        ingest_id = session.scalar(
+            select(Ingest.id).where(Ingest.message_id == message_id).order_by(Ingest.id.desc())
+        )
+        return dict(get_ingest(session, ingest_id)) if ingest_id else {}

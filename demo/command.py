@@ -1,0 +1,89 @@
+"""The `taskyard demo` command: runs the demo and prints what its jobs did."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from demo import DemoResult, run_demo
+
+NEXT_STEPS = """\
+Next:
+  make run        a worker and the scheduler on RabbitMQ and PostgreSQL (see README.md)
+  taskyard --help the operator's command line
+  README.md       'Sending a job', 'One message's life', 'Tenants', 'Schedules'"""
+
+
+def summary(result: DemoResult) -> dict[str, Any]:
+    """The demo's outcome as one JSON-able document."""
+    by_status = Counter(job["status"] for job in result.jobs)
+    return {
+        "finished": result.finished,
+        "seconds": round(result.seconds, 2),
+        "jobs": by_status,
+        "retried": sum(1 for job in result.jobs if job["attempts"] > 1),
+        "ingest": result.ingest,
+        "records": result.jobs,
+        "log_file": str(result.log_file),
+    }
+
+
+def _table(result: DemoResult) -> Table:
+    table = Table(title="Job records")
+    for column in ("actor", "status", "attempts", "error"):
+        table.add_column(column)
+    groups: Counter[tuple[str, str, int, str]] = Counter(
+        (job["actor"], job["status"], job["attempts"], (job["error"] or "")[:90])
+        for job in result.jobs
+    )
+    for (actor, status, attempts, error), count in sorted(groups.items()):
+        label = f"{actor} (x{count})" if count > 1 else actor
+        table.add_row(label, status, str(attempts), error)
+    return table
+
+
+@click.command("demo")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's SQLite database and log here (default: a new temporary directory).",
+)
+def demo_command(as_json: bool, workdir: Path | None) -> None:
+    """Run the demo: SQLite and the in-process broker, the production actors and middleware."""
+    console = Console(stderr=True, quiet=as_json or not sys.stderr.isatty())
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    with console.status("Starting") as status:
+
+        def progress(step: str) -> None:
+            status.update(step)
+            console.log(step)
+
+        result = run_demo(workdir, progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary(result), default=str))
+    else:
+        out = Console()
+        out.print(_table(result))
+        ingest = result.ingest
+        out.print(
+            f"Ingest {ingest.get('id')}: {ingest.get('fetched')} fetched, "
+            f"{ingest.get('valid')} valid, {ingest.get('rejected')} rejected, "
+            f"{ingest.get('processed')} processed, status {ingest.get('status')}"
+        )
+        for problem in ingest.get("items_rejected", []):
+            out.print(f"  rejected item {problem['position']}: {problem['error']}")
+        where = result.log_file.parent
+        out.print(f"Finished in {result.seconds:.1f} s; database and log in {where}")
+        out.print(NEXT_STEPS)
+    if not result.finished:
+        raise SystemExit(1)

@@ -1,0 +1,60 @@
+"""`taskyard demo` as a user runs it: a subprocess with only Python, SQLite and the stub broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support import REPO
+
+
+def _run_demo(tmp_path: Path) -> dict[str, Any]:
+    # No BROKER_URL or DATABASE_URL: whatever the caller's shell has, the demo uses its own.
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    env["BROKER_URL"] = "amqp://guest:guest@127.0.0.1:1/"
+    env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/nothing"
+    done = subprocess.run(
+        [sys.executable, "-m", "demo", "--json", "--dir", str(tmp_path / "demo")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_the_demo_runs_every_kind_of_outcome_on_sqlite_and_the_stub_broker(tmp_path: Path) -> None:
+    result = _run_demo(tmp_path)
+
+    assert result["finished"] is True
+    records = result["records"]
+    by_actor_status = {(r["actor"], r["status"]) for r in records}
+    assert ("scheduler_tick", "succeeded") in by_actor_status
+    # The sample feed answers 503 once: the ingest is retried, then succeeds.
+    direct = [r for r in records if r["actor"] == "ingest_resources" and r["schedule_id"] is None]
+    assert sorted((r["status"], r["attempts"]) for r in direct) == [("dead", 1), ("succeeded", 2)]
+    dead = next(r for r in direct if r["status"] == "dead")
+    assert "404" in dead["error"] and "missing.json" in dead["error"]
+    # The tick caught up on the schedule's missed slot and sent its job, which ran.
+    scheduled = [r for r in records if r["schedule_id"] is not None]
+    assert [r["status"] for r in scheduled] == ["succeeded"]
+    assert scheduled[0]["slot_at"] is not None
+    ingest = result["ingest"]
+    assert (ingest["fetched"], ingest["valid"], ingest["rejected"], ingest["processed"]) == (
+        12,
+        8,
+        4,
+        8,
+    )
+    assert ingest["status"] == "completed"
+    # 8 items from each of the two feed ingests that succeeded.
+    assert sum(1 for r in records if r["actor"] == "process_resource") == 16
+    assert result["jobs"]["succeeded"] == len(records) - 1
+    assert (tmp_path / "demo" / "taskyard-demo.db").exists()
