@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
 
 T = TypeVar("T")
 
@@ -48,6 +50,9 @@ class Settings:
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
+    # Fernet keys of the tenant locker: the first encrypts, all decrypt (rotation).
+    # Kept out of repr so that printing the settings never shows them.
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def system_queue(self) -> str:
@@ -135,6 +140,21 @@ def _read(
         ) from exc
 
 
+def _read_secret_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated Fernet keys; an error names the variable and the position, never a key."""
+    keys = tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise SettingsError(
+                f"{name} is invalid: key number {position} is not a Fernet key (expected "
+                "comma-separated urlsafe base64 32-byte keys; generate one with "
+                "Fernet.generate_key() from the cryptography package)"
+            ) from None
+    return keys
+
+
 def _redact(raw: str) -> str:
     """The value with any password in a URL replaced, so errors never print secrets."""
     parts = urlsplit(raw)
@@ -213,4 +233,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_read(
             env, p + "METRICS_PORT", _parse_int(0), d.metrics_port, "a TCP port number"
         ),
+        secret_keys=_read_secret_keys(env, p + "SECRET_KEYS"),
     )

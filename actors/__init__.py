@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import brokers  # noqa: F401  (first: actors are declared against the installed broker)
 from actors.ingest import ingest_resources, process_resource
+from actors.locker import reencrypt_locker
 from actors.maintenance import purge_job_records
 from actors.schedules import scheduler_tick
 
-__all__ = ["ingest_resources", "process_resource", "purge_job_records", "scheduler_tick"]
+__all__ = [
+    "ingest_resources",
+    "process_resource",
+    "purge_job_records",
+    "reencrypt_locker",
+    "scheduler_tick",
+]
