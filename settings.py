@@ -41,6 +41,9 @@ class Settings:
     http_read_timeout: float = 20.0
     # A feed larger than this is refused rather than read into memory.
     http_max_bytes: int = 10 * 1024 * 1024
+    # Outbound requests to loopback, private or link-local addresses are refused
+    # unless this is set (tests serve on 127.0.0.1; see services/url_guard.py).
+    http_allow_private: bool = False
     # Finished job records older than this are deleted by the daily maintenance job.
     job_retention_days: int = 30
     # A longer delay (a send's or a retry's) waits in the outbox table, not in a
@@ -84,6 +87,15 @@ def _parse_positive_float(raw: str) -> float:
     if not value > 0:
         raise ValueError("must be greater than 0")
     return value
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _parse_tenants(raw: str) -> tuple[int, ...]:
@@ -208,6 +220,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         http_max_bytes=_read(
             env, p + "HTTP_MAX_BYTES", _parse_int(1), d.http_max_bytes, "a size in bytes"
+        ),
+        http_allow_private=_read(
+            env, p + "HTTP_ALLOW_PRIVATE", _parse_bool, d.http_allow_private, "true or false"
         ),
         job_retention_days=_read(
             env, p + "JOB_RETENTION_DAYS", _parse_int(1), d.job_retention_days, "a number of days"

@@ -48,6 +48,7 @@ def _limits() -> FetchLimits:
         connect_timeout=s.http_connect_timeout,
         read_timeout=s.http_read_timeout,
         max_bytes=s.http_max_bytes,
+        allow_private=s.http_allow_private,
     )
 
 

@@ -7,17 +7,22 @@ import email.utils
 import json
 from dataclasses import dataclass
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
 from services.errors import FetchFailed, FetchRefused
+from services.url_guard import check_url, redact_url
 
-ALLOWED_SCHEMES = frozenset({"http", "https"})
 CHUNK_BYTES = 64 * 1024
 # Long enough to say where the parser gave up, short enough for a log line.
 MAX_REASON_CHARS = 120
+# Redirects are followed by hand so that every hop passes the URL guard.
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+__all__ = ["FetchLimits", "check_url", "fetch_json", "parse_retry_after", "redact_url"]
 
 
 @dataclass(frozen=True)
@@ -27,16 +32,8 @@ class FetchLimits:
     connect_timeout: float
     read_timeout: float
     max_bytes: int
-
-
-def redact_url(url: str) -> str:
-    """The URL without user name, password or fragment: safe to log and to store."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    # Loopback, private and link-local destinations (TASKYARD_HTTP_ALLOW_PRIVATE).
+    allow_private: bool = False
 
 
 def parse_retry_after(value: str | None, *, now: dt.datetime) -> float | None:
@@ -57,11 +54,10 @@ def parse_retry_after(value: str | None, *, now: dt.datetime) -> float | None:
 
 def fetch_json(http: requests.Session, url: str, limits: FetchLimits) -> Any:
     """GET `url` and decode its JSON body; FetchFailed may pass on retry, FetchRefused will not."""
-    safe_url = _check_url(url)
+    safe_url = redact_url(url)
     try:
-        with http.get(
-            url, timeout=(limits.connect_timeout, limits.read_timeout), stream=True
-        ) as response:
+        with _get(http, url, limits, {}) as response:
+            safe_url = redact_url(response.url)
             _check_status(response, safe_url)
             body = _read_body(response, safe_url, limits.max_bytes)
     except requests.exceptions.RequestException as exc:
@@ -69,20 +65,31 @@ def fetch_json(http: requests.Session, url: str, limits: FetchLimits) -> Any:
     return _decode(body, safe_url)
 
 
-def _check_url(url: str) -> str:
-    safe_url = redact_url(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise FetchRefused(f"{safe_url!r} is not a valid URL ({exc}); fix the feed URL") from exc
-    if parts.scheme.lower() not in ALLOWED_SCHEMES:
-        raise FetchRefused(
-            f"{safe_url} uses scheme {parts.scheme or '(none)'!r}; "
-            "only http and https feeds can be fetched, fix the feed URL"
+def _get(
+    http: requests.Session, url: str, limits: FetchLimits, headers: dict[str, str]
+) -> requests.Response:
+    """A streamed GET whose every hop (the URL, then each redirect) passed the URL guard."""
+    for _hop in range(MAX_REDIRECTS + 1):
+        check_url(url, allow_private=limits.allow_private)
+        response = http.get(
+            url,
+            headers=headers,
+            timeout=(limits.connect_timeout, limits.read_timeout),
+            stream=True,
+            allow_redirects=False,
         )
-    if not parts.hostname:
-        raise FetchRefused(f"{safe_url} has no host name; fix the feed URL")
-    return safe_url
+        location = response.headers.get("Location")
+        if response.status_code not in REDIRECT_STATUSES or not location:
+            return response
+        response.close()
+        next_url = urljoin(url, location)
+        if urlsplit(next_url).netloc != urlsplit(url).netloc:
+            # Credentials are for the host they were given for, not for where it points.
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        url = next_url
+    raise FetchRefused(
+        f"GET {redact_url(url)} redirected more than {MAX_REDIRECTS} times; fix the URL"
+    )
 
 
 def _check_status(response: requests.Response, safe_url: str) -> None:

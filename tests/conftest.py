@@ -20,6 +20,8 @@ TEST_DATABASE = f"taskyard_test_{RUN_ID}"
 os.environ["DATABASE_URL"] = f"{PG_SERVER_URL}/{TEST_DATABASE}"
 os.environ["BROKER_URL"] = os.environ.get("BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672/%2F"
 os.environ["TASKYARD_QUEUE_PREFIX"] = f"t{RUN_ID}."
+# Every test server listens on 127.0.0.1, which the outbound URL guard refuses by default.
+os.environ["TASKYARD_HTTP_ALLOW_PRIVATE"] = "true"
 
 from sqlalchemy import Engine, create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402

@@ -29,6 +29,8 @@ def worker_env(**extra: str) -> dict[str, str]:
             "TASKYARD_MIN_BACKOFF_MS": "50",
             "TASKYARD_MAX_BACKOFF_MS": "200",
             "TASKYARD_HTTP_READ_TIMEOUT": "2",
+            # Test servers listen on 127.0.0.1; the URL guard refuses it by default.
+            "TASKYARD_HTTP_ALLOW_PRIVATE": "true",
         }
     )
     env.update(extra)

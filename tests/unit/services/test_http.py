@@ -15,7 +15,7 @@ from werkzeug import Request, Response
 from services.errors import FetchFailed, FetchRefused
 from services.http import FetchLimits, fetch_json, parse_retry_after, redact_url
 
-LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000)
+LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000, allow_private=True)
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
@@ -142,7 +142,9 @@ def test_too_large_while_streaming_is_refused(
 def test_body_that_is_not_json_is_refused(
     httpserver: HTTPServer, http: requests.Session, body: str, reason: str
 ) -> None:
-    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=100_000)
+    limits = FetchLimits(
+        connect_timeout=1.0, read_timeout=1.0, max_bytes=100_000, allow_private=True
+    )
     httpserver.expect_request("/page").respond_with_data(body, content_type="text/html")
 
     with pytest.raises(FetchRefused) as caught:
@@ -168,7 +170,7 @@ def test_read_timeout_is_transient(httpserver: HTTPServer, http: requests.Sessio
         return Response("[]", mimetype="application/json")
 
     httpserver.expect_request("/slow").respond_with_handler(slow)
-    limits = FetchLimits(connect_timeout=1.0, read_timeout=0.1, max_bytes=1_000)
+    limits = FetchLimits(connect_timeout=1.0, read_timeout=0.1, max_bytes=1_000, allow_private=True)
 
     started = time.monotonic()
     with pytest.raises(FetchFailed) as caught:

@@ -25,7 +25,9 @@ from services.ingest import (
 if TYPE_CHECKING:
     from tests.unit.services.conftest import CannedFeed
 
-LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=10_000_000)
+LIMITS = FetchLimits(
+    connect_timeout=1.0, read_timeout=1.0, max_bytes=10_000_000, allow_private=True
+)
 UTC = dt.UTC
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tests.unit.services.conftest import CannedFeed
 
 LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000_000)
+LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000_000, allow_private=True)
 FEED = [
     {"id": "a", "name": " Alpha ", "creation_date": "2024-01-02T03:04:05+02:00", "tags": ["x"]},
     {"id": 2, "name": "Two", "creation_date": "2024-02-03", "description": "second"},

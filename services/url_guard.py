@@ -1,0 +1,98 @@
+"""The one guard every outbound HTTP request passes: http(s) only, and no internal destinations."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit, urlunsplit
+
+from services.errors import FetchFailed, FetchRefused
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def redact_url(url: str) -> str:
+    """The URL without user name, password or fragment: safe to log and to store."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def check_url(url: str, *, allow_private: bool) -> str:
+    """Return `url` if Taskyard may send a request to it, else raise FetchRefused saying why.
+
+    Every address the host resolves to is checked, not just the first: a name
+    with one public and one loopback address would otherwise get through when
+    the HTTP client picks the second. A name that does not resolve is a
+    FetchFailed (DNS may come back). Known limit: the client resolves the name
+    again when it connects, so a DNS server that changes its answer in between
+    is not caught here.
+    """
+    safe_url = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise FetchRefused(f"{safe_url!r} is not a valid URL ({exc}); fix the URL") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise FetchRefused(
+            f"{safe_url} uses scheme {parts.scheme or '(none)'!r}; "
+            "only http and https URLs can be fetched, fix the URL"
+        )
+    host = parts.hostname
+    if not host:
+        raise FetchRefused(f"{safe_url} has no host name; fix the URL")
+    if allow_private:
+        return url
+    for address in _resolve(host, port or DEFAULT_PORTS[scheme], safe_url):
+        kind = private_kind(address)
+        if kind is not None:
+            raise FetchRefused(
+                f"{safe_url} refused: host {host!r} resolves to {address}, a {kind} address; "
+                "Taskyard only calls public addresses unless TASKYARD_HTTP_ALLOW_PRIVATE=true"
+            )
+    return url
+
+
+def private_kind(address: IPAddress) -> str | None:
+    """Why `address` is not a public destination ("loopback", "private", ...), or None."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return private_kind(address.ipv4_mapped)
+    checks = (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("reserved", address.is_reserved),
+        ("private", address.is_private),
+        # Shared (100.64/10), documentation and other ranges that are not routed publicly.
+        ("non-global", not address.is_global),
+    )
+    for kind, matches in checks:
+        if matches:
+            return kind
+    return None
+
+
+def _resolve(host: str, port: int, safe_url: str) -> list[IPAddress]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchFailed(
+            f"{safe_url}: host {host!r} does not resolve ({exc}); "
+            "check the host name, the request will be retried"
+        ) from exc
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        text = str(sockaddr[0]).partition("%")[0]  # drop an IPv6 zone (fe80::1%eth0)
+        addresses.append(ipaddress.ip_address(text))
+    if not addresses:
+        raise FetchFailed(f"{safe_url}: host {host!r} has no address; the request will be retried")
+    return addresses
