@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urljoin, urlsplit
@@ -22,7 +23,16 @@ MAX_REASON_CHARS = 120
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
-__all__ = ["FetchLimits", "check_url", "fetch_json", "parse_retry_after", "redact_url"]
+__all__ = [
+    "FetchLimits",
+    "JsonResponse",
+    "check_url",
+    "fetch_json",
+    "get_json",
+    "parse_retry_after",
+    "rate_limit_wait",
+    "redact_url",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,83 @@ def fetch_json(http: requests.Session, url: str, limits: FetchLimits) -> Any:
     except requests.exceptions.RequestException as exc:
         _raise_for_request_error(exc, safe_url, limits)
     return _decode(body, safe_url)
+
+
+@dataclass(frozen=True)
+class JsonResponse:
+    """A successful JSON answer: the final URL, status, headers and decoded body."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+
+def get_json(
+    http: requests.Session,
+    url: str,
+    limits: FetchLimits,
+    *,
+    headers: Mapping[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> JsonResponse:
+    """GET `url` with `headers` through the URL guard; rate limits, 5xx and timeouts are transient.
+
+    429, 503 and a 403 that is a rate limit (Retry-After, or X-RateLimit-Remaining: 0)
+    raise FetchFailed with `retry_after` (from Retry-After or X-RateLimit-Reset);
+    404 and other 4xx raise FetchRefused, and so does a body that is not JSON.
+    Header values (tokens) never appear in an error.
+    """
+    safe_url = redact_url(url)
+    try:
+        with _get(http, url, limits, dict(headers or {})) as response:
+            safe_url = redact_url(response.url)
+            _check_api_status(response, safe_url, now or dt.datetime.now(dt.UTC))
+            body = _read_body(response, safe_url, limits.max_bytes)
+            status, answer_headers = response.status_code, response.headers
+    except requests.exceptions.RequestException as exc:
+        _raise_for_request_error(exc, safe_url, limits)
+    return JsonResponse(
+        url=response.url, status=status, headers=answer_headers, body=_decode(body, safe_url)
+    )
+
+
+def rate_limit_wait(headers: Mapping[str, str], *, now: dt.datetime) -> float | None:
+    """Seconds a rate-limited client should wait: Retry-After, else X-RateLimit-Reset, else None."""
+    retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
+    if retry_after is not None:
+        return retry_after
+    if headers.get("X-RateLimit-Remaining", "").strip() != "0":
+        return None
+    reset = headers.get("X-RateLimit-Reset", "").strip()
+    if not reset.isdigit():
+        return None
+    return max(0.0, int(reset) - now.timestamp())
+
+
+def _check_api_status(response: requests.Response, safe_url: str, now: dt.datetime) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    wait = rate_limit_wait(response.headers, now=now)
+    rate_limited = status in (429, 503) or (status == 403 and wait is not None)
+    if rate_limited or status >= 500:
+        asks = f" (wait {wait:g} s)" if wait is not None else ""
+        what = "is rate limiting us" if rate_limited else "is failing"
+        raise FetchFailed(
+            f"GET {safe_url} answered {status} {response.reason}{asks}; "
+            f"the server {what}, the request will be retried",
+            retry_after=wait,
+        )
+    if status == 404:
+        raise FetchRefused(
+            f"GET {safe_url} answered 404 Not Found; check the URL (and that the "
+            "credentials may see it), then requeue"
+        )
+    raise FetchRefused(
+        f"GET {safe_url} answered {status} {response.reason}; "
+        "check the URL and its credentials, then requeue"
+    )
 
 
 def _get(

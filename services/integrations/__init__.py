@@ -1,0 +1,144 @@
+"""A tenant's integrations: the kinds Taskyard knows, their configs, and each sync's outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import marshmallow
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Integration
+from services.errors import NotFound, ValidationFailed
+from services.integrations import github, http_feed
+from services.resources import format_errors
+from services.tenants import get_tenant
+from services.url_guard import redact_url
+
+SYNC_SUCCEEDED = "succeeded"
+SYNC_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of integration: its config schema and how to describe a config in one line."""
+
+    name: str
+    schema: type[marshmallow.Schema]
+    describe: Callable[[dict[str, Any]], str]
+
+
+KINDS: Mapping[str, Kind] = {
+    "github": Kind("github", github.GithubConfig, github.describe),
+    "http_feed": Kind("http_feed", http_feed.HttpFeedConfig, http_feed.describe),
+}
+
+
+class IntegrationInfo(TypedDict):
+    """An integration as the command line shows it (`--json`)."""
+
+    id: int
+    tenant_id: int
+    kind: str
+    config: dict[str, Any]
+    description: str
+    last_synced_at: str | None
+    last_status: str | None
+    last_summary: dict[str, Any] | None
+    created_at: str | None
+
+
+def validate_config(kind: str, config: Any) -> dict[str, Any]:
+    """The config with its defaults filled in, or ValidationFailed listing every problem."""
+    known = KINDS.get(kind)
+    if known is None:
+        raise ValidationFailed(
+            f"unknown integration kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}"
+        )
+    if not isinstance(config, dict):
+        raise ValidationFailed(
+            f"{kind} config must be a JSON object, not a {type(config).__name__}"
+        )
+    try:
+        loaded: dict[str, Any] = known.schema(unknown=marshmallow.RAISE).load(config)
+    except marshmallow.ValidationError as exc:
+        raise ValidationFailed(f"invalid {kind} config: {format_errors(exc.messages)}") from None
+    return loaded
+
+
+def add_integration(session: Session, tenant_id: int, kind: str, config: Any) -> Integration:
+    """Create an integration of a tenant after validating its config against its kind."""
+    get_tenant(session, tenant_id)
+    integration = Integration(tenant_id=tenant_id, kind=kind, config=validate_config(kind, config))
+    session.add(integration)
+    session.flush()
+    return integration
+
+
+def list_integrations(session: Session, tenant_id: int) -> list[Integration]:
+    """A tenant's integrations, oldest first."""
+    get_tenant(session, tenant_id)
+    return list(
+        session.scalars(
+            select(Integration).where(Integration.tenant_id == tenant_id).order_by(Integration.id)
+        )
+    )
+
+
+def get_integration(
+    session: Session, integration_id: int, tenant_id: int | None = None, *, lock: bool = False
+) -> Integration:
+    """One integration (of `tenant_id`, when given), or NotFound; `lock` holds its row."""
+    query = select(Integration).where(Integration.id == integration_id)
+    if tenant_id is not None:
+        query = query.where(Integration.tenant_id == tenant_id)
+    if lock:
+        query = query.with_for_update()
+    integration = session.scalars(query).one_or_none()
+    if integration is None:
+        owner = f" of tenant {tenant_id}" if tenant_id is not None else ""
+        raise NotFound(f"integration {integration_id}{owner} does not exist")
+    return integration
+
+
+def remove_integration(session: Session, integration_id: int) -> None:
+    """Delete an integration and (by cascade) the rows it synced."""
+    session.delete(get_integration(session, integration_id))
+    session.flush()
+
+
+def record_sync(
+    integration: Integration, *, status: str, summary: dict[str, Any], now: dt.datetime
+) -> None:
+    """Remember the outcome of the latest sync on the integration."""
+    integration.last_synced_at = now
+    integration.last_status = status
+    integration.last_summary = summary
+
+
+def integration_info(integration: Integration) -> IntegrationInfo:
+    """An integration as plain data (configs hold locker key names, never secrets)."""
+    kind = KINDS.get(integration.kind)
+    return {
+        "id": integration.id,
+        "tenant_id": integration.tenant_id,
+        "kind": integration.kind,
+        "config": _shown(integration.config),
+        "description": kind.describe(integration.config) if kind else integration.kind,
+        "last_synced_at": _iso(integration.last_synced_at),
+        "last_status": integration.last_status,
+        "last_summary": integration.last_summary,
+        "created_at": _iso(integration.created_at),
+    }
+
+
+def _shown(config: Mapping[str, Any]) -> dict[str, Any]:
+    # A feed URL may carry a user name and password; show it without them.
+    return {k: redact_url(v) if k == "url" and isinstance(v, str) else v for k, v in config.items()}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
