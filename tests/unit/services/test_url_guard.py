@@ -14,6 +14,7 @@ import services.http
 from services.errors import FetchFailed, FetchRefused
 from services.http import FetchLimits, fetch_json
 from services.url_guard import check_url
+from settings import SettingsError, load_settings
 
 PUBLIC = "93.184.216.34"
 
@@ -187,3 +188,14 @@ def test_redirect_loop_is_refused(httpserver: HTTPServer) -> None:
 
     with requests.Session() as http, pytest.raises(FetchRefused, match="redirected more than"):
         fetch_json(http, httpserver.url_for("/loop"), limits)
+
+
+def test_allow_private_setting_defaults_to_false() -> None:
+    assert load_settings({}).http_allow_private is False
+    assert load_settings({"TASKYARD_HTTP_ALLOW_PRIVATE": "true"}).http_allow_private is True
+    assert load_settings({"TASKYARD_HTTP_ALLOW_PRIVATE": "0"}).http_allow_private is False
+
+
+def test_allow_private_setting_refuses_other_words() -> None:
+    with pytest.raises(SettingsError, match="TASKYARD_HTTP_ALLOW_PRIVATE='maybe' is invalid"):
+        load_settings({"TASKYARD_HTTP_ALLOW_PRIVATE": "maybe"})
