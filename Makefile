@@ -25,7 +25,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,bench]'
 	@touch $@
 
 install: $(STAMP) ## Create .venv if missing; reinstall -e '.[dev]' when pyproject.toml changed
@@ -80,8 +80,7 @@ run: install migrate ## Migrate, then run a worker and the scheduler until Ctrl-
 demo: install ## Run the demo in one process (SQLite and an in-process broker)
 	$(BIN)/taskyard demo
 
-bench: install ## Run the benchmark in bench/ (python -m bench)
-	@test -f bench/__main__.py || { echo "bench/__main__.py does not exist yet." >&2; exit 1; }
+bench: install ## Measure Taskyard beside bare Dramatiq, Celery, procrastinate; write BENCHMARKS.md (~15 min)
 	$(BIN)/python -m bench
 
 clean: ## Delete caches and build output (keeps .venv)

@@ -1,0 +1,1 @@
+"""Taskyard's benchmark harness: `python -m bench` measures Taskyard beside its peers."""

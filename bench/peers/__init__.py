@@ -1,0 +1,1 @@
+"""The peers Taskyard is measured against, each running the same job bodies (bench.bodies)."""

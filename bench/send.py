@@ -1,0 +1,69 @@
+"""Send throughput: one producer, N sends, each confirmed by RabbitMQ before the next."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from bench.env import BROKER_URL
+from bench.peers import dramatiq_app
+from bench.report import Figure
+from bench.systems import BareDramatiq, System, Taskyard
+
+SCENARIO = "3. Send (one producer)"
+
+
+def _timed(send: object, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        send()  # type: ignore[operator]
+    return count / (time.perf_counter() - started)
+
+
+def run(taskyard: Taskyard, dramatiq: BareDramatiq, *, count: int, runs: int) -> list[Figure]:
+    """Taskyard's `actor.send()` (confirms and job record) beside bare Dramatiq's sends."""
+    confirm = RabbitmqBroker(url=BROKER_URL, confirm_delivery=True)
+    confirm.declare_queue(dramatiq_app.QUEUE)
+    ty = Figure(
+        SCENARIO,
+        "actor.send() with confirms",
+        "taskyard",
+        "msgs/s",
+        baseline="dramatiq-confirms",
+        ratio_at_least=5.0,
+        note="and its job record",
+    )
+    dc = Figure(SCENARIO, "actor.send() with confirms", "dramatiq-confirms", "msgs/s")
+    dn = Figure(
+        SCENARIO,
+        "actor.send() with confirms",
+        "dramatiq",
+        "msgs/s",
+        note="reference: without confirms",
+    )
+    bulk = Figure(
+        SCENARIO,
+        "bulk send (many messages, one call)",
+        "taskyard",
+        "msgs/s",
+        note="not built: Taskyard has no bulk send API yet; target ≥ 4,500",
+    )
+    systems: Sequence[System] = (taskyard, dramatiq)
+    tenant = taskyard.tenants[0]
+    for _ in range(runs):
+        for system in systems:
+            system.reset()
+        ty.values.append(_timed(lambda: taskyard_send(taskyard, tenant), count))
+        dc.values.append(_timed(lambda: confirm.enqueue(dramatiq_app.noop.message()), count))
+        dn.values.append(_timed(lambda: dramatiq_app.noop.send(), count))
+    for system in systems:
+        system.reset()
+    confirm.close()
+    return [ty, dc, dn, bulk]
+
+
+def taskyard_send(taskyard: Taskyard, tenant: int) -> None:
+    """One Taskyard send of the no-op job."""
+    taskyard.send("noop", 1, tenant=tenant)

@@ -1,0 +1,259 @@
+"""The systems measured: how each one's worker starts and how the harness sends it jobs.
+
+Taskyard and the peers share one interface, so every scenario runs each of them
+the same way, in the same run.  Import this only after `BenchEnv.export()`:
+Taskyard reads its settings when its broker module is imported.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import create_engine, delete, func, select, text
+from sqlalchemy.orm import Session
+
+# The bare Dramatiq peer installs its broker as the global one; Taskyard's, imported
+# next, takes its place, and each side's actors keep their own broker.
+from bench.peers import celery_app, dramatiq_app, procrastinate_app  # isort: skip
+import brokers  # isort: skip
+from bench import taskyard_actors  # isort: skip
+from bench.bodies import BenchBase, BenchRow
+from bench.env import BIN, BenchEnv, Worker
+from db.migrate import upgrade_to_head
+from db.models import JOB_SUCCEEDED, Job, OutboxMessage
+from services.tenants import create_tenant
+
+DRAMATIQ_READY = "Worker process is ready for action."
+KINDS = ("noop", "write_row", "probe")
+
+
+class System:
+    """One system under test."""
+
+    name = ""
+    ready = ""
+
+    def __init__(self, env: BenchEnv) -> None:
+        self.env = env
+
+    def argv(self, processes: int) -> list[str]:
+        """The worker's command line."""
+        raise NotImplementedError
+
+    stop_signal = signal.SIGTERM
+
+    def start(self, tag: str, processes: int = 1, env: dict[str, str] | None = None) -> Worker:
+        """Start a worker; return once it is ready."""
+        worker = Worker(
+            self.env,
+            self.argv(processes),
+            env or {},
+            f"{self.name}-{tag}",
+            stop_signal=self.stop_signal,
+        )
+        worker.wait_ready(self.ready)
+        return worker
+
+    def send(self, kind: str, count: int, **kwargs: Any) -> None:
+        """Send `count` jobs of `kind`, one send each."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Empty the queues and the bench table before a run."""
+        with Session(engine_of(self.env)) as session:
+            session.execute(delete(BenchRow))
+            session.commit()
+
+    def queues(self) -> list[str]:
+        """The RabbitMQ queues this system uses (deleted when the run ends)."""
+        return []
+
+
+class Taskyard(System):
+    """`dramatiq actors` with every middleware on, against its own database and queues."""
+
+    name = "taskyard"
+    ready = DRAMATIQ_READY
+
+    def __init__(self, env: BenchEnv) -> None:
+        super().__init__(env)
+        self.tenants: list[int] = []
+        self._added = 0
+
+    def setup(self) -> None:
+        """Migrate the bench database, create the bench table and one tenant."""
+        upgrade_to_head(self.env.database_url)
+        BenchBase.metadata.create_all(engine_of(self.env))
+        self.tenants = self.add_tenants(2)
+
+    def add_tenants(self, count: int) -> list[int]:
+        """Create `count` active tenants; return their ids."""
+        with Session(engine_of(self.env)) as session, session.begin():
+            first = self._added
+            names = [f"bench-{self.env.run_id}-{first + i}" for i in range(count)]
+            ids = [create_tenant(session, name).id for name in names]
+        self._added += count
+        return ids
+
+    def argv(self, processes: int) -> list[str]:
+        return [
+            str(BIN / "dramatiq"),
+            "actors",
+            "bench.taskyard_actors",
+            "--processes",
+            str(processes),
+            "--threads",
+            "8",
+        ]
+
+    def send(self, kind: str, count: int, tenant: int | None = None, **kwargs: Any) -> None:
+        actor = getattr(taskyard_actors, f"bench_{kind}")
+        tenant_id = tenant or self.tenants[0]
+        for _ in range(count):
+            actor.send(tenant_id=tenant_id, **kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        with Session(engine_of(self.env)) as session:
+            session.execute(delete(Job))
+            session.execute(delete(OutboxMessage))
+            session.commit()
+        self.env.purge_queues(self.queues())
+
+    def succeeded(self) -> int:
+        """How many job records say succeeded."""
+        with Session(engine_of(self.env)) as session:
+            query = select(func.count()).select_from(Job).where(Job.status == JOB_SUCCEEDED)
+            return int(session.scalar(query) or 0)
+
+    def queues(self) -> list[str]:
+        s = brokers.settings
+        with Session(engine_of(self.env)) as session:
+            ids = list(session.scalars(text("SELECT id FROM tenants")))
+        return [s.system_queue] + [s.tenant_queue(t) for t in ids]
+
+
+class BareDramatiq(System):
+    """Dramatiq's RabbitmqBroker with its default middleware."""
+
+    name = "dramatiq"
+    ready = DRAMATIQ_READY
+
+    def argv(self, processes: int) -> list[str]:
+        return [
+            str(BIN / "dramatiq"),
+            "bench.peers.dramatiq_app",
+            "--processes",
+            str(processes),
+            "--threads",
+            "8",
+        ]
+
+    def send(self, kind: str, count: int, **kwargs: Any) -> None:
+        actor = getattr(dramatiq_app, kind)
+        for _ in range(count):
+            actor.send(**kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        self.env.purge_queues(self.queues())
+
+    def queues(self) -> list[str]:
+        return [dramatiq_app.QUEUE]
+
+
+class Celery(System):
+    """Celery 5: threads pool, concurrency 8, acks_late, the same RabbitMQ."""
+
+    name = "celery"
+    ready = "ready."
+    # Its warm shutdown waits for a heartbeat-less connection; every job is done by then.
+    stop_signal = signal.SIGQUIT
+
+    def argv(self, processes: int) -> list[str]:
+        return [
+            str(BIN / "celery"),
+            "-A",
+            "bench.peers.celery_app",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "8",
+            "-Q",
+            celery_app.QUEUE,
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ]
+
+    def send(self, kind: str, count: int, **kwargs: Any) -> None:
+        task = getattr(celery_app, kind)
+        with celery_app.app.producer_or_acquire() as producer:
+            for _ in range(count):
+                task.apply_async(kwargs=kwargs, queue=celery_app.QUEUE, producer=producer)
+
+    def reset(self) -> None:
+        super().reset()
+        self.env.purge_queues(self.queues())
+
+    def queues(self) -> list[str]:
+        return [celery_app.QUEUE]
+
+
+class Procrastinate(System):
+    """procrastinate 3: jobs in PostgreSQL (LISTEN/NOTIFY), concurrency 8."""
+
+    name = "procrastinate"
+    ready = "Starting worker"
+
+    def setup(self) -> None:
+        """Apply procrastinate's schema to the bench database."""
+        with procrastinate_app.app.open():
+            procrastinate_app.app.schema_manager.apply_schema()
+
+    def argv(self, processes: int) -> list[str]:
+        return [
+            str(BIN / "procrastinate"),
+            "--verbose",
+            "--app=bench.peers.procrastinate_app.app",
+            "worker",
+            "--concurrency",
+            "8",
+            "--queues",
+            procrastinate_app.QUEUE,
+        ]
+
+    def send(self, kind: str, count: int, **kwargs: Any) -> None:
+        task = getattr(procrastinate_app, kind)
+        with procrastinate_app.app.open():
+            for _ in range(count):
+                task.defer(**kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        with Session(engine_of(self.env)) as session:
+            session.execute(text("DELETE FROM procrastinate_jobs"))
+            session.commit()
+
+
+_engines: dict[str, Any] = {}
+
+
+def engine_of(env: BenchEnv) -> Any:
+    """One engine per bench database, for the harness's own queries."""
+    if env.database_url not in _engines:
+        _engines[env.database_url] = create_engine(env.database_url)
+    return _engines[env.database_url]
+
+
+def all_queues(systems: Sequence[System]) -> list[str]:
+    """Every RabbitMQ queue the systems used."""
+    return [q for system in systems for q in system.queues()]
+
+
+__all__ = ["KINDS", "BareDramatiq", "Celery", "Procrastinate", "System", "Taskyard", "all_queues"]

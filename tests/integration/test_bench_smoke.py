@@ -1,0 +1,105 @@
+"""The benchmark harness at tiny sizes: every scenario runs and reports, nothing is left behind.
+
+Never a timed test: it asserts that each figure was measured, not how fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import PG_SERVER_URL, require_servers
+from tests.support import REPO
+
+pytestmark = pytest.mark.integration
+
+# (scenario heading starts with, figure starts with, system) of every figure a smoke run gives.
+EXPECTED = [
+    *[
+        ("1-2. Throughput", job, system)
+        for job in ("DB-writing job", "no-op job")
+        for system in ("taskyard", "dramatiq", "celery", "procrastinate")
+    ],
+    ("3. Send", "actor.send() with confirms", "taskyard"),
+    ("3. Send", "actor.send() with confirms", "dramatiq-confirms"),
+    ("3. Send", "actor.send() with confirms", "dramatiq"),
+    *[("4. Latency", p, s) for p in ("p50", "p99") for s in ("taskyard", "dramatiq")],
+    ("5. Fairness", "B's p99 start delay", "taskyard"),
+    ("5. Fairness", "B's p99 start delay", "dramatiq"),
+    ("6. Tenant scale", "AMQP connections", "taskyard"),
+    ("6. Tenant scale", "threads", "taskyard"),
+    ("6. Tenant scale", "RSS", "taskyard"),
+    ("6. Tenant scale", "new tenant", "taskyard"),
+    ("7. Scheduler", "200 schedules, 20 due", "taskyard"),
+    *[("8. Memory", f"RSS after {n} jobs", s) for n in (20, 60) for s in ("taskyard", "dramatiq")],
+]
+ROW = re.compile(r"^\| (?P<figure>[^|]+) \| (?P<system>[^|]+) \| (?P<median>[^|]+) \|")
+
+
+def _bench_databases() -> set[str]:
+    engine = create_engine(f"{PG_SERVER_URL}/postgres")
+    with engine.connect() as conn:
+        names = conn.scalars(
+            text("SELECT datname FROM pg_database WHERE datname LIKE 'taskyard_bench_%'")
+        )
+        found = set(names)
+    engine.dispose()
+    return found
+
+
+def _rows(report: str) -> list[tuple[str, str, str, str]]:
+    rows, scenario = [], ""
+    for line in report.splitlines():
+        if line.startswith("## "):
+            scenario = line[3:]
+        match = ROW.match(line)
+        if match and match["figure"] != "figure" and not match["figure"].startswith("---"):
+            rows.append(
+                (scenario, match["figure"], match["system"].strip(), match["median"].strip())
+            )
+    return rows
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
+    # Given the real RabbitMQ and PostgreSQL
+    require_servers()
+    before = _bench_databases()
+    out = tmp_path / "BENCHMARKS.md"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
+
+    # When the harness runs at smoke size
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+
+    # Then it wrote a report with every figure measured (a number above zero)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = out.read_text()
+    assert "Smoke run" in report
+    assert "- Command: `python -m bench --smoke" in report
+    rows = _rows(report)
+    for scenario, figure, system in EXPECTED:
+        matching = [
+            r
+            for r in rows
+            if r[0].startswith(scenario) and r[1].startswith(figure) and r[2] == system
+        ]
+        assert matching, f"no figure {figure!r} of {system} in {scenario}:\n{report}"
+        for row in matching:
+            assert float(row[3].replace(",", "")) > 0, f"{row} is not a measurement"
+    # And the bulk send is reported as not built rather than given a number
+    assert "bulk send" in report and "not built" in report
+    # And it left no database behind
+    assert _bench_databases() <= before
