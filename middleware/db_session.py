@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import TENANT_DISABLED, Tenant
+from db.models import TENANT_DELETING, TENANT_DISABLED, Tenant
 from middleware.context import MessageContext, enter_context, leave_context
 from middleware.outbox import publish_pending, write_held
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of
@@ -263,5 +263,6 @@ def _require_active_tenant(session: Session, tenant_id: int) -> None:
     status = session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
     if status is None:
         raise UnknownTenant(tenant_id)
-    if status == TENANT_DISABLED:
+    # A tenant being deleted runs nothing new either.
+    if status in (TENANT_DISABLED, TENANT_DELETING):
         raise TenantDisabled(tenant_id)

@@ -8,7 +8,7 @@ from typing import TypedDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import TENANT_ACTIVE, TENANT_DISABLED, Tenant
+from db.models import TENANT_ACTIVE, TENANT_DELETING, TENANT_DISABLED, Tenant
 from services.errors import UnknownTenant, ValidationFailed
 
 MAX_NAME_LENGTH = 200
@@ -71,7 +71,12 @@ def served_tenant_ids(session: Session) -> list[int]:
     dead-lettered with reason `tenant_disabled` (and can be requeued once it
     is enabled) rather than waiting unseen in RabbitMQ.
     """
-    return list(session.scalars(select(Tenant.id).order_by(Tenant.id)))
+    # Not a tenant being deleted: its queues are going away, do not declare them again.
+    return list(
+        session.scalars(
+            select(Tenant.id).where(Tenant.status != TENANT_DELETING).order_by(Tenant.id)
+        )
+    )
 
 
 def set_tenant_status(session: Session, tenant_id: int, status: str) -> Tenant:
@@ -79,6 +84,8 @@ def set_tenant_status(session: Session, tenant_id: int, status: str) -> Tenant:
     if status not in (TENANT_ACTIVE, TENANT_DISABLED):
         raise ValidationFailed(f"status must be {TENANT_ACTIVE} or {TENANT_DISABLED}")
     tenant = get_tenant(session, tenant_id)
+    if tenant.status == TENANT_DELETING:
+        raise ValidationFailed(f"tenant {tenant_id} is being deleted; its status cannot change")
     tenant.status = status
     session.flush()
     return tenant
