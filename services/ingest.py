@@ -186,6 +186,43 @@ def record_ingest_failure(
     return ingest.id
 
 
+class IngestOutcome(TypedDict):
+    """What a webhook says about a finished ingest."""
+
+    ingest_id: int
+    status: str
+    fetched: int
+    valid: int
+    rejected: int
+    processed: int
+    failed: int
+
+
+def ingest_outcome(session: Session, tenant_id: int, ingest_id: int) -> IngestOutcome | None:
+    """The ingest's status and counts as this transaction sees them now (None when unknown)."""
+    row = session.execute(
+        select(
+            Ingest.status,
+            Ingest.fetched,
+            Ingest.valid,
+            Ingest.rejected,
+            Ingest.processed,
+            Ingest.failed,
+        ).where(Ingest.id == ingest_id, Ingest.tenant_id == tenant_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    return {
+        "ingest_id": ingest_id,
+        "status": row.status,
+        "fetched": row.fetched,
+        "valid": row.valid,
+        "rejected": row.rejected,
+        "processed": row.processed,
+        "failed": row.failed,
+    }
+
+
 def get_ingest(session: Session, ingest_id: int, *, tenant_id: int | None = None) -> IngestSummary:
     """One ingest with its counts and its first rejected and failed items, or NotFound."""
     ingest = session.get(Ingest, ingest_id)
