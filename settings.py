@@ -132,6 +132,10 @@ def _parse_database_url(raw: str) -> str:
 
 def _parse_queue_prefix(raw: str) -> str:
     if raw and not all(ch.isalnum() or ch in "._-" for ch in raw):
+    if scheme == "postgresql":
+        # psycopg2 is Taskyard's driver; left implicit, SQLAlchemy would pick
+        # whichever driver happens to be installed (psycopg 3 if present).
+        return "postgresql+psycopg2" + raw[len(scheme) :]
         raise ValueError("may contain only letters, digits, '.', '_' and '-'")
     if raw and not (raw[0].isalpha() or raw[0] == "_"):
         raise ValueError("must start with a letter or '_'")

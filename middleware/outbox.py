@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy.exc
 from dramatiq import Message, Worker
@@ -20,6 +20,8 @@ from db.models import JOB_DEAD, Tenant
 from middleware.context import HeldSend, MessageContext
 from middleware.outbox_rows import outbox_row, queued_job, send_engine
 from middleware.outbox_sweeper import SweeperThread, sweep_due
+from middleware.publisher import wait_all
+from middleware.rabbitmq import TaskyardRabbitmqBroker, publish_all
 from services import outbox
 from services.errors import UnknownTenant
 from services.job_control import QueuedJob, forget_queued, record_queued
@@ -73,39 +75,70 @@ class Outbox(Middleware):
         return delay is not None and delay > self.delay_max_seconds * 1000
 
     def send(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        """Record a send made outside any transaction as queued, then publish it (or park it).
+        """Record a send made outside any transaction as queued, and publish it (or park it).
 
+        On RabbitMQ the publish is handed over first and the record written while
+        it is in flight, so a send costs one round trip, not two; it returns once
+        both are done.  A message for an unknown tenant is then cancelled if not
+        yet on the wire; a copy that got out finds its record dead and is skipped.
         If PostgreSQL is unreachable the message is published anyway, with a
         warning: the worker creates its record when it arrives.  A long delay
         then falls back to RabbitMQ's delay queue: churn, but no loss.
         """
         job = queued_job(broker, message)
-        long = self.is_long(delay)
+        if self.is_long(delay) and self._park(job, message, delay):
+            return
+        in_flight = None
+        if isinstance(broker, TaskyardRabbitmqBroker):
+            message, in_flight = broker.enqueue_async(message, delay=delay)
         try:
-            with (self.session_factory if long else self._autocommit).begin() as session:
-                status = record_queued(session, [job]).get(message.message_id)
-                if long and status != JOB_DEAD:
-                    outbox.add_messages(session, [self._row(job, message, delay)])
-            parked = long
+            with self._autocommit.begin() as session:
+                status = record_queued(session, [job]).get(job["message_id"])
         except _DB_DOWN as exc:
-            self.logger.warning(
-                "Database unreachable (%s); %s published without its queued record",
-                exc.__class__.__name__,
-                message.message_id,
-                extra={"message_id": message.message_id, "actor": message.actor_name},
-            )
-            status, parked = None, False
+            self._warn_unrecorded(exc, message)
+            status = None
+        except BaseException:
+            if in_flight is not None:
+                in_flight.cancel()
+            raise
+        if status == JOB_DEAD and job["tenant_id"] is not None:
+            if in_flight is not None:
+                in_flight.cancel()
+            raise UnknownTenant(job["tenant_id"])
+        try:
+            if in_flight is not None:
+                wait_all([in_flight], cast(TaskyardRabbitmqBroker, broker).publish_timeout)
+                broker.emit_after("enqueue", message, delay)
+            else:
+                broker.enqueue(message, delay=delay)
+        except Exception:
+            # No "queued" record for a message that may not exist; had it gone out
+            # after all (a lost confirm), its worker would make the record again.
+            with contextlib.suppress(Exception), self._autocommit.begin() as session:
+                forget_queued(session, job["message_id"])
+            raise
+
+    def _park(self, job: QueuedJob, message: Message[Any], delay: int | None) -> bool:
+        """Write a long-delayed send's record and outbox row; False if the database is away."""
+        try:
+            with self.session_factory.begin() as session:
+                status = record_queued(session, [job]).get(job["message_id"])
+                if status != JOB_DEAD:
+                    outbox.add_messages(session, [self._row(job, message, delay)])
+        except _DB_DOWN as exc:
+            self._warn_unrecorded(exc, message)
+            return False
         if status == JOB_DEAD and job["tenant_id"] is not None:
             raise UnknownTenant(job["tenant_id"])
-        if not parked:
-            try:
-                broker.enqueue(message, delay=delay)
-            except Exception:
-                # No "queued" record for a message that may not exist; had it gone out
-                # after all (a lost confirm), its worker would make the record again.
-                with contextlib.suppress(Exception), self._autocommit.begin() as session:
-                    forget_queued(session, message.message_id)
-                raise
+        return True
+
+    def _warn_unrecorded(self, exc: Exception, message: Message[Any]) -> None:
+        self.logger.warning(
+            "Database unreachable (%s); %s published without its queued record",
+            exc.__class__.__name__,
+            message.message_id,
+            extra={"message_id": message.message_id, "actor": message.actor_name},
+        )
 
     def hold(
         self, broker: Broker, ctx: MessageContext, message: Message[Any], delay: int | None
@@ -141,13 +174,15 @@ class Outbox(Middleware):
     def publish(self, broker: Broker, pending: Sequence[Pending]) -> None:
         """Publish what a committed transaction wrote, then delete its rows in one statement."""
         published: list[int] = []
-        for item in pending:
-            try:
-                broker.enqueue(item.message, delay=item.delay)
+        outcomes = publish_all(broker, [(item.message, item.delay) for item in pending])
+        for item, error in zip(pending, outcomes, strict=True):
+            if error is None:
                 published.append(item.row_id)
-            except Exception:
+            else:
                 logged = item.message.message_id
-                self.logger.exception("Could not publish %s; the sweeper will", logged)
+                self.logger.error(
+                    "Could not publish %s (%s); the sweeper will", logged, error, exc_info=error
+                )
         try:
             with self._autocommit.begin() as session:
                 outbox.delete_messages(session, published)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from typing import Any
 
 from dramatiq import Message
 from dramatiq.broker import Broker
 from dramatiq.errors import DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
+from middleware.rabbitmq import publish_all
 from services import outbox
 
 logger = logging.getLogger("Outbox")
@@ -34,7 +36,7 @@ def sweep_due(
     while True:
         with session_factory.begin() as session:
             rows = outbox.claim_due(session, now=now or dt.datetime.now(dt.UTC), limit=batch_size)
-            done: list[int] = []
+            decoded: list[tuple[int, Message[Any]]] = []
             for row in rows:
                 try:
                     message = Message.decode(row.body.encode())
@@ -43,9 +45,15 @@ def sweep_due(
                     continue
                 # Published now, on its own queue: whatever delay it had has passed.
                 message.options.pop("eta", None)
-                broker.enqueue(message.copy(queue_name=row.queue))
-                done.append(row.id)
+                decoded.append((row.id, message.copy(queue_name=row.queue)))
+            outcomes = publish_all(broker, [(message, None) for _, message in decoded])
+            pairs = zip(decoded, outcomes, strict=True)
+            done = [row_id for (row_id, _), error in pairs if error is None]
+            failed = next((error for error in outcomes if error is not None), None)
             outbox.delete_messages(session, done)
+        if failed is not None:
+            # RabbitMQ is away or refusing: the rest waits for the next round.
+            raise failed
         total += len(done)
         if len(rows) < batch_size:
             return total

@@ -63,3 +63,10 @@ def test_a_bad_url_never_shows_its_password() -> None:
         load_settings({"DATABASE_URL": "mysql://admin:hunter2@db/x"})
     assert "hunter2" not in str(raised.value)
     assert "admin:***@db" in str(raised.value)
+
+
+def test_a_plain_postgresql_url_is_pinned_to_the_psycopg2_driver() -> None:
+    settings = load_settings({"DATABASE_URL": "postgresql://u:pw@db:5432/taskyard"})
+    assert settings.database_url == "postgresql+psycopg2://u:pw@db:5432/taskyard"
+    explicit = load_settings({"DATABASE_URL": "postgresql+psycopg2://u@db/x"})
+    assert explicit.database_url == "postgresql+psycopg2://u@db/x"

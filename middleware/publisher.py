@@ -1,0 +1,420 @@
+"""One publishing connection per process, with publisher confirms pipelined instead of awaited.
+
+Dramatiq's RabbitMQ broker gives every thread that sends its own connection
+and channel, and with `confirm_delivery=True` each publish waits for its
+confirm before the next can go: about one message per network round trip per
+thread, and ten connections for a worker of eight threads.  This publisher
+owns one connection and one confirm-mode channel on a thread of its own; any
+thread hands it messages and gets a future that the broker's confirm
+resolves.  Many publishes are in flight at once, so a batch of N costs about
+one round trip, not N.
+
+The guarantees are those of a confirmed publish: a future succeeds only when
+RabbitMQ has taken the message (persistent, on a durable queue); it fails
+with `PublishFailed` when RabbitMQ refuses or returns it, or when the message
+could not be confirmed after the connection was lost and re-made
+`max_attempts` times.  A message whose confirm was lost with the connection is
+published again on the next one: a duplicate is possible, a loss is not
+(Taskyard's job records make a second copy of a finished message skip).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.channel
+import pika.exceptions
+import pika.frame
+import pika.spec
+from dramatiq.common import dq_name, xq_name
+from dramatiq.errors import BrokerConnectionError
+
+# A queue's declaration arguments (the broker's, so that both declare alike).
+QueueArguments = Callable[[str], dict[str, Any]]
+# RabbitMQ keeps a dead-lettered message this long in a .XQ queue (Dramatiq's value).
+DEAD_MESSAGE_TTL_MS = 86400000 * 7
+
+
+class PublishFailed(BrokerConnectionError):
+    """RabbitMQ did not take a message: nacked, returned as unroutable, or never confirmed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)  # type: ignore[no-untyped-call]
+
+
+def _settle(future: Future[None], error: BaseException | None = None) -> None:
+    """Resolve a future unless its caller gave up on it (cancelled) meanwhile."""
+    try:
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One message on its way: where it goes, what it is, and who waits for it."""
+
+    queue_name: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    priority: int | None
+    future: Future[None] = field(default_factory=Future)
+    attempts: int = 0
+    returned: str | None = None
+
+
+class Publisher:
+    """A thread that owns one confirm-mode channel and publishes for every thread of the process."""
+
+    def __init__(
+        self,
+        parameters: pika.ConnectionParameters | list[pika.ConnectionParameters],
+        *,
+        queue_arguments: QueueArguments,
+        max_attempts: int = 5,
+        reconnect_seconds: float = 0.5,
+        fail_after_connect_errors: int = 3,
+        name: str = "taskyard-publisher",
+    ) -> None:
+        self.logger = logging.getLogger(type(self).__name__)
+        self.parameters = parameters
+        self.queue_arguments = queue_arguments
+        self.max_attempts = max_attempts
+        self.reconnect_seconds = reconnect_seconds
+        self.fail_after_connect_errors = fail_after_connect_errors
+        self.name = name
+        self.pid = os.getpid()
+        self._incoming: collections.deque[Outgoing] = collections.deque()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        # Owned by the publisher thread from here on.
+        self._connection: pika.SelectConnection | None = None
+        self._channel: pika.channel.Channel | None = None
+        self._wake_scheduled = False
+        self._next_tag = 0
+        self._unconfirmed: dict[int, Outgoing] = {}
+        self._by_message_id: dict[str, Outgoing] = {}
+        self._declared: set[str] = set()
+        self._declaring: dict[str, list[Outgoing]] = {}
+        self.connections_made = 0
+        self._connect_errors = 0
+
+    # --- any thread ---------------------------------------------------------
+
+    def publish(
+        self,
+        queue_name: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        priority: int | None,
+    ) -> Future[None]:
+        """Hand one message over; the future resolves when RabbitMQ confirms it.
+
+        `queue_name` is the canonical queue (declared with its delay and
+        dead-letter queues before the first publish); `routing_key` is where
+        the message goes (the queue, or its delay queue).
+        """
+        item = Outgoing(queue_name, routing_key, body, message_id, priority)
+        self._incoming.append(item)
+        self._ensure_started()
+        self._wake()
+        return item.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` for what is in flight, then close the connection and the thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        while (self._incoming or self._unconfirmed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._closing.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.ioloop.add_callback_threadsafe(self._close_connection)
+            except Exception:
+                self.logger.debug("Publisher connection already gone", exc_info=True)
+        thread.join(max(0.1, deadline - time.monotonic()))
+        self._fail_all(PublishFailed("the publisher closed before RabbitMQ confirmed"))
+
+    @property
+    def in_flight(self) -> int:
+        """Messages handed over and not yet confirmed (approximate)."""
+        return len(self._incoming) + len(self._unconfirmed)
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._closing.clear()
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _wake(self) -> None:
+        connection = self._connection
+        if connection is None:
+            return  # the thread drains the incoming queue once its channel opens
+        with self._lock:
+            if self._wake_scheduled:
+                return
+            self._wake_scheduled = True
+        try:
+            connection.ioloop.add_callback_threadsafe(self._drain)
+        except Exception:
+            # The connection is closing; the next one drains the queue.
+            with self._lock:
+                self._wake_scheduled = False
+
+    # --- the publisher thread ----------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._connection = pika.SelectConnection(
+                    self.parameters
+                    if not isinstance(self.parameters, list)
+                    else self.parameters[0],
+                    on_open_callback=self._on_connection_open,
+                    on_open_error_callback=self._on_connection_error,
+                    on_close_callback=self._on_connection_closed,
+                )
+                self._connection.ioloop.start()
+            except Exception:
+                self.logger.exception("Publisher connection failed")
+            self._release_ioloop()
+            self._connection = None
+            self._channel = None
+            self._requeue_unconfirmed()
+            if not self._closing.is_set():
+                time.sleep(self.reconnect_seconds)
+
+    def _release_ioloop(self) -> None:
+        # The ioloop keeps a socket pair for add_callback_threadsafe until closed.
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.ioloop.close()
+            except Exception:
+                self.logger.debug("Could not close the publisher's ioloop", exc_info=True)
+
+    def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        self.connections_made += 1
+        self._connect_errors = 0
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_error(self, connection: pika.SelectConnection, error: Exception) -> None:
+        self._connect_errors += 1
+        self.logger.warning("Publisher could not connect to RabbitMQ: %s", error)
+        if self._connect_errors >= self.fail_after_connect_errors:
+            # Callers get a clear error now rather than a timeout; what they sent was
+            # never taken by RabbitMQ (or, after a lost confirm, may have been: the
+            # job record makes such a copy skip).
+            self._fail_all(
+                PublishFailed(
+                    f"cannot connect to RabbitMQ ({type(error).__name__}: {error}) after "
+                    f"{self._connect_errors} attempts; is it running and reachable?"
+                )
+            )
+        connection.ioloop.stop()
+
+    def _on_connection_closed(self, connection: pika.SelectConnection, reason: Exception) -> None:
+        if not self._closing.is_set():
+            self.logger.warning("Publisher connection closed: %s; reconnecting", reason)
+        connection.ioloop.stop()
+
+    def _close_connection(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+        elif connection is not None:
+            connection.ioloop.stop()
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _frame: self._channel_ready(channel)
+        )
+
+    def _channel_ready(self, channel: pika.channel.Channel) -> None:
+        self._channel = channel
+        self._next_tag = 0
+        self._declared.clear()
+        self._declaring.clear()
+        self._drain()
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: Exception) -> None:
+        self._channel = None
+        if self._closing.is_set():
+            return
+        self.logger.warning("Publisher channel closed: %s; reconnecting", reason)
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+
+    def _drain(self) -> None:
+        with self._lock:
+            self._wake_scheduled = False
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            return
+        while self._incoming:
+            item = self._incoming.popleft()
+            if item.future.done():
+                continue
+            if item.queue_name in self._declared:
+                self._send(channel, item)
+            elif item.queue_name in self._declaring:
+                self._declaring[item.queue_name].append(item)
+            else:
+                self._declaring[item.queue_name] = [item]
+                self._declare(channel, item.queue_name)
+
+    def _declare(self, channel: pika.channel.Channel, queue_name: str) -> None:
+        arguments = self.queue_arguments(queue_name)
+        steps = [
+            (queue_name, arguments),
+            (dq_name(queue_name), arguments),
+            (xq_name(queue_name), {"x-message-ttl": DEAD_MESSAGE_TTL_MS}),
+        ]
+
+        def declare_next(_frame: pika.frame.Method[Any] | None = None) -> None:
+            if not steps:
+                self._declared.add(queue_name)
+                for waiting in self._declaring.pop(queue_name, []):
+                    self._send(channel, waiting)
+                return
+            name, args = steps.pop(0)
+            channel.queue_declare(name, durable=True, arguments=args, callback=declare_next)
+
+        declare_next()
+
+    def _send(self, channel: pika.channel.Channel, item: Outgoing) -> None:
+        item.attempts += 1
+        item.returned = None
+        self._next_tag += 1
+        self._unconfirmed[self._next_tag] = item
+        self._by_message_id[item.message_id] = item
+        channel.basic_publish(
+            exchange="",
+            routing_key=item.routing_key,
+            body=item.body,
+            properties=pika.BasicProperties(
+                delivery_mode=2, priority=item.priority, message_id=item.message_id
+            ),
+            mandatory=True,
+        )
+
+    def _on_return(
+        self,
+        _channel: pika.channel.Channel,
+        method: pika.spec.Basic.Return,
+        properties: pika.spec.BasicProperties,
+        _body: bytes,
+    ) -> None:
+        # A return comes before the confirm of the same message.
+        item = self._by_message_id.get(properties.message_id or "")
+        if item is not None:
+            item.returned = f"{method.reply_code} {method.reply_text}"
+            # The queue may have been deleted since it was declared: declare it again.
+            self._declared.discard(item.queue_name)
+
+    def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        tags = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        for t in tags:
+            item = self._unconfirmed.pop(t, None)
+            if item is None:
+                continue
+            self._by_message_id.pop(item.message_id, None)
+            if nacked or item.returned is not None:
+                why = (
+                    "nacked by RabbitMQ" if nacked else f"returned as unroutable ({item.returned})"
+                )
+                self._retry_or_fail(item, why)
+            else:
+                _settle(item.future)
+
+    def _retry_or_fail(self, item: Outgoing, why: str) -> None:
+        if item.attempts >= self.max_attempts:
+            _settle(
+                item.future,
+                PublishFailed(
+                    f"message {item.message_id} to {item.routing_key}: {why}, "
+                    f"{item.attempts} time(s)"
+                ),
+            )
+            return
+        self._incoming.appendleft(item)
+        connection = self._connection
+        if connection is not None:
+            connection.ioloop.add_callback_threadsafe(self._drain)
+
+    def _requeue_unconfirmed(self) -> None:
+        """After a lost connection, publish again (first) whatever was not confirmed."""
+        pending = [self._unconfirmed[t] for t in sorted(self._unconfirmed)]
+        pending += [i for waiting in self._declaring.values() for i in waiting]
+        self._unconfirmed.clear()
+        self._by_message_id.clear()
+        self._declaring.clear()
+        for item in reversed(pending):
+            if item.attempts >= self.max_attempts:
+                _settle(
+                    item.future,
+                    PublishFailed(
+                        f"message {item.message_id} to {item.routing_key}: not confirmed after "
+                        f"{item.attempts} connection(s) to RabbitMQ"
+                    ),
+                )
+            else:
+                self._incoming.appendleft(item)
+        if self._closing.is_set():
+            self._fail_all(PublishFailed("the publisher closed before RabbitMQ confirmed"))
+
+    def _fail_all(self, error: Exception) -> None:
+        while self._incoming:
+            _settle(self._incoming.popleft().future, error)
+
+
+def wait_all(futures: Iterable[Future[None]], timeout: float) -> None:
+    """Wait for every future; raise the first failure, or `PublishFailed` on timeout.
+
+    On a timeout the futures still pending are cancelled: a message not yet
+    handed to RabbitMQ is then never published.  One already on the wire may
+    still arrive; its job record makes a later copy skip.
+    """
+    futures = list(futures)
+    deadline = time.monotonic() + timeout
+    try:
+        for future in futures:
+            remaining = deadline - time.monotonic()
+            try:
+                future.result(timeout=max(0.0, remaining))
+            except TimeoutError:
+                raise PublishFailed(
+                    f"RabbitMQ did not confirm within {timeout:g} s (is it reachable?)"
+                ) from None
+    finally:
+        for future in futures:
+            future.cancel()

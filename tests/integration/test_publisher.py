@@ -1,0 +1,136 @@
+"""The process's one publisher: pipelined confirms, one connection, clear failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pika
+import pytest
+from dramatiq import Message
+
+from middleware.publisher import Publisher, PublishFailed, wait_all
+from middleware.rabbitmq import TaskyardRabbitmqBroker
+from settings import Settings
+
+
+def _arguments(name: str) -> dict[str, object]:
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{name}.XQ"}
+
+
+@pytest.fixture
+def queue(settings: Settings) -> Iterator[str]:
+    """A queue name of this run; it and its .DQ/.XQ are deleted afterwards."""
+    name = f"{settings.queue_prefix}publisher.{uuid.uuid4().hex[:8]}"
+    yield name
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    channel = connection.channel()
+    for suffix in ("", ".DQ", ".XQ"):
+        channel.queue_delete(name + suffix)
+    connection.close()
+
+
+def _count(settings: Settings, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
+def _publisher(settings: Settings, **options: float) -> Publisher:
+    return Publisher(
+        pika.URLParameters(settings.broker_url), queue_arguments=_arguments, **options
+    )
+
+
+def test_a_batch_is_confirmed_on_one_connection_and_every_message_arrives(
+    settings: Settings, queue: str
+) -> None:
+    publisher = _publisher(settings)
+    try:
+        futures = [
+            publisher.publish(queue, queue, b"{}", message_id=str(i), priority=None)
+            for i in range(2_000)
+        ]
+        wait_all(futures, timeout=30)
+        assert all(f.done() and f.exception() is None for f in futures)
+        assert publisher.connections_made == 1
+    finally:
+        publisher.close()
+    assert _count(settings, queue) == 2_000
+    # The delay and dead-letter queues were declared with it, as Dramatiq declares them.
+    assert _count(settings, f"{queue}.DQ") == 0
+    assert _count(settings, f"{queue}.XQ") == 0
+
+
+def test_a_queue_deleted_behind_the_publishers_back_is_declared_again(
+    settings: Settings, queue: str
+) -> None:
+    publisher = _publisher(settings)
+    try:
+        wait_all([publisher.publish(queue, queue, b"1", message_id="a", priority=None)], 10)
+        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+        connection.channel().queue_delete(queue)
+        connection.close()
+        # Returned as unroutable (mandatory), declared again, published again.
+        wait_all([publisher.publish(queue, queue, b"2", message_id="b", priority=None)], 10)
+    finally:
+        publisher.close()
+    assert _count(settings, queue) == 1
+
+
+def test_an_unreachable_broker_fails_the_send_quickly_with_a_clear_error() -> None:
+    publisher = Publisher(
+        pika.URLParameters("amqp://guest:guest@127.0.0.1:1/"),
+        queue_arguments=_arguments,
+        reconnect_seconds=0.1,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(PublishFailed, match="cannot connect to RabbitMQ"):
+            wait_all([publisher.publish("q", "q", b"{}", message_id="x", priority=None)], 20)
+    finally:
+        publisher.close(timeout=1)
+    assert time.monotonic() - started < 10
+
+
+def test_many_sending_threads_share_one_connection(settings: Settings, queue: str) -> None:
+    broker = TaskyardRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            for i in range(50):
+                broker.enqueue(Message(queue, "noop", (), {}, {}, message_id=f"{n}-{i}"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert errors == []
+        assert broker.publisher.connections_made == 1
+        # No connection per sending thread: Dramatiq's own were never opened.
+        assert broker.connections == set()
+    finally:
+        broker.close()
+    assert _count(settings, queue) == 400
+
+
+def test_a_delayed_message_goes_to_the_delay_queue_with_its_eta(
+    settings: Settings, queue: str
+) -> None:
+    broker = TaskyardRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    try:
+        sent = broker.enqueue(Message(queue, "noop", (), {}, {}), delay=60_000)
+    finally:
+        broker.close()
+    assert sent.queue_name == f"{queue}.DQ"
+    assert sent.options["eta"] > time.time() * 1000 + 50_000
+    assert _count(settings, f"{queue}.DQ") == 1
