@@ -14,6 +14,7 @@ from db.session import make_engine, make_session_factory
 from middleware import DbSession, RetryPolicy, TenantRouting
 from middleware.consumer import ConsumerMultiplexing
 from middleware.dead_letters import DeadLetters
+from middleware.heartbeat import Heartbeat
 from middleware.outbox import Outbox
 from middleware.rabbitmq import TaskyardRabbitmqBroker
 from services.tenants import served_tenant_ids
@@ -44,6 +45,8 @@ def build_middleware(
         # Keeps every message the worker nacks in the database (RabbitMQ's dead-letter
         # queue drops it after 7 days); early, so no later before_nack can skip it.
         DeadLetters(session_factory=session_factory),
+        # Writes this worker's `workers` row every few seconds (`taskyard workers`, `health`).
+        Heartbeat(session_factory=session_factory, interval_seconds=settings.heartbeat_seconds),
         # Drops stale scheduler ticks before any session is opened for them.
         PeriodiqMiddleware(skip_delay=TICK_SKIP_DELAY_SECONDS),
         # Chooses the tenant's queue on send and the queues a worker serves.

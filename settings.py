@@ -33,6 +33,8 @@ class Settings:
     tenants: tuple[int, ...] = ()
     # How often a worker looks for new tenants to serve (the promise is 60 s).
     tenant_refresh_seconds: float = 30.0
+    # How often a worker writes its heartbeat row (`taskyard workers`, `taskyard health`).
+    heartbeat_seconds: float = 10.0
     # Attempts a job gets in all (the first and its retries) unless its actor says otherwise.
     max_attempts: int = 3
     min_backoff_ms: int = 1_000
@@ -127,15 +129,15 @@ def _parse_database_url(raw: str) -> str:
     scheme = urlsplit(raw).scheme
     if not (scheme.startswith("postgresql") or scheme.startswith("sqlite")):
         raise ValueError("must be a postgresql:// (or, for the demo, sqlite://) URL")
+    if scheme == "postgresql":
+        # psycopg2 is Taskyard's driver; left implicit, SQLAlchemy would pick
+        # whichever driver happens to be installed (psycopg 3 if present).
+        return "postgresql+psycopg2" + raw[len(scheme) :]
     return raw
 
 
 def _parse_queue_prefix(raw: str) -> str:
     if raw and not all(ch.isalnum() or ch in "._-" for ch in raw):
-    if scheme == "postgresql":
-        # psycopg2 is Taskyard's driver; left implicit, SQLAlchemy would pick
-        # whichever driver happens to be installed (psycopg 3 if present).
-        return "postgresql+psycopg2" + raw[len(scheme) :]
         raise ValueError("may contain only letters, digits, '.', '_' and '-'")
     if raw and not (raw[0].isalpha() or raw[0] == "_"):
         raise ValueError("must start with a letter or '_'")
@@ -201,6 +203,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             p + "TENANT_REFRESH_SECONDS",
             _parse_positive_float,
             d.tenant_refresh_seconds,
+            "a number of seconds",
+        ),
+        heartbeat_seconds=_read(
+            env,
+            p + "HEARTBEAT_SECONDS",
+            _parse_positive_float,
+            d.heartbeat_seconds,
             "a number of seconds",
         ),
         max_attempts=_read(

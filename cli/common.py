@@ -1,43 +1,37 @@
-"""The operator's command line: migrate the database, manage tenants, read ingests and jobs."""
+"""What every command shares: the root group, settings, one transaction, output, errors."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 import click
+from dramatiq.broker import Broker
+from dramatiq.errors import BrokerConnectionError
+from pika.exceptions import AMQPError
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from db.migrate import MIGRATE_ADVICE, SchemaBehind, check_schema, ensure_database, upgrade_to_head
+from db.migrate import MIGRATE_ADVICE, SchemaBehind, check_schema
 from db.models import (
     JOB_FINAL_STATES,
     JOB_QUEUED,
     JOB_RETRYING,
     JOB_RUNNING,
-    TENANT_ACTIVE,
-    TENANT_DISABLED,
 )
 from db.session import make_engine, make_session_factory
 from services.errors import TaskyardError, UnknownTenant
-from services.ingest import IngestSummary, get_ingest
-from services.jobs import JobInfo, get_job, job_info, list_jobs
-from services.tenants import (
-    TenantInfo,
-    create_tenant,
-    get_tenant,
-    list_tenants,
-    set_tenant_status,
-    tenant_info,
-)
 from settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -64,12 +58,21 @@ _UNREACHABLE_CLASSES = ("08", "28", "57P")
 PIPED_WIDTH = 250
 
 
+class CommandFailed(Exception):
+    """A command's own one-line error (what failed, on which input, what to do)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass
-class _State:
+class State:
     """What one invocation shares between the group and its command."""
 
     debug: bool = False
     settings: Settings | None = None
+    broker: Broker | None = None
 
     def load_settings(self) -> Settings:
         """The settings, read from the environment once per invocation."""
@@ -77,10 +80,29 @@ class _State:
             self.settings = load_settings()
         return self.settings
 
+    def load_broker(self) -> Broker:
+        """The installed broker with every actor declared; only commands that send need it."""
+        if self.broker is None:
+            self.load_settings()
+            import actors  # noqa: F401  (declares the actors on the broker it installs)
+            import brokers
+
+            self.broker = brokers.broker
+        return self.broker
+
 
 def shown_url(database_url: str) -> str:
     """The database URL with its password hidden."""
     return make_url(database_url).render_as_string(hide_password=True)
+
+
+def shown_broker_url(broker_url: str) -> str:
+    """The broker URL with its password hidden."""
+    return (
+        make_url(broker_url.replace("amqp://", "amqp+x://", 1))
+        .render_as_string(hide_password=True)
+        .replace("amqp+x://", "amqp://", 1)
+    )
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -88,8 +110,18 @@ def _first_line(exc: BaseException | None) -> str:
     return lines[0].strip() if lines else type(exc).__name__
 
 
-def describe_error(exc: Exception, database_url: str | None) -> tuple[int, str]:
+def describe_error(
+    exc: Exception, database_url: str | None, broker_url: str | None = None
+) -> tuple[int, str]:
     """The exit code and the one-line message for an error that reached the command line."""
+    if isinstance(exc, CommandFailed):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, BrokerConnectionError | AMQPError):
+        where = shown_broker_url(broker_url) if broker_url else "BROKER_URL"
+        detail = _first_line(exc) if str(exc).strip() else type(exc).__name__
+        return EXIT_UNREACHABLE, (
+            f"cannot reach the broker at {where} ({detail}): is RabbitMQ running? (BROKER_URL)"
+        )
     where = shown_url(database_url) if database_url else "DATABASE_URL"
     cause = exc.__cause__
     # check_schema reads any "... does not exist" as a missing database; a missing
@@ -138,18 +170,19 @@ class _Taskyard(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            state = ctx.ensure_object(_State)
+            state = ctx.ensure_object(State)
             url = state.settings.database_url if state.settings else None
-            exit_code, message = describe_error(exc, url)
+            broker_url = state.settings.broker_url if state.settings else None
+            exit_code, message = describe_error(exc, url, broker_url)
             if state.debug:
                 click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
             click.echo(f"error: {' '.join(message.split())}", err=True)
             ctx.exit(exit_code)
 
 
-def _run(ctx: click.Context, work: Callable[[Session], T]) -> T:
+def run(ctx: click.Context, work: Callable[[Session], T]) -> T:
     """Run `work` in one transaction on a database at the expected schema, and commit."""
-    settings = ctx.ensure_object(_State).load_settings()
+    settings = ctx.ensure_object(State).load_settings()
     engine = make_engine(settings)
     try:
         check_schema(engine)
@@ -159,7 +192,7 @@ def _run(ctx: click.Context, work: Callable[[Session], T]) -> T:
         engine.dispose()
 
 
-def _emit(data: T, as_json: bool, render: Callable[[T], None]) -> None:
+def emit(data: T, as_json: bool, render: Callable[[T], None]) -> None:
     """Print `data` as one JSON document, or for a person."""
     if as_json:
         click.echo(json.dumps(data, default=str, indent=2))
@@ -167,7 +200,8 @@ def _emit(data: T, as_json: bool, render: Callable[[T], None]) -> None:
         render(data)
 
 
-def _print(*renderables: Any) -> None:
+def show(*renderables: Any) -> None:
+    """Print tables for a person: full width on a terminal, one row per line when piped."""
     width = None if sys.stdout.isatty() else PIPED_WIDTH
     Console(width=width, highlight=False).print(*renderables)
 
@@ -181,7 +215,8 @@ def _cell(value: object) -> Text:
     return Text(str(value))
 
 
-def _fields(title: str, data: Mapping[str, object]) -> Table:
+def fields_table(title: str, data: Mapping[str, object]) -> Table:
+    """One record as a two-column table of its fields."""
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -190,12 +225,66 @@ def _fields(title: str, data: Mapping[str, object]) -> Table:
     return table
 
 
-def _records(title: str, columns: Sequence[str], records: Iterable[Mapping[str, object]]) -> Table:
+def records_table(
+    title: str, columns: Sequence[str], records: Iterable[Mapping[str, object]]
+) -> Table:
+    """Records as a table of the given columns."""
     table = Table(*columns, title=title, title_justify="left")
     for record in records:
         table.add_row(*(_cell(record[column]) for column in columns))
     return table
 
+
+def json_argument(raw: str | None, option: str) -> dict[str, Any]:
+    """The JSON object an option carries (`--args '{"a": 1}'`); a one-line error otherwise."""
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CommandFailed(
+            f"{option} is not valid JSON ({exc.msg} at column {exc.colno}): {raw!r}; "
+            """pass an object, e.g. '{"key": "value"}'"""
+        ) from exc
+    if not isinstance(value, dict):
+        raise CommandFailed(f"{option} must be a JSON object, got {raw!r}")
+    return value
+
+
+@contextmanager
+def progress(
+    total: int | None, description: str, *, quiet: bool
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; nothing with --json or when stdout is piped."""
+    if quiet or not sys.stdout.isatty():
+        yield lambda advance: None
+        return
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda advance: bar.advance(task, advance)
+
+
+class _Since(click.ParamType):  # type: ignore[type-arg]
+    """A moment: an ISO-8601 time (UTC unless it says) or an age like 30m, 6h, 2d."""
+
+    name = "since"
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, dt.datetime):
+            return value
+        text = str(value).strip()
+        unit = self._UNITS.get(text[-1:])
+        if unit is not None and text[:-1].isdigit():
+            return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(text[:-1]) * unit)
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither an age (30m, 6h, 2d) nor an ISO-8601 time", param, ctx)
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+SINCE = _Since()
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
@@ -206,172 +295,5 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Taskyard's operator tool: the database, tenants, ingests and jobs."""
-    ctx.obj = _State(debug=debug)
-
-
-class MigrateInfo(TypedDict):
-    """What `taskyard migrate` did."""
-
-    database: str | None
-    url: str
-    created: bool
-    revision: str
-
-
-def _print_migrate(info: MigrateInfo) -> None:
-    created = "created and " if info["created"] else ""
-    click.echo(f"database {info['database']} {created}is at revision {info['revision']}")
-
-
-@main.command()
-@json_option
-@click.pass_context
-def migrate(ctx: click.Context, as_json: bool) -> None:
-    """Create the database if missing and bring its schema up to date."""
-    url = ctx.ensure_object(_State).load_settings().database_url
-    created = ensure_database(url)
-    revision = upgrade_to_head(url)
-    info: MigrateInfo = {
-        "database": make_url(url).database,
-        "url": shown_url(url),
-        "created": created,
-        "revision": revision,
-    }
-    _emit(info, as_json, _print_migrate)
-
-
-@main.group()
-def tenant() -> None:
-    """Create, list, show, enable and disable tenants."""
-
-
-def _print_tenant(info: TenantInfo) -> None:
-    _print(_fields(f"tenant {info['id']}", info))
-
-
-def _print_tenants(infos: list[TenantInfo]) -> None:
-    columns = ("id", "name", "status", "created_at")
-    _print(_records(f"tenants ({len(infos)})", columns, infos))
-
-
-@tenant.command("create")
-@click.argument("name")
-@json_option
-@click.pass_context
-def tenant_create(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Create an active tenant NAME and print its id."""
-    info = _run(ctx, lambda s: tenant_info(create_tenant(s, name)))
-    _emit(info, as_json, lambda i: click.echo(i["id"]))
-
-
-@tenant.command("list")
-@click.option("--status", type=click.Choice([TENANT_ACTIVE, TENANT_DISABLED]))
-@json_option
-@click.pass_context
-def tenant_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
-    """List the tenants, oldest first."""
-    infos = _run(ctx, lambda s: [tenant_info(t) for t in list_tenants(s, status=status)])
-    _emit(infos, as_json, _print_tenants)
-
-
-@tenant.command("show")
-@click.argument("tenant_id", metavar="ID", type=ID)
-@json_option
-@click.pass_context
-def tenant_show(ctx: click.Context, tenant_id: int, as_json: bool) -> None:
-    """Show one tenant."""
-    _emit(_run(ctx, lambda s: tenant_info(get_tenant(s, tenant_id))), as_json, _print_tenant)
-
-
-def _status_command(name: str, status: str) -> None:
-    @tenant.command(name, help=f"Mark tenant ID {status}, and show it.")
-    @click.argument("tenant_id", metavar="ID", type=ID)
-    @json_option
-    @click.pass_context
-    def command(ctx: click.Context, tenant_id: int, as_json: bool) -> None:
-        info = _run(ctx, lambda s: tenant_info(set_tenant_status(s, tenant_id, status)))
-        _emit(info, as_json, _print_tenant)
-
-
-_status_command("disable", TENANT_DISABLED)
-_status_command("enable", TENANT_ACTIVE)
-
-
-@main.group()
-def ingest() -> None:
-    """Read the record of resource-feed ingests."""
-
-
-def _print_ingest(summary: IngestSummary) -> None:
-    counts = {k: v for k, v in summary.items() if not k.startswith("items_")}
-    tables = [_fields(f"ingest {summary['id']}", counts)]
-    for kind, total, problems in (
-        ("rejected", summary["rejected"], summary["items_rejected"]),
-        ("failed", summary["failed"], summary["items_failed"]),
-    ):
-        if problems:
-            title = f"{kind} items ({len(problems)} of {total})"
-            tables.append(_records(title, ("position", "resource_id", "error"), problems))
-    _print(*tables)
-
-
-@ingest.command("show")
-@click.argument("ingest_id", metavar="INGEST_ID", type=ID)
-@click.option("--tenant", "tenant_id", type=ID, help="Only if the ingest is this tenant's.")
-@json_option
-@click.pass_context
-def ingest_show(ctx: click.Context, ingest_id: int, tenant_id: int | None, as_json: bool) -> None:
-    """Show one ingest: its counts and its rejected and failed items."""
-    summary = _run(ctx, lambda s: get_ingest(s, ingest_id, tenant_id=tenant_id))
-    _emit(summary, as_json, _print_ingest)
-
-
-@main.group()
-def jobs() -> None:
-    """Read the record of jobs (one per message)."""
-
-
-def _print_jobs(infos: list[JobInfo]) -> None:
-    columns = ("message_id", "tenant_id", "actor", "status", "attempts", "finished_at")
-    _print(_records(f"jobs ({len(infos)})", columns, infos))
-
-
-@jobs.command("show")
-@click.argument("message_id")
-@json_option
-@click.pass_context
-def jobs_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
-    """Show the record of one message."""
-    info = _run(ctx, lambda s: job_info(get_job(s, message_id)))
-    _emit(info, as_json, lambda i: _print(_fields(f"job {i['message_id']}", i)))
-
-
-@jobs.command("list")
-@click.option("--tenant", "tenant_id", type=ID, help="Only this tenant's jobs.")
-@click.option("--status", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
-@click.option("--actor", help="Only this actor's jobs.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@json_option
-@click.pass_context
-def jobs_list(
-    ctx: click.Context,
-    tenant_id: int | None,
-    status: str | None,
-    actor: str | None,
-    limit: int,
-    as_json: bool,
-) -> None:
-    """List job records, the most recently updated first."""
-    infos = _run(
-        ctx,
-        lambda s: [
-            job_info(j)
-            for j in list_jobs(s, tenant_id=tenant_id, status=status, actor=actor, limit=limit)
-        ],
-    )
-    _emit(infos, as_json, _print_jobs)
-
-
-if __name__ == "__main__":
-    main(prog_name="taskyard")
+    """Taskyard's operator tool: tenants, schedules, jobs, dead letters, workers, health."""
+    ctx.obj = State(debug=debug)

@@ -22,9 +22,9 @@ from settings import Settings
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-# The console script the package installs next to this interpreter; `cli.py` if not installed.
+# The console script the package installs next to this interpreter; `python -m cli` if not.
 TASKYARD = Path(sys.executable).with_name("taskyard")
-COMMAND = [str(TASKYARD)] if TASKYARD.exists() else [sys.executable, str(REPO / "cli.py")]
+COMMAND = [str(TASKYARD)] if TASKYARD.exists() else [sys.executable, "-m", "cli"]
 UNREACHABLE_URL = "postgresql+psycopg2://postgres:s3cret-pw@127.0.0.1:1/taskyard"
 
 

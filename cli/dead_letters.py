@@ -1,0 +1,206 @@
+"""`taskyard dead-letters ...`: list, show, requeue and purge the messages that died."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import TypedDict
+
+import click
+import dramatiq
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cli.common import (
+    ID,
+    SINCE,
+    CommandFailed,
+    State,
+    emit,
+    fields_table,
+    json_option,
+    main,
+    progress,
+    records_table,
+    run,
+    show,
+)
+from db.models import DeadLetter
+from services.dead_letters import (
+    REQUEUE_BATCH,
+    DeadLetterFilter,
+    DeadLetterInfo,
+    dead_letter_info,
+    get_dead_letter,
+    list_dead_letters,
+    purge_dead_letters,
+    take_for_requeue,
+)
+
+
+def requeue(
+    ctx: click.Context,
+    *,
+    message_id: str | None = None,
+    flt: DeadLetterFilter | None = None,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> list[str]:
+    """Requeue one dead letter or every one matching `flt`, a batch per transaction; their ids.
+
+    Each message is published before its batch commits, so a broker that is
+    down rolls the batch back and the dead letters stay to be requeued later.
+    """
+    broker = ctx.ensure_object(State).load_broker()
+    requeued: list[str] = []
+
+    def batch(session: Session) -> list[str]:
+        messages = take_for_requeue(session, message_id=message_id, flt=flt)
+        for data in messages:
+            broker.enqueue(dramatiq.Message(**data))
+        return [str(data["message_id"]) for data in messages]
+
+    while True:
+        ids = run(ctx, batch)
+        requeued += ids
+        on_batch(len(ids))
+        if message_id is not None or len(ids) < REQUEUE_BATCH:
+            return requeued
+
+
+def _count(session: Session, flt: DeadLetterFilter) -> int:
+    """How many dead letters `requeue --all` would take: only the total of its progress bar."""
+    query = select(func.count()).select_from(DeadLetter)
+    query = query.where(DeadLetter.requeued_at.is_(None), DeadLetter.message.is_not(None))
+    for column, value in (
+        (DeadLetter.tenant_id, flt.tenant_id),
+        (DeadLetter.actor, flt.actor),
+        (DeadLetter.reason, flt.reason),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if flt.since is not None:
+        query = query.where(DeadLetter.created_at >= flt.since)
+    return int(session.scalar(query) or 0)
+
+
+def filter_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The filters `list`, `requeue --all` and `purge` share."""
+    for option in reversed(
+        [
+            click.option("--tenant", "tenant_id", type=ID, help="Only this tenant's."),
+            click.option("--actor", help="Only this actor's."),
+            click.option("--reason", help="Only those dead for this reason (e.g. fetch_refused)."),
+            click.option("--since", type=SINCE, help="Only those dead since (2d, 6h, ISO time)."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """List, show, requeue and purge dead letters (messages that failed for good)."""
+
+
+def _print_list(infos: list[DeadLetterInfo]) -> None:
+    columns = ("message_id", "tenant_id", "actor", "reason", "attempts", "created_at")
+    show(records_table(f"dead letters ({len(infos)})", columns, infos))
+
+
+@dead_letters.command("list")
+@filter_options
+@click.option("--requeued", "include_requeued", is_flag=True, help="Include requeued ones.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@json_option
+@click.pass_context
+def dead_letters_list(
+    ctx: click.Context,
+    tenant_id: int | None,
+    actor: str | None,
+    reason: str | None,
+    since: dt.datetime | None,
+    include_requeued: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List dead letters, the newest first."""
+    flt = DeadLetterFilter(tenant_id, actor, reason, since, include_requeued)
+    infos = run(
+        ctx, lambda s: [dead_letter_info(d) for d in list_dead_letters(s, flt, limit=limit)]
+    )
+    emit(infos, as_json, _print_list)
+
+
+@dead_letters.command("show")
+@click.argument("message_id")
+@json_option
+@click.pass_context
+def dead_letters_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
+    """Show one dead letter: why it died, its message and its error."""
+    info = run(ctx, lambda s: dead_letter_info(get_dead_letter(s, message_id)))
+    emit(info, as_json, lambda i: show(fields_table(f"dead letter {i['message_id']}", i)))
+
+
+class RequeueInfo(TypedDict):
+    """What `taskyard dead-letters requeue` sent again."""
+
+    requeued: int
+    message_ids: list[str]
+
+
+@dead_letters.command("requeue")
+@click.argument("message_id", required=False)
+@click.option("--all", "every", is_flag=True, help="Every dead letter matching the filters.")
+@filter_options
+@json_option
+@click.pass_context
+def dead_letters_requeue(
+    ctx: click.Context,
+    message_id: str | None,
+    every: bool,
+    tenant_id: int | None,
+    actor: str | None,
+    reason: str | None,
+    since: dt.datetime | None,
+    as_json: bool,
+) -> None:
+    """Send MESSAGE_ID (or --all matching the filters) again, from its first attempt."""
+    filtered = any(v is not None for v in (tenant_id, actor, reason, since))
+    if (message_id is None) == (not every) or (message_id is not None and filtered):
+        raise click.UsageError("give either MESSAGE_ID or --all (with optional filters)")
+    if message_id is not None:
+        ids = requeue(ctx, message_id=message_id)
+    else:
+        flt = DeadLetterFilter(tenant_id, actor, reason, since)
+        total = run(ctx, lambda s: _count(s, flt))
+        with progress(total, "requeueing dead letters", quiet=as_json) as advance:
+            ids = requeue(ctx, flt=flt, on_batch=advance)
+    info: RequeueInfo = {"requeued": len(ids), "message_ids": ids}
+    emit(info, as_json, lambda i: click.echo(f"requeued {i['requeued']} dead letter(s)"))
+
+
+@dead_letters.command("purge")
+@filter_options
+@click.option("--requeued", "include_requeued", is_flag=True, help="Include requeued ones.")
+@click.option("--yes", is_flag=True, help="Purge even when no filter narrows it down.")
+@json_option
+@click.pass_context
+def dead_letters_purge(
+    ctx: click.Context,
+    tenant_id: int | None,
+    actor: str | None,
+    reason: str | None,
+    since: dt.datetime | None,
+    include_requeued: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete the dead letters matching the filters (all of them needs --yes)."""
+    if all(v is None for v in (tenant_id, actor, reason, since)) and not yes:
+        raise CommandFailed(
+            "purge without --tenant, --actor, --reason or --since deletes every dead letter: "
+            "add --yes if that is what you mean"
+        )
+    flt = DeadLetterFilter(tenant_id, actor, reason, since, include_requeued)
+    purged = run(ctx, lambda s: purge_dead_letters(s, flt))
+    emit({"purged": purged}, as_json, lambda i: click.echo(f"purged {i['purged']} dead letter(s)"))

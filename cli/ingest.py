@@ -1,0 +1,37 @@
+"""`taskyard ingest show`: the record of one resource-feed ingest."""
+
+from __future__ import annotations
+
+import click
+
+from cli.common import ID, emit, fields_table, json_option, main, records_table, run, show
+from services.ingest import IngestSummary, get_ingest
+
+
+@main.group()
+def ingest() -> None:
+    """Read the record of resource-feed ingests."""
+
+
+def _print_ingest(summary: IngestSummary) -> None:
+    counts = {k: v for k, v in summary.items() if not k.startswith("items_")}
+    tables = [fields_table(f"ingest {summary['id']}", counts)]
+    for kind, total, problems in (
+        ("rejected", summary["rejected"], summary["items_rejected"]),
+        ("failed", summary["failed"], summary["items_failed"]),
+    ):
+        if problems:
+            title = f"{kind} items ({len(problems)} of {total})"
+            tables.append(records_table(title, ("position", "resource_id", "error"), problems))
+    show(*tables)
+
+
+@ingest.command("show")
+@click.argument("ingest_id", metavar="INGEST_ID", type=ID)
+@click.option("--tenant", "tenant_id", type=ID, help="Only if the ingest is this tenant's.")
+@json_option
+@click.pass_context
+def ingest_show(ctx: click.Context, ingest_id: int, tenant_id: int | None, as_json: bool) -> None:
+    """Show one ingest: its counts and its rejected and failed items."""
+    summary = run(ctx, lambda s: get_ingest(s, ingest_id, tenant_id=tenant_id))
+    emit(summary, as_json, _print_ingest)

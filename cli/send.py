@@ -1,0 +1,54 @@
+"""`taskyard send ACTOR --tenant ID`: send one job by hand, its arguments checked first."""
+
+from __future__ import annotations
+
+import click
+
+from cli.common import ID, CommandFailed, State, emit, json_argument, json_option, main
+
+
+@main.command()
+@click.argument("actor")
+@click.option("--tenant", "tenant_id", type=ID, required=True, help="The tenant it runs for.")
+@click.option("--args", "raw_args", metavar="JSON", help="The actor's arguments, a JSON object.")
+@click.option(
+    "--delay", type=click.FloatRange(0, 365 * 86400), help="Seconds to wait before it runs."
+)
+@json_option
+@click.pass_context
+def send(
+    ctx: click.Context,
+    actor: str,
+    tenant_id: int,
+    raw_args: str | None,
+    delay: float | None,
+    as_json: bool,
+) -> None:
+    """Send one job of a tenant-scoped ACTOR; prints its message id."""
+    args = json_argument(raw_args, "--args")
+    if "tenant_id" in args and args["tenant_id"] != tenant_id:
+        raise CommandFailed(
+            f"--args names tenant {args['tenant_id']!r} but --tenant is {tenant_id}"
+        )
+    broker = ctx.ensure_object(State).load_broker()
+    from actors.base import InvalidArguments
+
+    scoped = sorted(
+        name
+        for name in broker.get_declared_actors()
+        if broker.get_actor(name).options.get("tenant_scoped")
+    )
+    if actor not in scoped:
+        raise CommandFailed(f"no tenant-scoped actor {actor!r}: send one of {', '.join(scoped)}")
+    delay_ms = None if delay is None else int(delay * 1000)
+    try:
+        message = broker.get_actor(actor).send_with_options(
+            kwargs={**args, "tenant_id": tenant_id}, delay=delay_ms
+        )
+    except InvalidArguments as exc:
+        raise CommandFailed(f"{exc}: see the actor's arguments in the README") from exc
+    emit(
+        {"message_id": message.message_id, "actor": actor, "tenant_id": tenant_id},
+        as_json,
+        lambda i: click.echo(i["message_id"]),
+    )

@@ -1,0 +1,156 @@
+"""`taskyard workers` and `taskyard health`: what runs, and whether it all works."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import TypedDict
+
+import click
+import pika
+from sqlalchemy import text
+
+from cli.common import (
+    EXIT_FAILED,
+    State,
+    emit,
+    json_option,
+    main,
+    records_table,
+    run,
+    show,
+    shown_broker_url,
+    shown_url,
+)
+from db.migrate import check_schema
+from db.session import make_engine
+from services.workers import STALE_AFTER_BEATS, WorkerInfo, last_scheduler_tick, list_workers
+from settings import Settings
+
+# The scheduler ticks every minute; two minutes allows one late or lost tick.
+SCHEDULER_FRESH_SECONDS = 120
+# `health` is a probe: a server that does not answer within this is down.
+PROBE_TIMEOUT_SECONDS = 5
+
+
+def _stale_after(settings: Settings) -> dt.timedelta:
+    return dt.timedelta(seconds=settings.heartbeat_seconds * STALE_AFTER_BEATS)
+
+
+def _print_workers(infos: list[WorkerInfo]) -> None:
+    columns = ("host", "pid", "kind", "queues", "threads", "in_progress", "heartbeat_at", "live")
+    show(records_table(f"workers ({len(infos)})", columns, infos))
+
+
+@main.command()
+@click.option("--stale", "include_stale", is_flag=True, help="Also show silent workers.")
+@json_option
+@click.pass_context
+def workers(ctx: click.Context, include_stale: bool, as_json: bool) -> None:
+    """List the live worker processes: host, pid, queues, threads, jobs in progress."""
+    stale_after = _stale_after(ctx.ensure_object(State).load_settings())
+    now = dt.datetime.now(dt.UTC)
+    infos = run(
+        ctx,
+        lambda s: list_workers(s, now=now, stale_after=stale_after, include_stale=include_stale),
+    )
+    emit(infos, as_json, _print_workers)
+
+
+class Check(TypedDict):
+    """One line of `taskyard health`."""
+
+    check: str
+    ok: bool
+    detail: str
+
+
+def _check_broker(settings: Settings) -> str:
+    params = pika.URLParameters(settings.broker_url)
+    params.socket_timeout = PROBE_TIMEOUT_SECONDS
+    params.blocked_connection_timeout = PROBE_TIMEOUT_SECONDS
+    params.connection_attempts = 1
+    pika.BlockingConnection(params).close()
+    return f"{shown_broker_url(settings.broker_url)} answers"
+
+
+def _check_database(settings: Settings) -> str:
+    engine = make_engine(settings)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    return f"{shown_url(settings.database_url)} answers"
+
+
+def _check_schema(settings: Settings) -> str:
+    engine = make_engine(settings)
+    try:
+        check_schema(engine)
+    finally:
+        engine.dispose()
+    return "the schema is at the code's revision"
+
+
+def _fresh_workers(ctx: click.Context, settings: Settings) -> str:
+    now = dt.datetime.now(dt.UTC)
+    live = run(ctx, lambda s: list_workers(s, now=now, stale_after=_stale_after(settings)))
+    if not live:
+        raise RuntimeError(
+            f"no worker heartbeat in the last {_stale_after(settings).total_seconds():g} s: "
+            "start one with `dramatiq actors`"
+        )
+    return f"{len(live)} live worker(s)"
+
+
+def _fresh_tick(ctx: click.Context) -> str:
+    last = run(ctx, last_scheduler_tick)
+    if last is None:
+        raise RuntimeError("no scheduler tick ever ran: start `periodiq actors` and a worker")
+    age = (dt.datetime.now(dt.UTC) - last).total_seconds()
+    if age > SCHEDULER_FRESH_SECONDS:
+        raise RuntimeError(f"the last scheduler tick finished {age:.0f} s ago: is periodiq up?")
+    return f"the last tick finished {age:.0f} s ago"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _print_checks(checks: list[Check]) -> None:
+    for check in checks:
+        mark = "ok  " if check["ok"] else "FAIL"
+        click.echo(f"{mark} {check['check']:<10} {check['detail']}")
+
+
+@main.command()
+@json_option
+@click.pass_context
+def health(ctx: click.Context, as_json: bool) -> None:
+    """Check the broker, the database, its schema, the workers and the scheduler; exit 0 if ok."""
+    settings = ctx.ensure_object(State).load_settings()
+    probes: list[tuple[str, Callable[[], str]]] = [
+        ("broker", lambda: _check_broker(settings)),
+        ("database", lambda: _check_database(settings)),
+        ("schema", lambda: _check_schema(settings)),
+        ("workers", lambda: _fresh_workers(ctx, settings)),
+        ("scheduler", lambda: _fresh_tick(ctx)),
+    ]
+    checks: list[Check] = []
+    for name, probe in probes:
+        # Checks after a database failure would only repeat it.
+        if name in ("schema", "workers", "scheduler") and not all(
+            c["ok"] for c in checks if c["check"] in ("database", "schema")
+        ):
+            checks.append({"check": name, "ok": False, "detail": "skipped: database not usable"})
+            continue
+        try:
+            checks.append({"check": name, "ok": True, "detail": probe()})
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {_first_line(exc)}"
+            checks.append({"check": name, "ok": False, "detail": detail})
+    emit(checks, as_json, _print_checks)
+    if not all(check["ok"] for check in checks):
+        ctx.exit(EXIT_FAILED)

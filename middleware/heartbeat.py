@@ -1,0 +1,125 @@
+"""Each worker process says every few seconds that it lives, what it serves, and how busy it is."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from dramatiq import Middleware
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.worker import Worker
+from sqlalchemy.orm import Session, sessionmaker
+
+from middleware.consumer import is_delay_queue
+from services.workers import beat, remove_worker
+
+
+class Heartbeat(Middleware):
+    """Upserts this process's `workers` row every `interval_seconds`; deletes it at shutdown.
+
+    A beat that fails (the database is away) is logged and the next one tries
+    again: the worker keeps working, and `taskyard workers` sees it go stale.
+    """
+
+    def __init__(
+        self, *, session_factory: sessionmaker[Session], interval_seconds: float = 10.0
+    ) -> None:
+        self.logger = logging.getLogger(type(self).__name__)
+        self.session_factory = session_factory
+        self.interval_seconds = interval_seconds
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.worker_id = f"{self.host}:{self.pid}:{int(self.started_at.timestamp())}"
+        self._lock = threading.Lock()
+        # Ids, not a counter: a skipped message reaches after_skip_message even
+        # when this middleware's before hook never saw it.
+        self._running: set[str] = set()
+        self._worker: Worker | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def in_progress(self) -> int:
+        """How many messages this process's threads are running now."""
+        with self._lock:
+            return len(self._running)
+
+    def queues(self) -> list[str]:
+        """The queues this worker consumes (not their delay queues)."""
+        worker = self._worker
+        names = list(worker.consumers) if worker is not None else []
+        return sorted(name for name in names if not is_delay_queue(name))
+
+    def beat_once(self) -> bool:
+        """Write this process's row now; False (and a log line) when the database refused."""
+        worker = self._worker
+        try:
+            with self.session_factory.begin() as session:
+                beat(
+                    session,
+                    worker_id=self.worker_id,
+                    host=self.host,
+                    pid=self.pid,
+                    queues=self.queues(),
+                    threads=worker.worker_threads if worker is not None else 0,
+                    in_progress=self.in_progress,
+                    started_at=self.started_at,
+                    now=dt.datetime.now(dt.UTC),
+                )
+        except Exception:
+            self.logger.warning("Could not write the heartbeat; trying again", exc_info=True)
+            return False
+        return True
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        """Write the first beat, then one every interval from a daemon thread."""
+        # A process forked after import has another pid than the one at construction.
+        self.pid = os.getpid()
+        self.worker_id = f"{self.host}:{self.pid}:{int(self.started_at.timestamp())}"
+        self._worker = worker
+        self._stop.clear()
+        self.beat_once()
+        self._thread = threading.Thread(target=self._loop, name="taskyard-heartbeat", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        """Stop beating and delete this process's row: it no longer serves anything."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_seconds + 5)
+        try:
+            with self.session_factory.begin() as session:
+                remove_worker(session, self.worker_id)
+        except Exception:
+            self.logger.warning("Could not delete the heartbeat row", exc_info=True)
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        """Count the message as in progress."""
+        with self._lock:
+            self._running.add(message.message_id)
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """The message is no longer in progress."""
+        with self._lock:
+            self._running.discard(message.message_id)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        """A skipped message is no longer in progress either."""
+        with self._lock:
+            self._running.discard(message.message_id)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self.beat_once()
