@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import brokers  # noqa: F401  (first: actors are declared against the installed broker)
 from actors.ingest import ingest_resources, process_resource
+from actors.integrations import sync_integration
 from actors.locker import reencrypt_locker
 from actors.maintenance import purge_job_records
 from actors.schedules import scheduler_tick
@@ -14,4 +15,5 @@ __all__ = [
     "purge_job_records",
     "reencrypt_locker",
     "scheduler_tick",
+    "sync_integration",
 ]
