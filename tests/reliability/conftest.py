@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from db.migrate import upgrade_to_head
 from settings import Settings
+from tests.reliability.pg_cluster import PgCluster, postgres_bin
 from tests.reliability.rabbit_node import RabbitNode, rabbitmq_bin
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -46,6 +47,25 @@ def start_rabbit_node() -> Iterator[Callable[..., RabbitNode]]:
     yield start
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def start_pg_cluster() -> Iterator[Callable[[], PgCluster]]:
+    """Start private PostgreSQL clusters; each is stopped (by its data dir) and removed after."""
+    if postgres_bin() is None:
+        _missing("PostgreSQL's pg_ctl is not installed: no private cluster")
+    started: list[PgCluster] = []
+
+    def start() -> PgCluster:
+        cluster = PgCluster()
+        started.append(cluster)
+        cluster.init()
+        cluster.start()
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.destroy()
 
 
 @pytest.fixture(scope="session")
