@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TypedDict
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import delete, select
@@ -173,15 +174,31 @@ def delete_secret(session: Session, tenant_id: int, key: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-def reencrypt_all(session: Session, *, secret_keys: Sequence[str], batch_size: int = 500) -> int:
-    """Re-encrypt every entry under the first key (after a rotation); how many were rewritten.
+class ReencryptSummary(TypedDict):
+    """What `reencrypt_all` did: counts, and the names (never values) it could not read."""
 
-    Walks the table by id in batches and flushes each; entries already under
-    the first key are rewritten too (Fernet cannot tell which key made a token
-    cheaply), which is harmless.  An entry no configured key can read raises.
+    reencrypted: int
+    unreadable: int
+    # At most MAX_UNREADABLE_LISTED "tenant:key" names, for the job record.
+    unreadable_entries: list[str]
+
+
+# Enough to find the culprits; bounded so the job record stays small.
+MAX_UNREADABLE_LISTED = 20
+
+
+def reencrypt_all(
+    session: Session, *, secret_keys: Sequence[str], batch_size: int = 500
+) -> ReencryptSummary:
+    """Re-encrypt every entry under the first key (after a rotation), in batches of ids.
+
+    Entries already under the first key are rewritten too (harmless).  An
+    entry no configured key can read is left as it is and counted, so one bad
+    row does not block a rotation; drop an old key only once `unreadable` is 0.
     """
     fernet = build_fernet(secret_keys)
-    done, last_id = 0, 0
+    summary: ReencryptSummary = {"reencrypted": 0, "unreadable": 0, "unreadable_entries": []}
+    last_id = 0
     while True:
         entries = list(
             session.scalars(
@@ -192,16 +209,15 @@ def reencrypt_all(session: Session, *, secret_keys: Sequence[str], batch_size: i
             )
         )
         if not entries:
-            return done
+            return summary
         for entry in entries:
+            last_id = entry.id
             try:
                 entry.ciphertext = fernet.rotate(entry.ciphertext.encode()).decode()
-            except InvalidToken as exc:
-                raise SecretUnreadable(
-                    f"locker entry {entry.key!r} of tenant {entry.tenant_id} cannot be "
-                    "decrypted with the configured TASKYARD_SECRET_KEYS: add the key it was "
-                    "stored with, then run reencrypt_locker again"
-                ) from exc
-            last_id = entry.id
+            except InvalidToken:
+                summary["unreadable"] += 1
+                if len(summary["unreadable_entries"]) < MAX_UNREADABLE_LISTED:
+                    summary["unreadable_entries"].append(f"{entry.tenant_id}:{entry.key}")
+                continue
+            summary["reencrypted"] += 1
         session.flush()
-        done += len(entries)

@@ -86,7 +86,8 @@ def test_rotation_old_key_still_decrypts_then_reencrypt_moves_to_new(
     rotated = [KEY_B, KEY_A]
     assert locker.get_secret(sqlite_session, tenant.id, "a", secret_keys=rotated).reveal() == "va"
 
-    assert locker.reencrypt_all(sqlite_session, secret_keys=rotated, batch_size=1) == 2
+    summary = locker.reencrypt_all(sqlite_session, secret_keys=rotated, batch_size=1)
+    assert summary == {"reencrypted": 2, "unreadable": 0, "unreadable_entries": []}
 
     for key, value in (("a", "va"), ("b", "vb")):
         got = locker.get_secret(sqlite_session, tenant.id, key, secret_keys=[KEY_B])
@@ -95,12 +96,18 @@ def test_rotation_old_key_still_decrypts_then_reencrypt_moves_to_new(
         locker.get_secret(sqlite_session, tenant.id, "a", secret_keys=[KEY_A])
 
 
-def test_reencrypt_without_the_old_key_fails_clearly(
+def test_reencrypt_skips_and_names_entries_no_key_can_read(
     sqlite_session: Session, tenant: Tenant
 ) -> None:
     locker.set_secret(sqlite_session, tenant.id, "a", "va", secret_keys=[KEY_A])
-    with pytest.raises(locker.SecretUnreadable, match="add the key it was stored with"):
-        locker.reencrypt_all(sqlite_session, secret_keys=[KEY_B])
+    locker.set_secret(sqlite_session, tenant.id, "b", "vb", secret_keys=[KEY_B])
+    summary = locker.reencrypt_all(sqlite_session, secret_keys=[KEY_B])
+    assert summary == {
+        "reencrypted": 1,
+        "unreadable": 1,
+        "unreadable_entries": [f"{tenant.id}:a"],
+    }
+    assert locker.get_secret(sqlite_session, tenant.id, "a", secret_keys=[KEY_A]).reveal() == "va"
 
 
 def test_delete_secret_reports_whether_one_existed(sqlite_session: Session, tenant: Tenant) -> None:
