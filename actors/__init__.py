@@ -8,9 +8,13 @@ from actors.integrations import sync_integration
 from actors.locker import reencrypt_locker
 from actors.maintenance import purge_job_records
 from actors.schedules import scheduler_tick
+from actors.tenants import delete_tenant
+from actors.webhooks import notify_webhook
 
 __all__ = [
+    "delete_tenant",
     "ingest_resources",
+    "notify_webhook",
     "process_resource",
     "purge_job_records",
     "reencrypt_locker",
