@@ -22,6 +22,7 @@ class Figure:
     # A target as a ratio to the baseline (`ratio_at_least`) or a bound on the value.
     ratio_at_least: float | None = None
     at_most: float | None = None
+    at_least: float | None = None
     higher_is_better: bool = True
     note: str = ""
 
@@ -68,6 +69,9 @@ def verdict(figure: Figure, figures: Sequence[Figure], *, smoke: bool) -> str:
         return (
             "met" if r >= figure.ratio_at_least else f"missed (target ≥ {figure.ratio_at_least}x)"
         )
+    if figure.at_least is not None and figure.values:
+        ok = figure.median >= figure.at_least
+        return "met" if ok else f"missed (target ≥ {_fmt(figure.at_least)} {figure.unit})"
     if figure.at_most is not None:
         ok = figure.median <= figure.at_most
         return "met" if ok else f"missed (target ≤ {_fmt(figure.at_most)} {figure.unit})"

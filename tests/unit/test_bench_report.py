@@ -70,6 +70,10 @@ def test_verdict_met_and_bounds() -> None:
     assert verdict(figures[0], figures, smoke=False) == "met"
     bound = Figure("S", "p99", "taskyard", "ms", [12.0], at_most=10.0)
     assert verdict(bound, [bound], smoke=False) == "missed (target ≤ 10.0 ms)"
+    floor = Figure("S", "bulk", "taskyard", "msgs/s", [5_000.0], at_least=4_500.0)
+    assert verdict(floor, [floor], smoke=False) == "met"
+    floor.values = [4_000.0]
+    assert verdict(floor, [floor], smoke=False) == "missed (target ≥ 4,500 msgs/s)"
 
 
 def test_render_shows_min_max_ratio_and_not_built() -> None:
