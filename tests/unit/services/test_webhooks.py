@@ -174,3 +174,23 @@ def test_short_signing_key_and_unknown_tenant_are_clear_errors(
         )
     with pytest.raises(NotFound, match="tenant 999"):
         webhooks.set_webhook(sqlite_session, 999, URL, secret_keys=KEYS, allow_private=True)
+
+
+def test_a_worker_without_secret_keys_fails_the_delivery_clearly(
+    sqlite_session: Session, tenant: Tenant, hook_http: requests.Session, receiver: Recorder
+) -> None:
+    webhooks.set_webhook(sqlite_session, tenant.id, URL, secret_keys=KEYS, allow_private=True)
+    with pytest.raises(locker.NoSecretKey, match="set TASKYARD_SECRET_KEYS"):
+        webhooks.deliver(
+            sqlite_session,
+            tenant.id,
+            "x.y",
+            {},
+            http=hook_http,
+            limits=LIMITS,
+            secret_keys=[],
+            allow_private=True,
+            delivery_id="m",
+            now=NOW,
+        )
+    assert receiver.requests == []
