@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from dramatiq.broker import Broker
@@ -98,11 +100,11 @@ def shown_url(database_url: str) -> str:
 
 def shown_broker_url(broker_url: str) -> str:
     """The broker URL with its password hidden."""
-    return (
-        make_url(broker_url.replace("amqp://", "amqp+x://", 1))
-        .render_as_string(hide_password=True)
-        .replace("amqp+x://", "amqp://", 1)
-    )
+    parts = urlsplit(broker_url)
+    if parts.password is None:
+        return broker_url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -120,7 +122,7 @@ def describe_error(
         where = shown_broker_url(broker_url) if broker_url else "BROKER_URL"
         detail = _first_line(exc) if str(exc).strip() else type(exc).__name__
         return EXIT_UNREACHABLE, (
-            f"cannot reach the broker at {where} ({detail}): is RabbitMQ running? (BROKER_URL)"
+            f"cannot reach the broker at {where} ({detail}): check BROKER_URL"
         )
     where = shown_url(database_url) if database_url else "DATABASE_URL"
     cause = exc.__cause__
@@ -297,3 +299,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 def main(ctx: click.Context, debug: bool) -> None:
     """Taskyard's operator tool: tenants, schedules, jobs, dead letters, workers, health."""
     ctx.obj = State(debug=debug)
+    # The libraries' own log lines (a publisher retrying, a pool reconnecting) would
+    # break the one-line error; --debug shows them.
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())

@@ -21,6 +21,7 @@ from cli.common import (
     show,
 )
 from db.models import CATCH_UP_LATEST, CATCH_UP_MODES
+from services.errors import ValidationFailed
 from services.schedules import (
     ScheduleInfo,
     create_schedule,
@@ -92,7 +93,13 @@ def schedule_add(
         )
         return schedule_info(session, created)
 
-    emit(run(ctx, add), as_json, lambda i: click.echo(i["id"]))
+    try:
+        info = run(ctx, add)
+    except ValidationFailed as exc:
+        raise CommandFailed(
+            f"schedule of {actor} for tenant {tenant_id} not added: {exc}; fix that option"
+        ) from exc
+    emit(info, as_json, lambda i: click.echo(i["id"]))
 
 
 @schedule.command("list")
