@@ -74,6 +74,8 @@ class Outgoing:
     future: Future[None] = field(default_factory=Future)
     attempts: int = 0
     returned: str | None = None
+    # Only declare the queue (again, even if this connection did already).
+    declare_only: bool = False
 
 
 class Publisher:
@@ -131,6 +133,14 @@ class Publisher:
         the message goes (the queue, or its delay queue).
         """
         item = Outgoing(queue_name, routing_key, body, message_id, priority)
+        self._incoming.append(item)
+        self._ensure_started()
+        self._wake()
+        return item.future
+
+    def declare(self, queue_name: str) -> Future[None]:
+        """Declare a queue with its delay and dead-letter queues; resolves once RabbitMQ has."""
+        item = Outgoing(queue_name, queue_name, b"", "", None, declare_only=True)
         self._incoming.append(item)
         self._ensure_started()
         self._wake()
@@ -281,6 +291,8 @@ class Publisher:
             item = self._incoming.popleft()
             if item.future.done():
                 continue
+            if item.declare_only:
+                self._declared.discard(item.queue_name)
             if item.queue_name in self._declared:
                 self._send(channel, item)
             elif item.queue_name in self._declaring:
@@ -301,7 +313,10 @@ class Publisher:
             if not steps:
                 self._declared.add(queue_name)
                 for waiting in self._declaring.pop(queue_name, []):
-                    self._send(channel, waiting)
+                    if waiting.declare_only:
+                        _settle(waiting.future)
+                    else:
+                        self._send(channel, waiting)
                 return
             name, args = steps.pop(0)
             channel.queue_declare(name, durable=True, arguments=args, callback=declare_next)

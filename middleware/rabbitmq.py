@@ -189,6 +189,13 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
                     )
         return publisher
 
+    def _ensure_queue(self, canonical_queue_name: str) -> None:
+        """Declare a pending queue through the publisher, not a connection of the calling thread."""
+        if canonical_queue_name not in self.queues_pending:
+            return
+        wait_all([self.publisher.declare(canonical_queue_name)], self.publish_timeout)
+        self.queues_pending.discard(canonical_queue_name)
+
     def enqueue_async(
         self, message: Message[Any], *, delay: int | None = None
     ) -> tuple[Message[Any], Future[None]]:

@@ -41,9 +41,7 @@ def _count(settings: Settings, queue: str) -> int:
 
 
 def _publisher(settings: Settings, **options: float) -> Publisher:
-    return Publisher(
-        pika.URLParameters(settings.broker_url), queue_arguments=_arguments, **options
-    )
+    return Publisher(pika.URLParameters(settings.broker_url), queue_arguments=_arguments, **options)
 
 
 def test_a_batch_is_confirmed_on_one_connection_and_every_message_arrives(
@@ -134,3 +132,21 @@ def test_a_delayed_message_goes_to_the_delay_queue_with_its_eta(
     assert sent.queue_name == f"{queue}.DQ"
     assert sent.options["eta"] > time.time() * 1000 + 50_000
     assert _count(settings, f"{queue}.DQ") == 1
+
+
+def test_declare_creates_the_queue_again_even_after_this_connection_declared_it(
+    settings: Settings, queue: str
+) -> None:
+    publisher = _publisher(settings)
+    try:
+        wait_all([publisher.declare(queue)], 10)
+        assert _count(settings, queue) == 0
+        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+        connection.channel().queue_delete(queue)
+        connection.close()
+        # A consumer told "404" declares again: that must reach RabbitMQ.
+        wait_all([publisher.declare(queue)], 10)
+        assert _count(settings, queue) == 0
+        assert publisher.connections_made == 1
+    finally:
+        publisher.close()

@@ -342,3 +342,42 @@ def test_stopping_worker_finishes_its_job_and_leaves_prefetched_ones_queued(
             for each in (name, f"{name}.DQ", f"{name}.XQ"):
                 channel.queue_delete(each)
         connection.close()
+
+
+def test_a_busy_worker_publishes_over_one_connection_not_one_per_thread(
+    start_worker: Callable[..., WorkerProcess],
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    httpserver: HTTPServer,
+) -> None:
+    # Given a feed of 20 items: each ingest publishes 20 messages from its worker thread
+    items = [
+        {"id": f"busy-{i}", "name": f"Item {i}", "creation_date": "2024-01-01"} for i in range(20)
+    ]
+    httpserver.expect_request("/busy-feed.json").respond_with_json(items)
+    url = str(httpserver.url_for("/busy-feed.json"))
+    tenant_id = make_tenant("busy-publisher")
+    worker = start_worker(threads=8, TASKYARD_TENANTS=str(tenant_id))
+    child = worker_child(worker.proc.pid)
+
+    # When 8 threads run 40 ingests at once, publishing 800 messages between them
+    ids = [ingest_resources.send(tenant_id=tenant_id, source_url=url).message_id for _ in range(40)]
+    peak = 0
+
+    def all_done() -> bool:
+        nonlocal peak
+        peak = max(peak, amqp_connections(child))
+        with sessions() as session:
+            finished = session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.tenant_id == tenant_id, Job.status == "succeeded")
+            )
+        return finished == len(ids) + 40 * len(items)
+
+    wait_for(all_done, timeout=120, what="every ingest and item to succeed")
+
+    # Then the worker never held more than its consumer's and its publisher's connections
+    print(f"\npeak AMQP connections of a busy 8-thread worker: {peak}")
+    assert peak <= 2
+    assert worker.stop() == 0
