@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography.fernet import Fernet
 
 # TASKYARD_* variables of the developer's shell must not change what the tests see.
 for _name in [name for name in os.environ if name.startswith("TASKYARD_")]:
@@ -22,6 +23,8 @@ os.environ["BROKER_URL"] = os.environ.get("BROKER_URL") or "amqp://guest:guest@1
 os.environ["TASKYARD_QUEUE_PREFIX"] = f"t{RUN_ID}."
 # Every test server listens on 127.0.0.1, which the outbound URL guard refuses by default.
 os.environ["TASKYARD_HTTP_ALLOW_PRIVATE"] = "true"
+# One locker key for the whole run, so that any worker of the run can read any tenant's secrets.
+os.environ["TASKYARD_SECRET_KEYS"] = Fernet.generate_key().decode()
 
 from sqlalchemy import Engine, create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug import Request, Response
 
+import brokers
 from actors import sync_integration
 from db.models import DeadLetter, GithubMember, GithubRepository, Integration, Job
 from services import locker, webhooks
@@ -29,14 +29,7 @@ from tests.unit.services.test_integrations_github import FakeGithub, member, rep
 
 pytestmark = pytest.mark.integration
 
-SECRET_KEY = Fernet.generate_key().decode()
 TOKEN = "ghp_integration_TOKEN_never_shown_42"
-
-
-@pytest.fixture(scope="module")
-def github_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
-    """A worker that can read the locker, with room for a few retries."""
-    return start_worker(TASKYARD_SECRET_KEYS=SECRET_KEY, TASKYARD_MAX_ATTEMPTS="4")
 
 
 @pytest.fixture
@@ -52,7 +45,10 @@ def setup_integration(
     """A committed github integration on the fake server (and its token in the locker)."""
     with sessions.begin() as session:
         if token:
-            locker.set_secret(session, tenant_id, "github.token", TOKEN, secret_keys=[SECRET_KEY])
+            # The run's key (tests/conftest.py), which every worker of the run has.
+            locker.set_secret(
+                session, tenant_id, "github.token", TOKEN, secret_keys=brokers.settings.secret_keys
+            )
         integration = add_integration(
             session, tenant_id, "github", {"org": "acme", "base_url": github.base_url}
         )
@@ -122,7 +118,7 @@ def no_token_anywhere(
 
 
 def test_sync_pages_upserts_is_idempotent_and_removes_vanished_rows(
-    github_worker: WorkerProcess,
+    worker: WorkerProcess,
     github: FakeGithub,
     make_tenant: Callable[[str], int],
     sessions: sessionmaker[Session],
@@ -167,11 +163,11 @@ def test_sync_pages_upserts_is_idempotent_and_removes_vanished_rows(
     assert after["members"] == {1: "ada", 3: "cleo"}
     assert after["repos"] == {10: "api", 14: "new"}
     assert after["stamps"][10] > rows["stamps"][10]
-    no_token_anywhere(sessions, tenant_id, github_worker)
+    no_token_anywhere(sessions, tenant_id, worker)
 
 
 def test_rate_limits_are_waited_out_not_failed(
-    github_worker: WorkerProcess,
+    worker: WorkerProcess,
     github: FakeGithub,
     make_tenant: Callable[[str], int],
     sessions: sessionmaker[Session],
@@ -198,11 +194,11 @@ def test_rate_limits_are_waited_out_not_failed(
     # The second wait lasts until X-RateLimit-Reset (2 to 3 s from the start).
     assert time.monotonic() - started >= 1.9
     assert github.seen_auth.count(None) == 0
-    no_token_anywhere(sessions, tenant_id, github_worker)
+    no_token_anywhere(sessions, tenant_id, worker)
 
 
 def test_5xx_heals_on_retry(
-    github_worker: WorkerProcess,
+    worker: WorkerProcess,
     github: FakeGithub,
     make_tenant: Callable[[str], int],
     sessions: sessionmaker[Session],
@@ -227,7 +223,7 @@ def test_5xx_heals_on_retry(
     ],
 )
 def test_permanent_failure_is_dead_at_once_with_a_clear_error(
-    github_worker: WorkerProcess,
+    worker: WorkerProcess,
     github: FakeGithub,
     make_tenant: Callable[[str], int],
     sessions: sessionmaker[Session],
@@ -257,11 +253,11 @@ def test_permanent_failure_is_dead_at_once_with_a_clear_error(
     assert expected in saved.last_summary["error"]
     # The failed sync removed nothing.
     assert len(synced(sessions, integration_id)["repos"]) == 4
-    no_token_anywhere(sessions, tenant_id, github_worker)
+    no_token_anywhere(sessions, tenant_id, worker)
 
 
 def test_missing_token_is_dead_and_says_how_to_fix_it(
-    github_worker: WorkerProcess,
+    worker: WorkerProcess,
     github: FakeGithub,
     make_tenant: Callable[[str], int],
     sessions: sessionmaker[Session],
@@ -278,7 +274,7 @@ def test_missing_token_is_dead_and_says_how_to_fix_it(
 
 
 def test_webhook_hears_synced_and_failed(
-    github_worker: WorkerProcess,
+    worker: WorkerProcess,
     github: FakeGithub,
     httpserver: HTTPServer,
     make_tenant: Callable[[str], int],
@@ -298,7 +294,7 @@ def test_webhook_hears_synced_and_failed(
             session,
             tenant_id,
             httpserver.url_for("/hook"),
-            secret_keys=[SECRET_KEY],
+            secret_keys=brokers.settings.secret_keys,
             allow_private=True,
         )
 
