@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,27 @@ def worker_env(**extra: str) -> dict[str, str]:
 class WorkerProcess:
     """A `dramatiq actors` process of this test run, stopped by its own pid."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], threads: int = 4) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        env: dict[str, str],
+        threads: int = 4,
+        *,
+        modules: Sequence[str] = (),
+        options: Sequence[str] = (),
+    ) -> None:
+        """Start it: `modules` are loaded besides `actors`, `options` go to `dramatiq`."""
         self.log_path = log_path
         self._log = log_path.open("wb")
         dramatiq_bin = Path(sys.executable).with_name("dramatiq")
         self.proc = subprocess.Popen(
-            [str(dramatiq_bin), "actors", "--processes", "1", "--threads", str(threads)],
+            [
+                str(dramatiq_bin),
+                "actors",
+                *modules,
+                *("--processes", "1", "--threads", str(threads)),
+                *options,
+            ],
             cwd=REPO,
             env=env,
             stdout=self._log,
@@ -82,6 +97,13 @@ class WorkerProcess:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the main process and its worker child), at once."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
