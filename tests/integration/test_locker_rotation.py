@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
+import pika
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+import brokers
 from actors import reencrypt_locker
-from db.models import Job, LockerEntry
+from db.models import Job, LockerEntry, Tenant
 from services import locker
+from settings import Settings
 from tests.support import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def private_worker(
+    start_worker: Callable[..., WorkerProcess], settings: Settings, engine: Engine
+) -> Iterator[Callable[[str], tuple[WorkerProcess, Settings]]]:
+    """Start a worker on a queue prefix of its own, so only it runs what is sent there.
+
+    (Every worker of the run consumes the run's system queue, with the run's key.)
+    """
+    own = replace(settings, queue_prefix=f"{settings.queue_prefix}lck.")
+
+    def start(secret_keys: str) -> tuple[WorkerProcess, Settings]:
+        worker = start_worker(
+            TASKYARD_QUEUE_PREFIX=own.queue_prefix, TASKYARD_SECRET_KEYS=secret_keys
+        )
+        return worker, own
+
+    yield start
+    with Session(engine) as session:
+        tenants = list(session.scalars(select(Tenant.id)))
+    names = [own.system_queue] + [own.tenant_queue(t) for t in tenants]
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    channel = connection.channel()
+    for name in names:
+        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
+            channel.queue_delete(queue)
+    connection.close()
+
+
 def test_rotation_then_reencrypt_leaves_only_the_new_key_needed(
-    start_worker: Callable[..., WorkerProcess],
+    private_worker: Callable[[str], tuple[WorkerProcess, Settings]],
     make_tenant: Callable[[str], int],
     sessions: sessionmaker[Session],
 ) -> None:
@@ -41,8 +73,9 @@ def test_rotation_then_reencrypt_leaves_only_the_new_key_needed(
         }
 
     # When a worker with NEW,OLD runs reencrypt_locker
-    worker = start_worker(TASKYARD_SECRET_KEYS=f"{new},{old}")
-    message = reencrypt_locker.send()
+    worker, own = private_worker(f"{new},{old}")
+    message = reencrypt_locker.message_with_options().copy(queue_name=own.system_queue)
+    brokers.broker.enqueue(message)
 
     def finished() -> Job | None:
         with sessions() as session:

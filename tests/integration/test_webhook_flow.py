@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,9 @@ from tests.support import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
-SECRET_KEY = Fernet.generate_key().decode()
+# The run's key (tests/conftest.py), so that any worker of the run can read the
+# signing keys, whichever of them picks a delivery up.
+SECRET_KEY = os.environ.get("TASKYARD_SECRET_KEYS") or Fernet.generate_key().decode()
 
 
 @dataclass
@@ -79,6 +82,24 @@ def hook_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     )
 
 
+@pytest.fixture(scope="module")
+def hook_server() -> Iterator[HTTPServer]:
+    """A receiver that answers requests concurrently: a slow answer holds up no other."""
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
+
+
+@pytest.fixture
+def httpserver(hook_server: HTTPServer) -> Iterator[HTTPServer]:
+    """This module's threaded server in place of pytest-httpserver's own."""
+    yield hook_server
+    hook_server.clear()
+
+
 @pytest.fixture
 def receiver(
     httpserver: HTTPServer,
@@ -97,7 +118,7 @@ def receiver(
                 session,
                 tenant_id,
                 httpserver.url_for(path),
-                secret_keys=[SECRET_KEY],
+                secret_keys=SECRET_KEY.split(","),
                 allow_private=True,
             )
         return tenant_id, recv
@@ -151,7 +172,8 @@ def test_a_timeout_is_retried(
     receiver: Callable[..., tuple[int, Receiver]],
     sessions: sessionmaker[Session],
 ) -> None:
-    tenant_id, recv = receiver((200, 1.5, {}), (200, 0, {}))
+    # 2.5 s: longer than the read timeout of every worker of the run (at most 2 s)
+    tenant_id, recv = receiver((200, 2.5, {}), (200, 0, {}))
     message = notify_webhook.send(tenant_id=tenant_id, event="test.slow", payload={})
     job = wait_for(lambda: job_in(sessions, message.message_id, "succeeded"), what="delivery")
     assert job.attempts == 2
