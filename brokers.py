@@ -15,6 +15,7 @@ from middleware import DbSession, RetryPolicy, TenantRouting
 from middleware.consumer import ConsumerMultiplexing
 from middleware.dead_letters import DeadLetters
 from middleware.heartbeat import Heartbeat
+from middleware.metrics import Metrics
 from middleware.outbox import Outbox
 from middleware.rabbitmq import TaskyardRabbitmqBroker
 from services.tenants import served_tenant_ids
@@ -36,7 +37,15 @@ def build_middleware(
 
     engine = session_factory.kw["bind"]
     return [
-        # Interrupts a runaway actor; first, so its timer covers everything below.
+        # Prometheus metrics and one log line per job outcome; first, so its after-hooks
+        # run last and see the outcome the retry policy and the DB session decided.
+        Metrics(
+            session_factory=session_factory,
+            queue_prefix=settings.queue_prefix,
+            tenant_labels=settings.metrics_tenant_labels,
+            log_format=settings.log_format,
+        ),
+        # Interrupts a runaway actor; its timer covers everything below.
         TimeLimit(),
         # Consumes every queue of a worker over one connection and thread, not one
         # each (1,000 tenants are 2,000 queues); only replaces the worker's consumers

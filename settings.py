@@ -55,6 +55,9 @@ class Settings:
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
+    # Tenants given a label of their own in `taskyard_tenant_jobs_total` (the
+    # busiest since the worker started; at most twice this many), the rest `other`.
+    metrics_tenant_labels: int = 20
     # Fernet keys of the tenant locker: the first encrypts, all decrypt (rotation).
     # Kept out of repr so that printing the settings never shows them.
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -260,6 +263,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_host=_read(env, p + "METRICS_HOST", str, d.metrics_host, "a host address"),
         metrics_port=_read(
             env, p + "METRICS_PORT", _parse_int(0), d.metrics_port, "a TCP port number"
+        ),
+        metrics_tenant_labels=_read(
+            env,
+            p + "METRICS_TENANT_LABELS",
+            _parse_int(0),
+            d.metrics_tenant_labels,
+            "a whole number of tenants >= 0",
         ),
         secret_keys=_read_secret_keys(env, p + "SECRET_KEYS"),
     )

@@ -154,6 +154,42 @@ def test_compose_worker_serves_metrics_on_every_interface() -> None:
     assert str(settings.metrics_port) in [str(port) for port in service("worker")["expose"]]
 
 
+def test_prometheus_scrapes_the_worker_on_its_metrics_port() -> None:
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    settings = load_settings(service_env("worker"))
+    targets = [
+        (name, sd["port"])
+        for job in prometheus["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+    ]
+
+    assert targets == [("worker", settings.metrics_port)]
+    mounts = service("prometheus")["volumes"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+    assert any(
+        arg.endswith("/etc/prometheus/prometheus.yml") for arg in service("prometheus")["command"]
+    )
+
+
+def test_grafana_is_provisioned_with_the_prometheus_service_and_the_dashboard() -> None:
+    mounts = {
+        m.split(":")[1]: m.split(":")[0]
+        for m in service("grafana")["volumes"]
+        if m.startswith("./")
+    }
+    provisioning = REPO / mounts["/etc/grafana/provisioning"]
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    dashboards = yaml.safe_load((provisioning / "dashboards" / "taskyard.yml").read_text())
+
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    dashboard_dir = dashboards["providers"][0]["options"]["path"]
+    assert (REPO / mounts[dashboard_dir] / "taskyard.json").is_file()
+    uid = datasource["datasources"][0]["uid"]
+    dashboard = json.loads((REPO / mounts[dashboard_dir] / "taskyard.json").read_text())
+    assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} == {uid}
+
+
 def test_compose_database_url_matches_the_postgres_service() -> None:
     url = urlsplit(load_settings(service_env("worker")).database_url)
     postgres = service("postgres")
