@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from cli import (  # noqa: F401  (each module adds its commands to `main`)
     dead_letters,
+    demo,
     ingest,
     jobs,
+    locker,
     migrate,
     schedules,
     send,
