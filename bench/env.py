@@ -193,6 +193,7 @@ def machine() -> dict[str, str]:
     rabbit = props.get("version", b"?")
     connection.close()
     return {
+        "Taskyard": _revision(),
         "CPU": f"{os.cpu_count()} x {cpu}",
         "RAM": f"{mem_kb / 1024 / 1024:.1f} GiB",
         "OS": platform.platform(),
@@ -204,3 +205,22 @@ def machine() -> dict[str, str]:
         "PostgreSQL": pg,
         "RabbitMQ": rabbit.decode() if isinstance(rabbit, bytes) else str(rabbit),
     }
+
+
+def _revision() -> str:
+    """The commit measured, and whether the work tree differed from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown (no git)"
+    if not head:
+        return "unknown (not a git checkout)"
+    return f"commit {head}" + (" plus uncommitted changes in the work tree" if dirty else "")

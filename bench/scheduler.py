@@ -18,13 +18,14 @@ from services.schedule_slots import claim_due_slots
 
 SCENARIO = "7. Scheduler (one tick)"
 
-# Bulk insert: `due` schedules a minute-cron slot in the past, the rest due tomorrow.
+# Bulk insert: `due` schedules whose next minute slot (a cron slot, so on the minute)
+# has come, the rest due tomorrow.
 INSERT = text(
     """
     INSERT INTO schedules (tenant_id, actor, args, cron, timezone, catch_up, enabled, next_slot_at)
     SELECT CASE WHEN g % 2 = 0 THEN :a ELSE :b END, 'bench_noop', '{}'::jsonb, '* * * * *',
            'UTC', 'latest', true,
-           CASE WHEN g <= :due THEN :now - interval '30 seconds'
+           CASE WHEN g <= :due THEN date_trunc('minute', CAST(:now AS timestamptz))
                 ELSE :now + interval '1 day' END
     FROM generate_series(1, :total) AS g
     """
