@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.env import REPO, BenchEnv, BenchError, machine
+from bench.env import REPO, BenchEnv, BenchError, machine, unreachable
 from bench.report import Figure, render, write
 
 
@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     out = args.out or (REPO / "BENCHMARKS.md")
+    problems = unreachable()
+    if problems:
+        for problem in problems:
+            print(f"python -m bench: {problem}", file=sys.stderr)
+        return 2
     env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-bench-")))
     env.export()
     # Imported only now: Taskyard reads its settings when its broker is built.

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pika
 from sqlalchemy import create_engine, text
@@ -25,6 +27,25 @@ BROKER_URL = os.environ.get("BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672/
 
 class BenchError(RuntimeError):
     """A bench run could not measure what it set out to (a worker died, a run timed out)."""
+
+
+def unreachable() -> list[str]:
+    """The servers the bench needs that do not answer, each with what to do about it."""
+    problems = []
+    for name, url, port, variable in (
+        ("PostgreSQL", PG_SERVER_URL, 5432, "BENCH_PG_URL"),
+        ("RabbitMQ", BROKER_URL, 5672, "BROKER_URL"),
+    ):
+        parts = urlsplit(url.replace("postgresql+psycopg2", "postgresql"))
+        host, port = parts.hostname or "127.0.0.1", parts.port or port
+        try:
+            with socket.create_connection((host, port), 2):
+                continue
+        except OSError as exc:
+            problems.append(
+                f"{name} at {host}:{port} does not answer ({exc}); start it or set {variable}"
+            )
+    return problems
 
 
 class BenchEnv:
