@@ -70,3 +70,16 @@ def test_a_plain_postgresql_url_is_pinned_to_the_psycopg2_driver() -> None:
     assert settings.database_url == "postgresql+psycopg2://u:pw@db:5432/taskyard"
     explicit = load_settings({"DATABASE_URL": "postgresql+psycopg2://u@db/x"})
     assert explicit.database_url == "postgresql+psycopg2://u@db/x"
+
+
+def test_secret_keys_are_parsed_hidden_from_repr_and_a_bad_one_is_not_echoed() -> None:
+    from cryptography.fernet import Fernet
+
+    first, second = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings = load_settings({"TASKYARD_SECRET_KEYS": f" {first} , {second} "})
+    assert settings.secret_keys == (first, second)
+    assert first not in repr(settings)
+    assert load_settings({}).secret_keys == ()
+    with pytest.raises(SettingsError, match="TASKYARD_SECRET_KEYS is invalid: key number 2") as exc:
+        load_settings({"TASKYARD_SECRET_KEYS": f"{first},not-a-real-key-123"})
+    assert "not-a-real-key-123" not in str(exc.value)
