@@ -12,8 +12,6 @@ from sqlalchemy.orm import Session
 import brokers
 from actors.base import taskyard_actor
 from middleware import current_message, current_session
-from middleware.context import current_context
-from middleware.outbox import write_held
 from services import webhooks
 from services.http import FetchLimits
 
@@ -61,13 +59,9 @@ def notify_tenant(session: Session, tenant_id: int, event: str, payload: Any) ->
 
 
 def notify_tenant_on_give_up(session: Session, tenant_id: int, event: str, payload: Any) -> None:
-    """`notify_tenant` from an `on_give_up` hook, whose held sends nobody else writes.
+    """`notify_tenant` from an `on_give_up` hook.
 
-    The hook runs in the failure's own transaction after the job's held sends
-    were dropped; so the send is written to the outbox here, in that
-    transaction, and the outbox sweeper publishes it once its grace has passed.
+    The hook runs in the failure's own transaction; DbSession writes what it
+    sends to the outbox there and publishes it once that transaction commits.
     """
     notify_tenant(session, tenant_id, event, payload)
-    ctx = current_context()
-    if ctx is not None and ctx.held:
-        write_held(brokers.broker, session, ctx)

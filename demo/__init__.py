@@ -6,7 +6,8 @@ policy, the outbox, the scheduler's claims — is the code `dramatiq actors`
 runs.  The demo serves a bundled sample feed on 127.0.0.1, ingests it (the
 feed answers 503 once, so the ingest is retried), runs a scheduler tick that
 sends a due schedule's job, sends one ingest of a feed that does not exist
-(dead, with its reason), and prints the job records.
+(dead, with its reason), posts signed webhooks to a local receiver that
+verifies them, and prints the job records.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class FeedServer:
 
     failures_left: int = 1
     requests: list[str] = field(default_factory=list)
+    # Webhook deliveries received on POST /webhook: (signature header, body).
+    deliveries: list[tuple[str, bytes]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> str:
@@ -52,6 +55,15 @@ class FeedServer:
                     self._answer(200, body, {})
                 else:
                     self._answer(404, b'{"error": "no such feed"}', {})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if self.path == "/webhook":
+                    owner.deliveries.append((self.headers.get("Taskyard-Signature", ""), body))
+                    self._answer(204, b"", {})
+                else:
+                    self._answer(404, b"", {})
 
             def _answer(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -78,7 +90,11 @@ class FeedServer:
 
 def demo_environment(workdir: Path) -> dict[str, str]:
     """The settings the demo runs with: SQLite in `workdir`, the in-process broker, fast retries."""
+    from cryptography.fernet import Fernet
+
     return {
+        # A key made for this run only: the demo's locker holds the webhook signing key.
+        "TASKYARD_SECRET_KEYS": Fernet.generate_key().decode(),
         "BROKER_URL": "stub://",
         "DATABASE_URL": f"sqlite:///{workdir / 'taskyard-demo.db'}",
         "TASKYARD_QUEUE_PREFIX": "demo.",
@@ -127,6 +143,8 @@ class DemoResult:
 
     jobs: list[dict[str, Any]]
     ingest: dict[str, Any]
+    # Webhook deliveries the local receiver got, and how many had a valid signature.
+    webhooks: list[dict[str, Any]]
     seconds: float
     finished: bool
     log_file: Path
@@ -144,13 +162,17 @@ def run_demo(
     log_file = work / "taskyard-demo.log"
     try:
         with _environment(demo_environment(work)), _quiet_logs(log_file):
-            return _run(base_url, progress, started, log_file)
+            return _run(base_url, feed, progress, started, log_file)
     finally:
         feed.stop()
 
 
 def _run(
-    base_url: str, progress: Callable[[str], None], started: float, log_file: Path
+    base_url: str,
+    feed: FeedServer,
+    progress: Callable[[str], None],
+    started: float,
+    log_file: Path,
 ) -> DemoResult:
     # Imported here: the broker is built from the environment set above.
     import dramatiq
@@ -169,6 +191,7 @@ def _run(
     from actors.transaction import taskyard_transaction
     from services.schedules import create_schedule
     from services.tenants import create_tenant
+    from services.webhooks import set_webhook
 
     broker = brokers.broker
     worker = Worker(broker, worker_threads=4, worker_timeout=100)
@@ -188,6 +211,13 @@ def _run(
                 # Created "two hours ago", so the tick finds a missed slot to catch up on.
                 now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2),
             )
+            signing_key = set_webhook(
+                session,
+                tenant_id,
+                f"{base_url}/webhook",
+                secret_keys=settings.secret_keys,
+                allow_private=True,
+            )
         _wait_until_served(broker, tenant_id)
         progress("Ingesting the sample feed (it answers 503 once: watch the retry)")
         ingest_message = actors.ingest_resources.send(
@@ -198,6 +228,8 @@ def _run(
         progress("Running a scheduler tick: it claims the schedule's missed slot and sends it")
         actors.scheduler_tick.send()
         finished = _wait_for_final_records(settings, deadline=started + DEADLINE_SECONDS)
+        # The last ingests' notifications may still be on their way.
+        _wait_for_deliveries(feed, count=3, deadline=started + DEADLINE_SECONDS)
         progress("Every job has finished" if finished else "Stopped waiting: the deadline passed")
     finally:
         worker.stop()
@@ -206,10 +238,33 @@ def _run(
     return DemoResult(
         jobs=_job_rows(settings),
         ingest=_ingest_of(settings, ingest_message.message_id),
+        webhooks=_verified(feed, signing_key),
         seconds=time.monotonic() - started,
         finished=finished,
         log_file=log_file,
     )
+
+
+def _wait_for_deliveries(feed: FeedServer, *, count: int, deadline: float) -> None:
+    while len(feed.deliveries) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _verified(feed: FeedServer, signing_key: Any) -> list[dict[str, Any]]:
+    """Each delivery as the receiver saw it, its signature checked as a receiver would."""
+    import json
+
+    from services.webhooks import InvalidSignature, verify_signature
+
+    seen = []
+    for header, body in feed.deliveries:
+        try:
+            verify_signature(signing_key, header, body, now=dt.datetime.now(dt.UTC))
+            valid = True
+        except InvalidSignature:
+            valid = False
+        seen.append({"event": json.loads(body).get("event"), "signature_valid": valid})
+    return seen
 
 
 def _wait_until_served(broker: Any, tenant_id: int) -> None:

@@ -30,6 +30,7 @@ def summary(result: DemoResult) -> dict[str, Any]:
         "jobs": by_status,
         "retried": sum(1 for job in result.jobs if job["attempts"] > 1),
         "ingest": result.ingest,
+        "webhooks": result.webhooks,
         "records": result.jobs,
         "log_file": str(result.log_file),
     }
@@ -82,6 +83,9 @@ def demo_command(as_json: bool, workdir: Path | None) -> None:
         )
         for problem in ingest.get("items_rejected", []):
             out.print(f"  rejected item {problem['position']}: {problem['error']}")
+        for hook in result.webhooks:
+            verdict = "valid" if hook["signature_valid"] else "INVALID"
+            out.print(f"Webhook {hook['event']} received, signature {verdict}")
         where = result.log_file.parent
         out.print(f"Finished in {result.seconds:.1f} s; database and log in {where}")
         out.print(NEXT_STEPS)

@@ -18,8 +18,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import TENANT_DELETING, TENANT_DISABLED, Tenant
-from middleware.context import MessageContext, enter_context, leave_context
-from middleware.outbox import publish_pending, write_held
+from middleware.context import MessageContext, current_context, enter_context, leave_context
+from middleware.outbox import Pending, publish_pending, write_held
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of
 from middleware.tenant_routing import TenantRouting
 from services import jobs
@@ -205,6 +205,7 @@ class DbSession(Middleware):
             else Decision(retry=False, delay_ms=0, reason="failed")
         )
         error = describe_error(exc)
+        pending: list[Pending] = []
         try:
             with session.begin():
                 jobs.record_failure(
@@ -228,6 +229,11 @@ class DbSession(Middleware):
                 )
                 if not decision.retry and on_give_up and not isinstance(exc, _TENANT_ERRORS):
                     on_give_up(session, dict(message.kwargs), error)
+                    # What the hook sent (a failure notification) is written in this
+                    # transaction and published once it commits, like any held send.
+                    ctx = current_context()
+                    if ctx is not None:
+                        pending = write_held(broker, session, ctx)
         except (OperationalError, InterfaceError):
             # The database is away: never let the message vanish into RabbitMQ's
             # expiring dead-letter queue; try it again once the record can be written.
@@ -245,6 +251,8 @@ class DbSession(Middleware):
             self.logger.exception(
                 "Could not record the failure of %s %s", message.actor_name, message.message_id
             )
+        else:
+            publish_pending(broker, pending)
 
 
 def find_middleware(broker: Broker, kind: type[M]) -> M | None:

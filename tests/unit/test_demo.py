@@ -56,5 +56,13 @@ def test_the_demo_runs_every_kind_of_outcome_on_sqlite_and_the_stub_broker(tmp_p
     assert ingest["status"] == "completed"
     # 8 items from each of the two feed ingests that succeeded.
     assert sum(1 for r in records if r["actor"] == "process_resource") == 16
+    assert sum(1 for r in records if r["actor"] == "notify_webhook") == 3
     assert result["jobs"]["succeeded"] == len(records) - 1
+    # Each finished ingest notified the tenant's webhook, signed with its key.
+    assert sorted(h["event"] for h in result["webhooks"]) == [
+        "ingest.completed",
+        "ingest.completed",
+        "ingest.failed",
+    ]
+    assert all(h["signature_valid"] for h in result["webhooks"])
     assert (tmp_path / "demo" / "taskyard-demo.db").exists()

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.base import InvalidArguments, TaskyardActor, taskyard_actor
 from brokers import build_broker
 from db.migrate import upgrade_to_head
-from db.models import Job, Tenant
+from db.models import Job, OutboxMessage, Tenant
 from middleware import DbSession, current_session
 from middleware.db_session import find_middleware
 from services.errors import PermanentError, TransientError
@@ -137,6 +137,32 @@ def test_permanent_failure_is_dead_at_once_and_runs_the_give_up_hook(harness: Ha
     assert job.error == "PermanentError: cannot be done"
     assert gave_up == [({"tenant_id": 1}, "PermanentError: cannot be done")]
     assert harness.tenant_names() == ["acme", "compensated"]
+
+
+def test_a_send_from_the_give_up_hook_is_published_when_the_failure_commits(
+    harness: Harness,
+) -> None:
+    received: list[str] = []
+
+    def hopeless(tenant_id: int) -> None:
+        raise PermanentError("cannot be done", reason="hopeless")
+
+    def told(tenant_id: int, about: str) -> None:
+        received.append(about)
+
+    notice = declare(harness, "told", told)
+
+    def on_give_up(session: Session, kwargs: dict[str, Any], error: str) -> None:
+        notice.send(tenant_id=kwargs["tenant_id"], about=error)
+
+    actor = declare(harness, "hopeless_notifying", hopeless, on_give_up=on_give_up)
+    actor.send(tenant_id=1)
+    harness.drain()
+
+    # Published at once after the failure's commit, not left to the outbox sweeper.
+    assert received == ["PermanentError: cannot be done"]
+    with harness.sessions() as session:
+        assert session.scalars(select(OutboxMessage)).all() == []
 
 
 def test_transient_failure_gives_up_after_max_attempts(harness: Harness) -> None:
