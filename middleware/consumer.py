@@ -322,6 +322,23 @@ class MultiplexingConsumer(ConsumerThread):
         for queue_name in self.queue_names:
             self.broker.queues_pending.add(q_name(queue_name))
 
+    def post_process_message(self, message: MessageProxy) -> None:
+        """Ack or nack a finished message on the link it came from (from any thread).
+
+        Dramatiq's version settles through `self.consumer`, which is None while
+        the thread reconnects (an AttributeError per message in flight, logged as
+        if the message were stuck until a restart) and a newer link afterwards.
+        The message's own link knows whether its delivery can still be settled.
+        """
+        assert isinstance(message, _Delivery)
+        event = "nack" if message.failed else "ack"
+        self.broker.emit_before(event, message)
+        if message.failed:
+            message.link.nack(message)
+        else:
+            message.link.ack(message)
+        self.broker.emit_after(event, message)
+
     def requeue_messages(self, messages: Iterable[MessageProxy]) -> None:
         """Nothing to do: RabbitMQ put back the unacked messages when the connection closed.
 

@@ -194,6 +194,23 @@ def test_a_delivery_from_a_closed_connection_is_left_to_rabbitmq(
     assert "redelivers" in caplog.text
 
 
+def test_a_delivery_finished_while_the_consumer_reconnects_is_left_to_rabbitmq(
+    consumer: MultiplexingConsumer, link: _Link, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a delivery whose connection was lost, with no new one yet (RabbitMQ is down)
+    consumer.consumer = link
+    deliver(consumer, link, QUEUE, body(), tag=4)
+    message = consumer.work_queue.get_nowait().message
+    consumer._disconnect()
+    assert consumer.consumer is None
+
+    # When a worker thread finishes it, settling neither raises nor sends anything
+    with caplog.at_level(logging.WARNING):
+        consumer.post_process_message(message)
+    assert ("ack", 4) not in link.channels[False].calls
+    assert "redelivers" in caplog.text
+
+
 def test_a_poison_body_is_reported_and_rejected(
     broker: TaskyardRabbitmqBroker, consumer: MultiplexingConsumer, link: _Link
 ) -> None:
