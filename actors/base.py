@@ -20,6 +20,9 @@ from services.job_control import is_cancel_requested
 
 logger = logging.getLogger(__name__)
 
+# The option periodiq's scheduler sets on every tick it sends.
+PERIODIQ_OPTION = "scheduled_at"
+
 
 class InvalidArguments(ValueError):
     """A producer tried to send arguments the actor cannot take."""
@@ -73,11 +76,34 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         ctx, outbox = current_context(), find_outbox(self.broker)
         if outbox is None:  # a broker built without Taskyard's outbox: plain Dramatiq
             return self.broker.enqueue(message, delay=delay)
-        if ctx is None:
+        if ctx is None and PERIODIQ_OPTION in options and self.options.get("periodic"):
+            self._send_tick(message, delay)
+        elif ctx is None:
             outbox.send(self.broker, message, delay)
         else:
             outbox.hold(self.broker, ctx, message, delay)
         return message
+
+    def _send_tick(self, message: Message[Any], delay: int | None) -> None:
+        """Send periodiq's tick; one that cannot be sent is logged and dropped, never raised.
+
+        periodiq exits on any exception from a send, so a RabbitMQ outage at the
+        top of a minute would stop all scheduling for good; the next tick
+        catches up on the slots this one missed.
+        """
+        outbox = find_outbox(self.broker)
+        assert outbox is not None
+        try:
+            outbox.send(self.broker, message, delay)
+        except Exception as exc:
+            logger.error(
+                "Could not send the %s tick scheduled at %s (%s: %s); the next tick catches up",
+                self.actor_name,
+                message.options[PERIODIQ_OPTION],
+                type(exc).__name__,
+                exc,
+                extra={"message_id": message.message_id, "actor": self.actor_name},
+            )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the actor: in the message's transaction when a worker runs it."""
