@@ -52,6 +52,8 @@ def free_port() -> int:
 class RabbitNode:
     """One private RabbitMQ node: started with `start()`, stopped (by its own pid) with `stop()`.
 
+    `halt()` stops it keeping its data, and `start()` brings it back on the same port.
+
     `config` lines are added to its rabbitmq.conf (`{"consumer_timeout": "2000"}`);
     `advanced` is the text of its advanced.config, for settings rabbitmq.conf
     does not know.
@@ -107,15 +109,19 @@ class RabbitNode:
         return env
 
     def start(self) -> None:
-        """Write the node's files, start it, and wait until a client can connect."""
-        (self.base / "mnesia").mkdir()
-        (self.base / "log").mkdir()
+        """Write the node's files, start it, and wait until a client can connect.
+
+        After `halt()`, this starts the same node again: same name, port and
+        directory, so its durable queues and persistent messages are back.
+        """
+        (self.base / "mnesia").mkdir(exist_ok=True)
+        (self.base / "log").mkdir(exist_ok=True)
         lines = [f"{key} = {value}" for key, value in self.config.items()]
         (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (self.base / "advanced.config").write_text(self.advanced + "\n")
         (self.base / "enabled_plugins").write_text("[].\n")
         self._hand_over()
-        output = (self.base / "server.out").open("wb")
+        output = (self.base / "server.out").open("ab")
         self._output = output
         self.proc = subprocess.Popen(
             [str(self.bin / "rabbitmq-server")],
@@ -154,8 +160,8 @@ class RabbitNode:
         except FileNotFoundError:
             return ""
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to the node's own process group, SIGKILL after `timeout`; remove its dir."""
+    def halt(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the node's own process group, SIGKILL after `timeout`; its data stays."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -165,6 +171,11 @@ class RabbitNode:
                 self.proc.wait(10)
         if self._output is not None:
             self._output.close()
+            self._output = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Halt the node and remove its directory."""
+        self.halt(timeout)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def _hand_over(self) -> None:
