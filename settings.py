@@ -87,6 +87,14 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _parse_port(raw: str) -> int:
+    value = int(raw)
+    # The metrics server tries the next ports too (middleware/metrics_server.py).
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
 def _parse_positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -262,7 +270,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ).upper(),
         metrics_host=_read(env, p + "METRICS_HOST", str, d.metrics_host, "a host address"),
         metrics_port=_read(
-            env, p + "METRICS_PORT", _parse_int(0), d.metrics_port, "a TCP port number"
+            env, p + "METRICS_PORT", _parse_port, d.metrics_port, "a TCP port number"
         ),
         metrics_tenant_labels=_read(
             env,

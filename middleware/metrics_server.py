@@ -73,6 +73,7 @@ def bind_server(
     host: str, port: int, handler: type[BaseHTTPRequestHandler], tries: int = PORT_TRIES
 ) -> ThreadingHTTPServer:
     """A server on `port`, or the next free one of `tries` ports; says so when it moved."""
+    tries = max(1, min(tries, 65536 - port))
     for offset in range(tries):
         try:
             server = ThreadingHTTPServer((host, port + offset), handler)
@@ -238,7 +239,13 @@ def run_exposition_server() -> int:
             settings.metrics_host, settings.metrics_port, make_handler(directory, extra)
         )
     except OSError as exc:
-        logger.error("Metrics not served: %s", exc)
+        logger.error(
+            "Metrics not served on %s:%d (%s); check TASKYARD_METRICS_HOST and "
+            "TASKYARD_METRICS_PORT. The workers run on without metrics.",
+            settings.metrics_host,
+            settings.metrics_port,
+            exc,
+        )
         return 1
     logger.info(
         "Serving metrics on http://%s:%d/metrics", settings.metrics_host, server.server_port

@@ -90,6 +90,14 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
+def serving(port: int) -> bool:
+    """Whether the metrics server answers on `port` yet."""
+    try:
+        return bool(scrape(port))
+    except OSError:
+        return False
+
+
 def total(samples: dict[str, float], name: str, **labels: str) -> float:
     """The sum of `name`'s samples whose labels include `labels`."""
     wanted = [f'{k}="{v}"' for k, v in labels.items()]
@@ -139,7 +147,7 @@ def test_scraped_metrics_cover_the_dashboard_and_match_the_job_records(
         # Then it says so and takes the next port
         wait_for(lambda: f"Metrics port {port} on 127.0.0.1 is in use" in worker.log(), 20)
         metrics_port = port + 1
-        wait_for(lambda: scrape(metrics_port), 20, "the metrics server")
+        wait_for(lambda: serving(metrics_port), 20, "the metrics server")
         directories = list(Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}{worker.proc.pid}-*"))
         assert len(directories) == 1
 
@@ -217,3 +225,97 @@ def delete_queues(settings: Settings, sessions: sessionmaker[Session], prefix: s
         for queue in (name, f"{name}.DQ", f"{name}.XQ"):
             channel.queue_delete(queue)
     connection.close()
+
+
+SEND_GOOD = """
+import sys
+from actors import ingest_resources
+
+tenant_id, url, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for _ in range(count):
+    ingest_resources.send(tenant_id=tenant_id, source_url=url)
+"""
+
+
+def test_two_commands_on_one_host_share_the_work_and_their_scrapes_add_up(
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    httpserver: HTTPServer,
+    settings: Settings,
+    tmp_path: Path,
+    migrated_database: str,
+) -> None:
+    # Given two `dramatiq actors` commands on one host with the same metrics port,
+    # the first with two worker processes
+    prefix = f"{settings.queue_prefix}n{int(time.time() * 1000) % 10**9}_"
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    holder.close()
+    env = worker_env(TASKYARD_QUEUE_PREFIX=prefix, TASKYARD_METRICS_PORT=str(port))
+    first = WorkerProcess(tmp_path / "first.log", env, threads=2, options=("--processes", "2"))
+    second: WorkerProcess | None = None
+    try:
+        first.wait_ready()
+        wait_for(lambda: first.log().count("Worker process is ready for action.") == 2, 30)
+        wait_for(lambda: serving(port), 20, "the first command's metrics")
+        second = WorkerProcess(tmp_path / "second.log", env, threads=2)
+        second.wait_ready()
+        # Then the second says the port is taken and serves on the next one
+        wait_for(lambda: f"Metrics port {port} on 127.0.0.1 is in use" in second.log(), 20)
+        wait_for(lambda: serving(port + 1), 20, "the second command's metrics")
+        first_dir = next(Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}{first.proc.pid}-*"))
+        pids = {f.stem.rsplit("_", 1)[1] for f in first_dir.glob("gauge_livemin_*.db")}
+        assert len(pids) == 2, pids
+
+        # When 6 feeds of 2 items are ingested (18 jobs), whoever takes them
+        tenant_id = make_tenant("two-commands")
+        feed = [{"id": f"r{i}", "name": f"R {i}", "creation_date": "2024-01-02"} for i in range(2)]
+        httpserver.expect_request("/feed.json").respond_with_json(feed)
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                SEND_GOOD,
+                str(tenant_id),
+                httpserver.url_for("/feed.json"),
+                "6",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: records(sessions, prefix).get("succeeded") == 18, 60, "18 jobs")
+
+        # Then the two scrapes add up to the records
+        def both() -> float:
+            return sum(
+                total(scrape(p), "taskyard_jobs_total", outcome="succeeded")
+                for p in (port, port + 1)
+            )
+
+        wait_for(lambda: both() == 18, 20, "18 succeeded across both scrapes")
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+    # And each command's directory is gone once it stopped
+    wait_for(lambda: not first_dir.exists(), 10, "the first command's directory removed")
+    delete_queues(settings, sessions, prefix)
+
+
+def test_a_bad_metrics_host_is_one_error_and_the_worker_runs_on(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # Given a metrics host that does not resolve
+    worker = start_worker(TASKYARD_METRICS_HOST="no-such-host.invalid")
+
+    # Then the metrics server says so once, naming the setting, and the worker stays up
+    wait_for(lambda: "Metrics not served on no-such-host.invalid" in worker.log(), 20)
+    assert "check TASKYARD_METRICS_HOST" in worker.log()
+    time.sleep(2)
+    assert worker.proc.poll() is None
+    assert worker.stop() == 0

@@ -260,3 +260,9 @@ def test_bad_tenant_label_count_fails_with_the_variable_name() -> None:
     with pytest.raises(SettingsError, match="TASKYARD_METRICS_TENANT_LABELS='many'"):
         load_settings({"TASKYARD_METRICS_TENANT_LABELS": "many"})
     assert load_settings({"TASKYARD_METRICS_TENANT_LABELS": "3"}).metrics_tenant_labels == 3
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_bad_metrics_port_fails_with_the_variable_name(port: str) -> None:
+    with pytest.raises(SettingsError, match=f"TASKYARD_METRICS_PORT='{port}' is invalid"):
+        load_settings({"TASKYARD_METRICS_PORT": port})
