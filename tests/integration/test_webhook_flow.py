@@ -224,7 +224,7 @@ def test_ingest_completed_and_failed_are_notified(
     bad = ingest_resources.send(
         tenant_id=tenant_id, source_url=httpserver.url_for("/feed-gone.json")
     )
-    # The failure is sent from the give-up hook through the outbox sweeper (10 s grace).
+    # The failure is sent from the give-up hook, once the failure is recorded.
     wait_for(lambda: len(recv.received) >= 2, timeout=60, what="ingest.failed")
 
     completed, failed = recv.received[0], recv.received[1]
