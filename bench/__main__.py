@@ -48,10 +48,10 @@ ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
 # smaller ones are named in BENCHMARKS.md's notes.
 FULL = Sizes(
     runs=3,
-    throughput=1_000,
-    send=1_000,
+    throughput=600,
+    send=500,
     latency=400,
-    fairness_backlog=2_000,
+    fairness_backlog=1_000,
     fairness_probes=50,
     tenants=1_000,
     idle_seconds=20,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from bench.env import BenchError, Worker
@@ -9,6 +10,8 @@ from bench.procstat import amqp_connections, cpu_seconds, rss_mb, threads
 from bench.report import Figure
 from bench.systems import Taskyard
 
+# The consumer's log line for each batch of queues it subscribes to.
+CONSUMING = re.compile(r"Consuming (\d+) more queue")
 SCENARIO = "6. Tenant scale (one worker process, 8 threads)"
 # How often the worker looks for new tenants here (the default is 30 s, the promise 60 s):
 # short, so that the pick-up figure measures the consumer, not the polling period.
@@ -22,6 +25,16 @@ def _serving(worker: Worker) -> int:
     return pids[1]
 
 
+def _wait_consuming(worker: Worker, queues: int, timeout: float = 180.0) -> None:
+    """Wait until the worker's consumer has subscribed to `queues` queues (it logs each batch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(int(n) for n in CONSUMING.findall(worker.log())) >= queues:
+            return
+        time.sleep(0.2)
+    raise BenchError(f"the worker did not consume {queues} queues in {timeout:.0f}s")
+
+
 def run(taskyard: Taskyard, *, tenants: int, idle_seconds: float, settle: float) -> list[Figure]:
     """Connections, threads, RSS, idle CPU with `tenants` tenants; time to serve a new one."""
     have = len(taskyard.queues()) - 1
@@ -30,7 +43,8 @@ def run(taskyard: Taskyard, *, tenants: int, idle_seconds: float, settle: float)
     taskyard.reset()
     worker = taskyard.start("scale", env={"TASKYARD_TENANT_REFRESH_SECONDS": REFRESH_SECONDS})
     try:
-        time.sleep(settle)  # let the consumer finish declaring and subscribing
+        _wait_consuming(worker, 2 * tenants)
+        time.sleep(settle)
         pid = _serving(worker)
         connections = sum(amqp_connections(p) for p in worker.pids())
         cpu_before = cpu_seconds(pid)
