@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 import brokers
 from actors import process_resource
 from db.migrate import upgrade_to_head
-from db.models import ITEM_PENDING, Ingest, IngestItem, Job, Resource
+from db.models import ITEM_PENDING, DeadLetter, Ingest, IngestItem, Job, Resource
 from middleware.db_session import find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
@@ -41,7 +41,9 @@ SEND_INTERVAL_SECONDS = 0.2  # 5 jobs a second
 ITEMS = 400
 # Sizing for the outage: attempt n waits up to min(MAX, MIN * 2^(n-1)) ms, so 30
 # attempts with a 4 s ceiling span about a minute on average, three times the outage.
-MAX_ATTEMPTS = "30"
+SIZED_ATTEMPTS = "30"
+# One attempt: every job the outage hits gives up while its failure cannot be recorded.
+ONE_ATTEMPT = "1"
 MIN_BACKOFF_MS = "250"
 MAX_BACKOFF_MS = "4000"
 
@@ -103,8 +105,11 @@ def delete_queues(url: str, names: list[str]) -> None:
         connection.close()
 
 
+@pytest.mark.parametrize(
+    "max_attempts", [SIZED_ATTEMPTS, ONE_ATTEMPT], ids=["sized-for-the-outage", "one-attempt"]
+)
 def test_postgres_outage_retries_jobs_and_loses_or_duplicates_nothing(
-    cluster: PgCluster, database: Engine, settings: Settings, tmp_path: Path
+    cluster: PgCluster, database: Engine, settings: Settings, tmp_path: Path, max_attempts: str
 ) -> None:
     # Given a worker and a producer on the private cluster, and one ingest's items to process
     tenant_id, ingest_id = new_ingest(database)
@@ -113,7 +118,7 @@ def test_postgres_outage_retries_jobs_and_loses_or_duplicates_nothing(
         DATABASE_URL=cluster.url(),
         TASKYARD_QUEUE_PREFIX=prefix,
         TASKYARD_TENANTS=str(tenant_id),
-        TASKYARD_MAX_ATTEMPTS=MAX_ATTEMPTS,
+        TASKYARD_MAX_ATTEMPTS=max_attempts,
         TASKYARD_MIN_BACKOFF_MS=MIN_BACKOFF_MS,
         TASKYARD_MAX_BACKOFF_MS=MAX_BACKOFF_MS,
     )
@@ -213,12 +218,19 @@ def test_postgres_outage_retries_jobs_and_loses_or_duplicates_nothing(
             session.scalars(select(Resource.resource_id).where(Resource.tenant_id == tenant_id))
         )
         ingest = session.get(Ingest, ingest_id)
+        dead_letters = {
+            letter.message_id: letter.reason
+            for letter in session.scalars(
+                select(DeadLetter).where(DeadLetter.tenant_id == tenant_id)
+            )
+        }
     assert ingest is not None
     worker_log = worker.log()
     statuses = [job.status for job in jobs.values()]
     retried = [job for job in jobs.values() if job.attempts > 1]
     print(
-        f"\nsent {len(sent) + 1}: returned {len(log.returned)}, raised {len(log.raised)}, "
+        f"\n[max attempts {max_attempts}] sent {len(sent) + 1}: returned {len(log.returned)}, "
+        f"raised {len(log.raised)}, "
         f"returned while the cluster was down {len(log.while_down)}; "
         f"succeeded {statuses.count('succeeded')}, dead {statuses.count('dead')}, "
         f"retried {len(retried)} (max attempts {max(j.attempts for j in jobs.values())}); "
@@ -228,16 +240,23 @@ def test_postgres_outage_retries_jobs_and_loses_or_duplicates_nothing(
     assert not [m for m in [*log.returned, fresh] if m not in jobs]
     assert all(error for _, error in log.raised)
     assert log.while_down, "no send happened while the cluster was down"
-    assert statuses.count("dead") == 0, [
-        (j.message_id, j.error) for j in jobs.values() if j.status == "dead"
-    ]
-    assert set(statuses) == {"succeeded"}
+    assert set(statuses) <= {"succeeded", "dead"}
+    dead = {m: j for m, j in jobs.items() if j.status == "dead"}
+    if max_attempts == SIZED_ATTEMPTS:
+        assert not dead, [(j.message_id, j.error) for j in dead.values()]
+    else:
+        # Given up while the database was down: not acked and lost, but retried until
+        # the failure could be recorded (the ones whose last attempt failed are dead, with why)
+        assert "Could not record the failure" in worker_log
+    assert set(dead_letters) == set(dead)
+    assert all(dead_letters.values())
     # Jobs caught by the outage retried as transient failures (the worker's retry lines say so)
     assert retried, "no job was retried: the outage did not hit any job"
     assert "failed (OperationalError" in worker_log, worker_log[-3000:]
     # None succeeded without its effect, and each effect happened once
-    done = {job.args["resource"]["id"] for job in jobs.values()}
-    assert len(done) == len(jobs)
+    done = {job.args["resource"]["id"] for job in jobs.values() if job.status == "succeeded"}
+    assert len(done) == len(jobs) - len(dead)
     assert resources == done
     assert all(items[resource_id] == "processed" for resource_id in done)
+    assert all(items[job.args["resource"]["id"]] == "failed" for job in dead.values())
     assert ingest.processed == len(done)
