@@ -6,6 +6,7 @@ from cli import (  # noqa: F401  (each module adds its commands to `main`)
     dead_letters,
     demo,
     ingest,
+    integrations,
     jobs,
     locker,
     migrate,

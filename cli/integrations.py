@@ -1,0 +1,102 @@
+"""`taskyard integration ...`: a tenant's connections to outside systems, and their syncs."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy.orm import Session
+
+from cli.common import (
+    ID,
+    State,
+    emit,
+    fields_table,
+    json_argument,
+    json_option,
+    main,
+    records_table,
+    run,
+    show,
+)
+from services.integrations import (
+    IntegrationInfo,
+    add_integration,
+    get_integration,
+    integration_info,
+    list_integrations,
+    remove_integration,
+)
+
+
+@main.group()
+def integration() -> None:
+    """Add, list, remove and sync a tenant's integrations (github, http_feed)."""
+
+
+def _print_integration(info: IntegrationInfo) -> None:
+    show(fields_table(f"integration {info['id']}", info))
+
+
+def _print_integrations(infos: list[IntegrationInfo]) -> None:
+    columns = ("id", "kind", "description", "last_status", "last_synced_at")
+    show(records_table(f"integrations ({len(infos)})", columns, infos))
+
+
+@integration.command("add")
+@click.argument("tenant_id", metavar="TENANT", type=ID)
+@click.argument("kind")
+@click.option("--config", "raw_config", metavar="JSON", required=True, help="A JSON object.")
+@json_option
+@click.pass_context
+def integration_add(
+    ctx: click.Context, tenant_id: int, kind: str, raw_config: str, as_json: bool
+) -> None:
+    """Connect TENANT to an outside system of KIND; prints the integration's id."""
+    config = json_argument(raw_config, "--config")
+    info = run(ctx, lambda s: integration_info(add_integration(s, tenant_id, kind, config)))
+    emit(info, as_json, lambda i: click.echo(i["id"]))
+
+
+@integration.command("list")
+@click.argument("tenant_id", metavar="TENANT", type=ID)
+@json_option
+@click.pass_context
+def integration_list(ctx: click.Context, tenant_id: int, as_json: bool) -> None:
+    """List TENANT's integrations, oldest first, with their last sync."""
+    infos = run(ctx, lambda s: [integration_info(i) for i in list_integrations(s, tenant_id)])
+    emit(infos, as_json, _print_integrations)
+
+
+@integration.command("remove")
+@click.argument("integration_id", metavar="ID", type=ID)
+@json_option
+@click.pass_context
+def integration_remove(ctx: click.Context, integration_id: int, as_json: bool) -> None:
+    """Delete an integration and the rows it synced."""
+    run(ctx, lambda s: remove_integration(s, integration_id))
+    emit(
+        {"removed": integration_id},
+        as_json,
+        lambda i: click.echo(f"removed integration {i['removed']}"),
+    )
+
+
+@integration.command("sync")
+@click.argument("integration_id", metavar="ID", type=ID)
+@json_option
+@click.pass_context
+def integration_sync(ctx: click.Context, integration_id: int, as_json: bool) -> None:
+    """Send a sync of an integration now (a `sync_integration` job); prints its message id."""
+
+    def tenant_of(session: Session) -> int:
+        return get_integration(session, integration_id).tenant_id
+
+    tenant_id = run(ctx, tenant_of)
+    broker = ctx.ensure_object(State).load_broker()
+    message = broker.get_actor("sync_integration").send(
+        tenant_id=tenant_id, integration_id=integration_id
+    )
+    emit(
+        {"integration_id": integration_id, "message_id": message.message_id},
+        as_json,
+        lambda i: click.echo(i["message_id"]),
+    )
