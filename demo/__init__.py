@@ -145,6 +145,8 @@ class DemoResult:
     ingest: dict[str, Any]
     # Webhook deliveries the local receiver got, and how many had a valid signature.
     webhooks: list[dict[str, Any]]
+    # Job outcomes as the demo's own /metrics reported them at the end.
+    metrics: dict[str, float]
     seconds: float
     finished: bool
     log_file: Path
@@ -194,6 +196,11 @@ def _run(
     from services.webhooks import set_webhook
 
     broker = brokers.broker
+    # What `dramatiq actors` does in each worker process; the metrics start here.
+    broker.emit_after("process_boot")
+    metrics = _serve_metrics(settings)
+    if metrics is not None:
+        progress(f"Serving metrics on http://{settings.metrics_host}:{metrics.server_port}/metrics")
     worker = Worker(broker, worker_threads=4, worker_timeout=100)
     worker.start()
     try:
@@ -231,18 +238,68 @@ def _run(
         # The last ingests' notifications may still be on their way.
         _wait_for_deliveries(feed, count=3, deadline=started + DEADLINE_SECONDS)
         progress("Every job has finished" if finished else "Stopped waiting: the deadline passed")
+        scraped = _scrape(metrics)
     finally:
         worker.stop()
         broker.close()
         dramatiq.set_broker(broker)
+        _stop_metrics(metrics)
     return DemoResult(
         jobs=_job_rows(settings),
         ingest=_ingest_of(settings, ingest_message.message_id),
         webhooks=_verified(feed, signing_key),
+        metrics=scraped,
         seconds=time.monotonic() - started,
         finished=finished,
         log_file=log_file,
     )
+
+
+def _serve_metrics(settings: Any) -> ThreadingHTTPServer | None:
+    """Serve this process's metrics on the metrics port, or say why not and go on."""
+    from middleware.metrics_server import bind_server, command_dir, make_handler
+
+    try:
+        server = bind_server(
+            settings.metrics_host, settings.metrics_port, make_handler(command_dir(), [])
+        )
+    except OSError as exc:
+        logging.getLogger("demo").warning("Metrics not served: %s", exc)
+        return None
+    threading.Thread(target=server.serve_forever, name="demo-metrics", daemon=True).start()
+    return server
+
+
+def _scrape(server: ThreadingHTTPServer | None) -> dict[str, float]:
+    """`taskyard_jobs_total` by outcome, read from the demo's own /metrics endpoint."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if server is None:
+        return {}
+    host, port = server.server_address[:2]
+    with urllib.request.urlopen(f"http://{host!s}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "taskyard_jobs_total":
+                outcome = sample.labels["outcome"]
+                totals[outcome] = totals.get(outcome, 0.0) + sample.value
+    return totals
+
+
+def _stop_metrics(server: ThreadingHTTPServer | None) -> None:
+    import shutil
+
+    from middleware.metrics_server import command_dir
+
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    shutil.rmtree(command_dir(), ignore_errors=True)
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 def _wait_for_deliveries(feed: FeedServer, *, count: int, deadline: float) -> None:

@@ -31,6 +31,7 @@ def summary(result: DemoResult) -> dict[str, Any]:
         "retried": sum(1 for job in result.jobs if job["attempts"] > 1),
         "ingest": result.ingest,
         "webhooks": result.webhooks,
+        "metrics": result.metrics,
         "records": result.jobs,
         "log_file": str(result.log_file),
     }
@@ -83,6 +84,9 @@ def demo_command(as_json: bool, workdir: Path | None) -> None:
         )
         for problem in ingest.get("items_rejected", []):
             out.print(f"  rejected item {problem['position']}: {problem['error']}")
+        if result.metrics:
+            counts = ", ".join(f"{k} {v:g}" for k, v in sorted(result.metrics.items()))
+            out.print(f"/metrics said taskyard_jobs_total: {counts}")
         for hook in result.webhooks:
             verdict = "valid" if hook["signature_valid"] else "INVALID"
             out.print(f"Webhook {hook['event']} received, signature {verdict}")

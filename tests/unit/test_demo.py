@@ -14,7 +14,9 @@ from tests.support import REPO
 
 def _run_demo(tmp_path: Path) -> dict[str, Any]:
     # No BROKER_URL or DATABASE_URL: whatever the caller's shell has, the demo uses its own.
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    # A port of its own: a developer's worker may hold the default one.
+    env["TASKYARD_METRICS_PORT"] = "0"
     env["BROKER_URL"] = "amqp://guest:guest@127.0.0.1:1/"
     env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/nothing"
     done = subprocess.run(
@@ -65,4 +67,10 @@ def test_the_demo_runs_every_kind_of_outcome_on_sqlite_and_the_stub_broker(tmp_p
         "ingest.failed",
     ]
     assert all(h["signature_valid"] for h in result["webhooks"])
+    # The demo's own /metrics counted the same outcomes as the job records.
+    assert result["metrics"] == {
+        "succeeded": result["jobs"]["succeeded"],
+        "dead": 1,
+        "retried": 1,
+    }
     assert (tmp_path / "demo" / "taskyard-demo.db").exists()
