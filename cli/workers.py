@@ -8,6 +8,7 @@ from typing import TypedDict
 
 import click
 import pika
+import pika.exceptions
 from sqlalchemy import text
 
 from cli.common import (
@@ -65,13 +66,23 @@ class Check(TypedDict):
     detail: str
 
 
+class _CheckFailed(Exception):
+    """A check that failed and says why in its own words."""
+
+
 def _check_broker(settings: Settings) -> str:
     params = pika.URLParameters(settings.broker_url)
     params.socket_timeout = PROBE_TIMEOUT_SECONDS
     params.blocked_connection_timeout = PROBE_TIMEOUT_SECONDS
     params.connection_attempts = 1
-    pika.BlockingConnection(params).close()
-    return f"{shown_broker_url(settings.broker_url)} answers"
+    where = shown_broker_url(settings.broker_url)
+    try:
+        pika.BlockingConnection(params).close()
+    except pika.exceptions.AMQPError as exc:
+        raise _CheckFailed(
+            f"{where} does not answer ({type(exc).__name__}): check BROKER_URL"
+        ) from exc
+    return f"{where} answers"
 
 
 def _check_database(settings: Settings) -> str:
@@ -97,7 +108,7 @@ def _fresh_workers(ctx: click.Context, settings: Settings) -> str:
     now = dt.datetime.now(dt.UTC)
     live = run(ctx, lambda s: list_workers(s, now=now, stale_after=_stale_after(settings)))
     if not live:
-        raise RuntimeError(
+        raise _CheckFailed(
             f"no worker heartbeat in the last {_stale_after(settings).total_seconds():g} s: "
             "start one with `dramatiq actors`"
         )
@@ -107,10 +118,10 @@ def _fresh_workers(ctx: click.Context, settings: Settings) -> str:
 def _fresh_tick(ctx: click.Context) -> str:
     last = run(ctx, last_scheduler_tick)
     if last is None:
-        raise RuntimeError("no scheduler tick ever ran: start `periodiq actors` and a worker")
+        raise _CheckFailed("no scheduler tick ever ran: start `periodiq actors` and a worker")
     age = (dt.datetime.now(dt.UTC) - last).total_seconds()
     if age > SCHEDULER_FRESH_SECONDS:
-        raise RuntimeError(f"the last scheduler tick finished {age:.0f} s ago: is periodiq up?")
+        raise _CheckFailed(f"the last scheduler tick finished {age:.0f} s ago: is periodiq up?")
     return f"the last tick finished {age:.0f} s ago"
 
 
@@ -149,7 +160,11 @@ def health(ctx: click.Context, as_json: bool) -> None:
         try:
             checks.append({"check": name, "ok": True, "detail": probe()})
         except Exception as exc:
-            detail = f"{type(exc).__name__}: {_first_line(exc)}"
+            detail = (
+                str(exc)
+                if isinstance(exc, _CheckFailed)
+                else f"{type(exc).__name__}: {_first_line(exc)}"
+            )
             checks.append({"check": name, "ok": False, "detail": detail})
     emit(checks, as_json, _print_checks)
     if not all(check["ok"] for check in checks):

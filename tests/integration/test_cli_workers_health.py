@@ -109,6 +109,8 @@ def test_health_fails_when_the_broker_is_down(worker: WorkerProcess) -> None:
     assert result.returncode == 1
     checks = {c["check"]: c for c in json.loads(result.stdout)}
     assert checks["broker"]["ok"] is False
+    assert "127.0.0.1:1" in checks["broker"]["detail"]
+    assert "does not answer" in checks["broker"]["detail"]
     assert checks["database"]["ok"] is True
     assert "s3cret-pw" not in result.stdout
 
