@@ -83,7 +83,7 @@ def test_one_bad_message_refuses_the_whole_batch_and_names_it(
     make_tenant: Callable[[str], int],
     sessions: sessionmaker[Session],
 ) -> None:
-    _, probe, side = side_broker
+    _, probe, _ = side_broker
     tenant_id = make_tenant("send-many-bad")
     batch: list[dict[str, Any]] = [{"tenant_id": tenant_id, "n": n} for n in range(5)]
     batch[3] = {"tenant_id": tenant_id, "n": "three"}
