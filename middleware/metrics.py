@@ -255,6 +255,12 @@ class Metrics(Middleware):
         if self.instruments is not None:
             self.instruments.dead_letters.labels(*self._labels(broker, message)).inc()
 
+    def after_refuse_message(self, broker: Broker, queue_name: str, reason: str) -> None:
+        """Count a body the consumer refused (never decoded, so its actor is unknown)."""
+        if self.instruments is not None:
+            queue = queue_label(queue_name, self.queue_prefix)
+            self.instruments.dead_letters.labels(UNKNOWN_ACTOR, queue).inc()
+
     def _skip_outcome(self, message_id: str) -> str:
         try:
             with self.session_factory() as session:

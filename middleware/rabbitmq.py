@@ -247,7 +247,22 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         return ScreeningConsumer
 
     def report_poison(self, queue_name: str, body: bytes, refusal: Refusal) -> None:
-        """Hand a refused body to `on_poison`; whatever happens there, the consumer goes on."""
+        """Hand a refused body to `on_poison`; whatever happens there, the consumer goes on.
+
+        Middleware with an `after_refuse_message(broker, queue_name, reason)` hook
+        hear of it too: the body is rejected without Dramatiq's nack, so no
+        `after_nack` would count it (Metrics counts it as a dead letter).
+        """
+        for middleware in self.middleware:
+            hook = getattr(middleware, "after_refuse_message", None)
+            if hook is None:
+                continue
+            try:
+                hook(self, queue_name, refusal.reason)
+            except Exception:
+                self.logger.exception(
+                    "Unexpected failure in after_refuse_message of %r", middleware
+                )
         if self.on_poison is None:
             self.logger.error(
                 "Refused a message on %s (%s: %s); it goes only to RabbitMQ's dead-letter queue",
