@@ -21,7 +21,7 @@ from db.models import TENANT_DELETING, TENANT_DISABLED, Tenant
 from middleware.context import MessageContext, current_context, enter_context, leave_context
 from middleware.outbox import Pending, publish_pending, write_held
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of
-from middleware.tenant_routing import TenantRouting
+from middleware.tenant_routing import TenantMismatch, TenantRouting
 from services import jobs
 from services.dead_letters import record_dead_letter
 from services.errors import TenantDisabled, UnknownTenant
@@ -31,7 +31,9 @@ MAX_RESULT_BYTES = 8_192
 # Errors that must not be recorded as a job failure: the process is going away.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 # Failures that concern the tenant, not the job: the actor's give-up hook is not run.
-_TENANT_ERRORS = (UnknownTenant, TenantDisabled)
+# A tenant mismatch names a tenant the message was not routed for: its hook would
+# change that other tenant's rows (mark its ingest items failed, notify it).
+_TENANT_ERRORS = (UnknownTenant, TenantDisabled, TenantMismatch)
 
 M = TypeVar("M", bound=Middleware)
 
@@ -198,6 +200,10 @@ class DbSession(Middleware):
         record: JobFields,
         exc: BaseException,
     ) -> None:
+        if isinstance(exc, TenantMismatch):
+            # Not attributed to the tenant the message names: it is not that tenant's job.
+            record = record.copy()
+            record["tenant_id"] = None
         policy = find_middleware(broker, RetryPolicy)
         decision = (
             policy.decide(broker, message, exc)
