@@ -187,6 +187,9 @@ def test_crafted_messages_on_a_queue_cannot_touch_another_tenant(
     assert by_id[wrong_tenant]["reason"] == "tenant_mismatch"
     assert by_id[wrong_tenant_resource]["reason"] == "tenant_mismatch"
     assert f"tenant {b}" in by_id[wrong_tenant]["error"]
+    # (and credited to no tenant: the message names B but is not B's)
+    assert by_id[wrong_tenant]["tenant_id"] is None
+    assert by_id[wrong_tenant_resource]["tenant_id"] is None
     assert by_id[b_ingest_from_a]["reason"] == "not_found"
     assert by_id[b_integration_from_a]["reason"] == "not_found"
     assert by_id[b_secret_via_a]["reason"] == "secret_unreadable"
