@@ -11,8 +11,10 @@ from urllib.parse import urlsplit
 import pytest
 from cryptography.fernet import Fernet
 
-# TASKYARD_* variables of the developer's shell must not change what the tests see.
-for _name in [name for name in os.environ if name.startswith("TASKYARD_")]:
+# TASKYARD_* variables of the developer's shell must not change what the tests see,
+# except the test suite's own knobs (they are not settings).
+TEST_KNOBS = frozenset({"TASKYARD_LOAD_JOBS"})
+for _name in [n for n in os.environ if n.startswith("TASKYARD_") and n not in TEST_KNOBS]:
     del os.environ[_name]
 
 RUN_ID = uuid.uuid4().hex[:10]
