@@ -168,8 +168,18 @@ def test_scraped_metrics_cover_the_dashboard_and_match_the_job_records(
         assert records(sessions, prefix) == expected, worker.log()[-3000:]
 
         # Then the counters equal the job records, outcome by outcome
+        seen: dict[str, float] = {}
+
         def agree() -> bool:
             samples = scrape(metrics_port)
+            seen.clear()
+            seen.update(
+                {
+                    series: value
+                    for series, value in samples.items()
+                    if series.startswith(("taskyard_jobs_total", "taskyard_jobs_in_progress"))
+                }
+            )
             counted = {
                 outcome: total(samples, "taskyard_jobs_total", outcome=outcome)
                 for outcome in expected
@@ -177,7 +187,10 @@ def test_scraped_metrics_cover_the_dashboard_and_match_the_job_records(
             # A duplicate delivery (at least once) may still be running; it is no outcome here.
             return counted == expected and total(samples, "taskyard_jobs_in_progress") == 0
 
-        wait_for(agree, 20, "counters equal to the records")
+        deadline = time.monotonic() + 30
+        while not agree() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert agree(), f"records {records(sessions, prefix)}, scraped {seen}"
         samples = scrape(metrics_port)
         assert total(samples, "taskyard_tenant_jobs_total", tenant=str(tenant_id)) == 3 + 1 + 2 + 1
         assert total(samples, "taskyard_dead_letters_total", actor="ingest_resources") == 1
