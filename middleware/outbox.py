@@ -206,6 +206,20 @@ class Outbox(Middleware):
                 )
         broker.enqueue(message, delay=delay)
 
+    def park(self, broker: Broker, message: Message[Any], delay: int | None) -> bool:
+        """Write a message that could not be published to the outbox, for the sweeper to send.
+
+        Returns False (and logs) when the database cannot take it either.
+        """
+        try:
+            with self.session_factory.begin() as session:
+                row = outbox_row(queued_job(broker, message), message, wait_ms=delay or 0)
+                outbox.add_messages(session, [row])
+        except Exception:
+            self.logger.exception("Could not park %s in the outbox", message.message_id)
+            return False
+        return True
+
     def sweep(self, broker: Broker, *, now: dt.datetime | None = None) -> int:
         """Publish every due outbox row now; returns how many."""
         return sweep_due(broker, self.session_factory, now=now, batch_size=self.batch_size)

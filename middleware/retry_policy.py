@@ -139,6 +139,32 @@ class RetryPolicy(Middleware):
         with self._lock:
             self._decisions[message.message_id] = decision
 
+    def _keep_unsent_retry(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        retried: Message[Any],
+        delay: int | None,
+        error: Exception,
+    ) -> None:
+        """Park a retry that could not be published in the outbox; failing that, nack it."""
+        outbox = find_outbox(broker)
+        if outbox is not None and outbox.park(broker, retried, delay):
+            self.logger.warning(
+                "Could not publish the retry of %s %s (%s); it waits in the outbox",
+                message.actor_name,
+                message.message_id,
+                error,
+            )
+            return
+        self.logger.error(
+            "Could not publish or park the retry of %s %s (%s); nacked, not acknowledged",
+            message.actor_name,
+            message.message_id,
+            error,
+        )
+        message.fail()
+
     def after_process_message(
         self,
         broker: Broker,
@@ -173,10 +199,16 @@ class RetryPolicy(Middleware):
             )
             retried = message.copy(options={"retries": attempt})
             outbox = find_outbox(broker)
-            if outbox is not None:  # a long backoff waits in the outbox, not in worker memory
-                outbox.retry(broker, retried, decision.delay_ms or None)
-            else:
-                broker.enqueue(retried, delay=decision.delay_ms or None)
+            delay = decision.delay_ms or None
+            try:
+                if outbox is not None:  # a long backoff waits in the outbox, not in worker memory
+                    outbox.retry(broker, retried, delay)
+                else:
+                    broker.enqueue(retried, delay=delay)
+            except Exception as exc:
+                # RabbitMQ refused or could not take the retry (an outage, a memory
+                # alarm): acknowledging the message now would lose the job.
+                self._keep_unsent_retry(broker, message, retried, delay, exc)
             return
         self.logger.error(
             "%s %s gave up after attempt %d (%s)",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dramatiq.errors import ConnectionClosed
 
 from middleware.outbox import sweep_outbox
 from services.errors import TransientError
@@ -93,3 +95,36 @@ def test_cancelled_delayed_job_never_runs(harness: Harness) -> None:
         assert job is not None and job.status == "cancelled" and job.attempts == 0
         with harness.sessions() as session:
             assert is_cancel_requested(session, message.message_id)
+
+
+def test_a_retry_rabbitmq_refuses_waits_in_the_outbox_instead_of_being_lost(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def flaky(tenant_id: int) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TransientError("try again")
+
+    message = harness.declare("flaky_refused", flaky).send(tenant_id=1)
+    publish = harness.broker.enqueue
+
+    def refuse_retries(retried: Any, *, delay: int | None = None) -> Any:
+        if retried.options.get("retries"):
+            raise ConnectionClosed(OSError("memory alarm: publishing blocked"))  # type: ignore[no-untyped-call]
+        return publish(retried, delay=delay)
+
+    monkeypatch.setattr(harness.broker, "enqueue", refuse_retries)
+    harness.drain()
+
+    # The message was acknowledged, but its retry is kept: parked for the sweeper.
+    [row] = harness.outbox_rows()
+    assert row.message_id == message.message_id
+    assert harness.status(message.message_id) == "retrying"
+    monkeypatch.setattr(harness.broker, "enqueue", publish)
+    assert sweep_outbox(harness.broker, now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)) == 1
+    harness.drain()
+
+    job = harness.job(message.message_id)
+    assert job is not None and (job.status, job.attempts, len(calls)) == ("succeeded", 2, 2)
