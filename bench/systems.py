@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import create_engine, delete, func, select, text
 from sqlalchemy.orm import Session
 
-# The bare Dramatiq peer installs its broker as the global one; Taskyard's, imported
-# next, takes its place, and each side's actors keep their own broker.
+# Each side's actors are declared on their own broker (the bare Dramatiq peer's
+# is never installed as the global one).
 from bench.peers import celery_app, dramatiq_app, procrastinate_app  # isort: skip
 import brokers  # isort: skip
 from bench import taskyard_actors  # isort: skip
@@ -144,7 +144,7 @@ class BareDramatiq(System):
     def argv(self, processes: int) -> list[str]:
         return [
             str(BIN / "dramatiq"),
-            "bench.peers.dramatiq_app",
+            "bench.peers.dramatiq_app:broker",
             "--processes",
             str(processes),
             "--threads",

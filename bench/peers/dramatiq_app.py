@@ -1,7 +1,9 @@
 """Bare Dramatiq: RabbitmqBroker with its default middleware, the same job bodies.
 
-Run as `dramatiq --processes 1 --threads 8 bench.peers.dramatiq_app`; the queue
-comes from `BENCH_DRAMATIQ_QUEUE`, the database from `BENCH_DATABASE_URL`.
+Run as `dramatiq --processes 1 --threads 8 bench.peers.dramatiq_app:broker`; the
+queue comes from `BENCH_DRAMATIQ_QUEUE`, the database from `BENCH_DATABASE_URL`.
+The broker is named, not installed as the global one: importing this module
+(the harness, its tests) must not replace Taskyard's broker in that process.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from bench import bodies
 
 QUEUE = os.environ.get("BENCH_DRAMATIQ_QUEUE", "bench.dramatiq")
 broker = RabbitmqBroker(url=os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
-dramatiq.set_broker(broker)
 # One pool slot per worker thread, created on first use (nothing connects at import).
 engine = create_engine(
     os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
