@@ -44,16 +44,6 @@ class IngestResult(TypedDict):
     rejected: int
 
 
-def _limits() -> FetchLimits:
-    s = brokers.settings
-    return FetchLimits(
-        connect_timeout=s.http_connect_timeout,
-        read_timeout=s.http_read_timeout,
-        max_bytes=s.http_max_bytes,
-        allow_private=s.http_allow_private,
-    )
-
-
 def _ingest_gave_up(session: Session, kwargs: dict[str, Any], error: str) -> None:
     tenant_id, url = kwargs.get("tenant_id"), kwargs.get("source_url")
     if isinstance(tenant_id, int) and isinstance(url, str):
@@ -87,7 +77,7 @@ def ingest_resources(tenant_id: int, source_url: str) -> IngestResult:
         tenant_id,
         source_url,
         http=_http,
-        limits=_limits(),
+        limits=FetchLimits.from_settings(brokers.settings),
         message_id=current_message().message_id,
     )
     for resource in plan["resources"]:

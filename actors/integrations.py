@@ -37,16 +37,6 @@ class SyncArgs(Schema):
     integration_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
 
 
-def _limits() -> FetchLimits:
-    s = brokers.settings
-    return FetchLimits(
-        connect_timeout=s.http_connect_timeout,
-        read_timeout=s.http_read_timeout,
-        max_bytes=s.http_max_bytes,
-        allow_private=s.http_allow_private,
-    )
-
-
 def _sync_gave_up(session: Session, kwargs: dict[str, Any], error: str) -> None:
     tenant_id, integration_id = kwargs.get("tenant_id"), kwargs.get("integration_id")
     if not isinstance(tenant_id, int) or not isinstance(integration_id, int):
@@ -84,7 +74,7 @@ def sync_integration(tenant_id: int, integration_id: int) -> dict[str, Any]:
                 session,
                 integration,
                 http=_http,
-                limits=_limits(),
+                limits=FetchLimits.from_settings(brokers.settings),
                 secret_keys=brokers.settings.secret_keys,
             )
         )

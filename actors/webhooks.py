@@ -37,11 +37,7 @@ def notify_webhook(tenant_id: int, event: str, payload: Any) -> dict[str, Any]:
         event,
         payload,
         http=_http,
-        limits=FetchLimits(
-            connect_timeout=s.http_connect_timeout,
-            read_timeout=s.http_read_timeout,
-            max_bytes=s.http_max_bytes,
-        ),
+        limits=FetchLimits.from_settings(s),
         secret_keys=s.secret_keys,
         allow_private=s.http_allow_private,
         delivery_id=current_message().message_id,

@@ -15,6 +15,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from services.errors import FetchFailed, FetchRefused
 from services.url_guard import check_url, redact_url
+from settings import Settings
 
 CHUNK_BYTES = 64 * 1024
 # Long enough to say where the parser gave up, short enough for a log line.
@@ -44,6 +45,16 @@ class FetchLimits:
     max_bytes: int
     # Loopback, private and link-local destinations (TASKYARD_HTTP_ALLOW_PRIVATE).
     allow_private: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchLimits:
+        """The limits every outbound call of a worker gets (TASKYARD_HTTP_*)."""
+        return cls(
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
+            max_bytes=settings.http_max_bytes,
+            allow_private=settings.http_allow_private,
+        )
 
 
 def parse_retry_after(value: str | None, *, now: dt.datetime) -> float | None:
