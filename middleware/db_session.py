@@ -13,11 +13,10 @@ from typing import Any, TypedDict, TypeVar
 from dramatiq import Message, Worker
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import TENANT_DELETING, TENANT_DISABLED, Tenant
+from db.models import TENANT_DELETING, TENANT_DISABLED
 from middleware.context import MessageContext, current_context, enter_context, leave_context
 from middleware.outbox import Pending, publish_pending, write_held
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of
@@ -157,12 +156,12 @@ class DbSession(Middleware):
         try:
             try:
                 with session.begin():
-                    if not jobs.begin_attempt(session, message.message_id, **record):
-                        run_it = False
-                    else:
-                        run_it = True
+                    attempt = jobs.begin_attempt(session, message.message_id, **record)
+                    run_it = attempt.run
+                    if run_it:
                         if tenant_scoped and routing is not None:
-                            _require_active_tenant(session, routing.check_message(message))
+                            tenant_id = routing.check_message(message)
+                            _require_active_tenant(tenant_id, attempt.tenant_status)
                         result = small_result(call(), self.logger)
                         jobs.mark_succeeded(
                             session,
@@ -273,8 +272,8 @@ def _tenant_id(message: Message[Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _require_active_tenant(session: Session, tenant_id: int) -> None:
-    status = session.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
+def _require_active_tenant(tenant_id: int, status: str | None) -> None:
+    """Refuse a job whose tenant (its status read with the job record) is gone or stopped."""
     if status is None:
         raise UnknownTenant(tenant_id)
     # A tenant being deleted runs nothing new either.

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict, cast
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import (
+    JSON,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from db.hot import HotStatement
 from db.models import (
     JOB_DEAD,
     JOB_FINAL_STATES,
@@ -17,6 +30,7 @@ from db.models import (
     JOB_SKIPPED,
     JOB_SUCCEEDED,
     Job,
+    Tenant,
 )
 from services.errors import NotFound
 
@@ -72,6 +86,74 @@ def _upsert_unless_final(
     )
 
 
+class Attempt(NamedTuple):
+    """What starting an attempt found."""
+
+    # False: the record is final (succeeded, dead, cancelled, skipped); do not run it again.
+    run: bool
+    # The status of the record's tenant (None: no tenant, or no such tenant).
+    tenant_status: str | None
+
+
+def _final_states() -> list[Any]:
+    # Literals, not an expanding IN parameter: a hot statement compiles to fixed SQL.
+    return [literal_column(f"'{status}'") for status in sorted(JOB_FINAL_STATES)]
+
+
+def _json(dialect: str) -> Any:
+    # none_as_null: a missing result is SQL NULL (as the driver-SQL path on PostgreSQL sends it).
+    return JSONB(none_as_null=True) if dialect == "postgresql" else JSON(none_as_null=True)
+
+
+def _build_begin(dialect: str) -> Any:
+    jobs = cast(Table, Job.__table__)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(jobs).values(
+        message_id=bindparam("message_id"),
+        tenant_id=bindparam("tenant_id"),
+        actor=bindparam("actor"),
+        queue=bindparam("queue"),
+        args=bindparam("args", type_=_json(dialect)),
+        enqueued_at=bindparam("enqueued_at"),
+        status=literal_column(f"'{JOB_RUNNING}'"),
+        attempts=bindparam("attempts"),
+        started_at=bindparam("started_at"),
+    )
+    tenant_status = (
+        select(Tenant.status).where(Tenant.id == bindparam("tenant_id")).scalar_subquery()
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[jobs.c.message_id],
+        set_={
+            "status": literal_column(f"'{JOB_RUNNING}'"),
+            "attempts": stmt.excluded.attempts,
+            "started_at": stmt.excluded.started_at,
+            "updated_at": func.now(),
+        },
+        where=jobs.c.status.not_in(_final_states()),
+    ).returning(jobs.c.message_id, tenant_status)
+
+
+def _build_succeeded(dialect: str) -> Any:
+    jobs = cast(Table, Job.__table__)
+    return (
+        update(jobs)
+        .where(jobs.c.message_id == bindparam("job"))
+        .values(
+            status=literal_column(f"'{JOB_SUCCEEDED}'"),
+            attempts=bindparam("attempts"),
+            finished_at=bindparam("finished_at"),
+            # No result is SQL NULL, not JSON null, on every database.
+            result=bindparam("result", type_=_json(dialect)),
+            error=null(),
+        )
+    )
+
+
+_BEGIN = HotStatement(_build_begin, json_params=["args"])
+_SUCCEEDED = HotStatement(_build_succeeded, json_params=["result"])
+
+
 def begin_attempt(
     session: Session,
     message_id: str,
@@ -82,36 +164,42 @@ def begin_attempt(
     args: dict[str, Any],
     attempt: int,
     enqueued_at: dt.datetime | None,
-) -> bool:
-    """Create or lock the record and mark it running; False when it must not run again.
+) -> Attempt:
+    """Create or lock the record and mark it running; read its tenant's status with it.
 
-    One statement: the upsert locks the row until the message's transaction
-    ends, so a redelivered copy of a message waits here and then sees that
-    the first copy succeeded.
+    One statement, one round trip: the upsert locks the row until the
+    message's transaction ends, so a redelivered copy of a message waits here
+    and then sees that the first copy succeeded.
     """
-    fields = {"tenant_id": tenant_id, "actor": actor, "queue": queue, "args": args}
-    changes = {"status": JOB_RUNNING, "attempts": attempt, "started_at": dt.datetime.now(dt.UTC)}
-    stmt = _upsert_unless_final(
-        session, message_id, {**fields, "enqueued_at": enqueued_at}, changes
-    )
-    return session.execute(stmt.returning(Job.message_id)).first() is not None
+    params = {
+        "message_id": message_id,
+        "tenant_id": tenant_id,
+        "actor": actor,
+        "queue": queue,
+        "args": args,
+        "enqueued_at": enqueued_at,
+        "attempts": attempt,
+        "started_at": dt.datetime.now(dt.UTC),
+    }
+    row = _BEGIN.execute(session, params).first()
+    if row is None:
+        # The record is final; its tenant does not matter any more.
+        return Attempt(run=False, tenant_status=None)
+    _message_id, tenant_status = tuple(row)
+    return Attempt(run=True, tenant_status=tenant_status)
 
 
 def mark_succeeded(
     session: Session, message_id: str, *, attempt: int, result: dict[str, Any] | None
 ) -> None:
     """Record success; commits with the actor's own writes."""
-    session.execute(
-        update(Job)
-        .where(Job.message_id == message_id)
-        .values(
-            status=JOB_SUCCEEDED,
-            attempts=attempt,
-            finished_at=dt.datetime.now(dt.UTC),
-            result=result,
-            error=None,
-        )
-    )
+    params = {
+        "job": message_id,
+        "attempts": attempt,
+        "finished_at": dt.datetime.now(dt.UTC),
+        "result": result,
+    }
+    _SUCCEEDED.execute(session, params)
 
 
 def mark_skipped(session: Session, message_id: str, *, reason: str) -> None:
