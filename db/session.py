@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import select
+from typing import Any
+
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from settings import Settings
@@ -26,13 +30,40 @@ def make_engine(settings: Settings) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=POOL_SIZE,
         max_overflow=POOL_OVERFLOW,
-        pool_pre_ping=True,
         connect_args={"connect_timeout": 5, "application_name": "taskyard"},
     )
+    # Not pool_pre_ping: its SELECT 1 was a round trip per job.  A connection
+    # the server closed (a restart, an idle timeout) has said so on its socket,
+    # which costs one poll() to see; the pool then opens a fresh one.
+    event.listen(engine, "checkout", _refuse_closed_connection)
+    return engine
+
+
+def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Make the pool replace a pooled connection that the server has closed."""
+    if closed_by_server(dbapi_connection):
+        raise DisconnectionError("the database closed this pooled connection")
+
+
+def closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether an idle connection is closed or has something unread (the server's goodbye).
+
+    An idle PostgreSQL connection receives nothing unless the server ends it
+    (it sends the reason, then closes) or a LISTEN fires, which Taskyard does
+    not use; either way it is not fit to start a transaction on.
+    """
+    if getattr(dbapi_connection, "closed", 0):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
