@@ -90,6 +90,8 @@ class _Link(Consumer):
         self._queue_of_tag: dict[str, str] = {}
         self._unsettled: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
+        self._settles: list[Callable[[], None]] = []
+        self._drain_scheduled = False
         self.closed = False
 
     def consume(self, queue_name: str, on_message: Any) -> None:
@@ -138,12 +140,28 @@ class _Link(Consumer):
             if ack
             else functools.partial(channel.basic_nack, message._tag, requeue=False)
         )
+        with self._lock:
+            self._settles.append(call)
+            # One wake-up of the connection's thread settles everything queued by then.
+            wake, self._drain_scheduled = not self._drain_scheduled, True
+        if not wake:
+            return
         try:
-            self.connection.add_callback_threadsafe(call)
+            self.connection.add_callback_threadsafe(self._drain)
         except AMQP_ERRORS:
+            with self._lock:
+                self._drain_scheduled = False
             self.logger.warning(
                 "Could not settle message %s; RabbitMQ redelivers it", message.message_id
             )
+
+    def _drain(self) -> None:
+        # On the connection's thread: settle every delivery queued since the last drain.
+        with self._lock:
+            calls, self._settles = self._settles, []
+            self._drain_scheduled = False
+        for call in calls:
+            call()
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Nothing to do: RabbitMQ puts unacked messages back when the connection closes."""
