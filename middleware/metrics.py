@@ -146,6 +146,8 @@ class Metrics(Middleware):
         self._started: dict[str, float] = {}
         self._delayed: set[str] = set()
         self._lock = threading.Lock()
+        # Labelled children by (metric, labels): `labels()` costs a lock and a check per call.
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._stop = threading.Event()
         event.listen(session_factory, "before_commit", self._before_commit)
         event.listen(session_factory, "after_commit", self._after_commit)
@@ -200,6 +202,15 @@ class Metrics(Middleware):
         if self.instruments is not None:
             self.instruments.heartbeat.set(self.clock())
 
+    def _child(self, metric: str, *labels: str) -> Any:
+        """The child of `metric` for `labels` (bounded label sets: see metrics_labels)."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = getattr(self.instruments, metric).labels(*labels)
+            self._children[key] = child
+        return child
+
     def _labels(self, broker: Broker, message: MessageProxy) -> tuple[str, str]:
         actor = message.actor_name if message.actor_name in broker.actors else UNKNOWN_ACTOR
         return actor, queue_label(message.queue_name, self.queue_prefix)
@@ -223,12 +234,12 @@ class Metrics(Middleware):
             was_delayed = message.message_id in self._delayed
             self._delayed.discard(message.message_id)
         if not was_delayed:
-            self.instruments.unacked.labels(queue).inc()
-        self.instruments.in_progress.labels(actor, queue).inc()
+            self._child("unacked", queue).inc()
+        self._child("in_progress", actor, queue).inc()
         sent_at = max(message.message_timestamp, int(message.options.get("eta", 0))) / 1000
         waited = max(0.0, now - sent_at)
         if "retries" not in message.options:
-            self.instruments.in_queue.labels(actor, queue).observe(waited)
+            self._child("in_queue", actor, queue).observe(waited)
         if message.actor_name == SCHEDULER_TICK:
             self.instruments.scheduler_lag.set(
                 _lag(message.options.get("scheduled_at"), now, waited)
@@ -253,13 +264,13 @@ class Metrics(Middleware):
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         """Count a dead-lettered message."""
         if self.instruments is not None:
-            self.instruments.dead_letters.labels(*self._labels(broker, message)).inc()
+            self._child("dead_letters", *self._labels(broker, message)).inc()
 
     def after_refuse_message(self, broker: Broker, queue_name: str, reason: str) -> None:
         """Count a body the consumer refused (never decoded, so its actor is unknown)."""
         if self.instruments is not None:
             queue = queue_label(queue_name, self.queue_prefix)
-            self.instruments.dead_letters.labels(UNKNOWN_ACTOR, queue).inc()
+            self._child("dead_letters", UNKNOWN_ACTOR, queue).inc()
 
     def _skip_outcome(self, message_id: str) -> str:
         try:
@@ -282,14 +293,13 @@ class Metrics(Middleware):
         raw_tenant = message.kwargs.get("tenant_id") if isinstance(message.kwargs, dict) else None
         tenant_id = raw_tenant if type(raw_tenant) is int else None
         if self.instruments is not None:
-            metrics = self.instruments
             if started is not None:
-                metrics.in_progress.labels(actor, queue).dec()
-                metrics.unacked.labels(queue).dec()
+                self._child("in_progress", actor, queue).dec()
+                self._child("unacked", queue).dec()
             if ran:
-                metrics.duration.labels(actor, queue).observe(duration)
-            metrics.jobs.labels(actor, queue, outcome).inc()
-            metrics.tenant_jobs.labels(self.tenants.count(tenant_id), outcome).inc()
+                self._child("duration", actor, queue).observe(duration)
+            self._child("jobs", actor, queue, outcome).inc()
+            self._child("tenant_jobs", self.tenants.count(tenant_id), outcome).inc()
         self.outcome_logger.info(
             "%s %s %s in %.3fs (tenant %s)",
             message.actor_name,

@@ -257,6 +257,8 @@ def write_held(broker: Broker, session: Session, ctx: MessageContext) -> list[Pe
 
 def publish_pending(broker: Broker, pending: Sequence[Pending]) -> None:
     """Publish what a committed transaction held."""
+    if not pending:
+        return
     found = find_outbox(broker)
     if found is not None:
         found.publish(broker, pending)
