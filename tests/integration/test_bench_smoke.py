@@ -102,3 +102,33 @@ def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
             assert float(row[3].replace(",", "")) > 0, f"{row} is not a measurement"
     # And it left no database behind
     assert _bench_databases() <= before
+
+
+@pytest.mark.timeout(120)
+def test_hot_path_bench_measures_both_ways_and_cleans_up() -> None:
+    # Given the real PostgreSQL
+    require_servers()
+    before = _bench_databases()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
+
+    # When the job-record micro-benchmark runs at a tiny size
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hot_path", "--count", "20", "--runs", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    # Then it measured both ways (a rate and a CPU time above zero each)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = re.compile(r"^run 1 (orm|hot): ([\d,.]+) jobs/s, ([\d,.]+) µs CPU per job$", re.M)
+    found = {
+        m[1]: (float(m[2].replace(",", "")), float(m[3].replace(",", "")))
+        for m in line.finditer(done.stdout)
+    }
+    assert set(found) == {"orm", "hot"}, done.stdout
+    assert all(rate > 0 and cpu > 0 for rate, cpu in found.values()), found
+    # And it left no database behind
+    assert _bench_databases() <= before
