@@ -1,10 +1,11 @@
 """Statements every job runs: built once, compiled once per database, run cheaply.
 
 A job record's upsert and its final update run for every message, so their
-per-call cost is the worker's speed limit on short jobs.  Through the ORM each
-cost about 1.5 ms of CPU here (building the statement, its cache key, the ORM
-bulk-DML layer); `bench/hot_statements.py` measures it.  A `HotStatement` is a
-Core statement with bound parameters only, built on first use:
+per-call cost is the worker's speed limit on short jobs.  Built through the ORM
+on every call (the statement, its cache key, the ORM bulk-DML layer), a job's
+record cost about 3,400 µs of CPU here; as hot statements about 700 µs
+(`python -m bench.hot_path`).  A `HotStatement` is a Core statement with bound
+parameters only, built on first use:
 
 - On PostgreSQL its SQL is compiled once and run with `exec_driver_sql`, on
   the session's own connection and transaction.  SQLAlchemy still wraps
