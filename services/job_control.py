@@ -12,6 +12,7 @@ from typing import Any, TypedDict, cast
 
 import sqlalchemy.exc
 from sqlalchemy import (
+    JSON,
     Table,
     bindparam,
     case,
@@ -26,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db.hot import HotStatement
 from db.models import (
     JOB_CANCELLED,
     JOB_DEAD,
@@ -58,26 +60,39 @@ class QueuedJob(TypedDict):
     slot_at: dt.datetime | None
 
 
-@functools.cache
-def _queued_insert(dialect: str) -> Any:
-    """One cacheable INSERT for any number of rows (executemany): no per-row SQL to compile."""
-    tenant_id = bindparam("tenant", type_=Job.tenant_id.type)
+def _build_queued(dialect: str) -> Any:
+    """The INSERT of one sent message's record: every column a parameter, so it compiles once."""
+    jobs = cast(Table, Job.__table__)
+    tenant_id = bindparam("tenant_id", type_=Job.tenant_id.type)
     # The tenant is looked up in the INSERT itself: no extra round trip per send.
     known = or_(tenant_id.is_(None), exists().where(Tenant.id == tenant_id))
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    json_type = postgresql.JSONB() if dialect == "postgresql" else JSON()
     return (
-        insert(cast(Table, Job.__table__))
+        insert(jobs)
         .values(
+            message_id=bindparam("message_id"),
+            tenant_id=tenant_id,
+            actor=bindparam("actor"),
+            queue=bindparam("queue"),
+            args=bindparam("args", type_=json_type),
+            enqueued_at=bindparam("enqueued_at", type_=Job.enqueued_at.type),
+            schedule_id=bindparam("schedule_id", type_=Job.schedule_id.type),
+            slot_at=bindparam("slot_at", type_=Job.slot_at.type),
             status=case(
                 (known, literal_column(f"'{JOB_QUEUED}'")), else_=literal_column(f"'{JOB_DEAD}'")
             ),
-            attempts=0,
+            attempts=literal_column("0"),
             finished_at=case((known, null()), else_=bindparam("now", type_=Job.finished_at.type)),
             error=case((known, null()), else_=bindparam("error", type_=Job.error.type)),
         )
-        .on_conflict_do_nothing(index_elements=[Job.message_id])
-        .returning(Job.message_id, Job.status)
+        .on_conflict_do_nothing(index_elements=[jobs.c.message_id])
+        .returning(jobs.c.message_id, jobs.c.status)
     )
+
+
+# Run for every single send: see db.hot.
+_QUEUED = HotStatement(_build_queued, json_params=["args"])
 
 
 def record_queued(session: Session, rows: Sequence[QueuedJob]) -> dict[str, str]:
@@ -89,19 +104,15 @@ def record_queued(session: Session, rows: Sequence[QueuedJob]) -> dict[str, str]
     if not rows:
         return {}
     now = dt.datetime.now(dt.UTC)
-    dialect = session.get_bind().dialect.name
     if len(rows) == 1:
-        params = [
-            {
-                **row,
-                "tenant": row["tenant_id"],
-                "now": now,
-                "error": f"UnknownTenant: {UnknownTenant(row['tenant_id'] or 0)}",
-            }
-            for row in rows
-        ]
-        stmt = _queued_insert(dialect)
-        return {message_id: status for message_id, status in session.execute(stmt, params).all()}
+        row = rows[0]
+        error = f"UnknownTenant: {UnknownTenant(row['tenant_id'] or 0)}"
+        result = _QUEUED.execute(session, {**row, "now": now, "error": error})
+        statuses: dict[str, str] = {}
+        for found in result.all():
+            message_id, status = tuple(found)
+            statuses[message_id] = status
+        return statuses
     # A batch: the tenants in one query, then a plain multi-row INSERT.  (A lookup
     # inside each row's VALUES would make PostgreSQL plan a subquery per row:
     # 0.6 s for 1,000 rows, against 20 ms for this.)
@@ -110,7 +121,7 @@ def record_queued(session: Session, rows: Sequence[QueuedJob]) -> dict[str, str]
         set(session.scalars(select(Tenant.id).where(Tenant.id.in_(wanted)))) if wanted else set()
     )
     values = [_queued_values(row, known, now) for row in rows]
-    batch = _batch_insert(dialect)
+    batch = _batch_insert(session.get_bind().dialect.name)
     return {message_id: status for message_id, status in session.execute(batch, values).all()}
 
 
