@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 from cryptography.fernet import Fernet
@@ -17,8 +15,9 @@ TEST_KNOBS = frozenset({"TASKYARD_LOAD_JOBS"})
 for _name in [n for n in os.environ if n.startswith("TASKYARD_") and n not in TEST_KNOBS]:
     del os.environ[_name]
 
+from tests.support import PG_SERVER_URL, require_servers  # noqa: E402  (after the clean-up)
+
 RUN_ID = uuid.uuid4().hex[:10]
-PG_SERVER_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 TEST_DATABASE = f"taskyard_test_{RUN_ID}"
 os.environ["DATABASE_URL"] = f"{PG_SERVER_URL}/{TEST_DATABASE}"
 os.environ["BROKER_URL"] = os.environ.get("BROKER_URL") or "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -34,36 +33,6 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from db.migrate import upgrade_to_head  # noqa: E402
 from db.session import make_engine  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _reachable(url: str, default_port: int) -> bool:
-    parts = urlsplit(url.replace("postgresql+psycopg2", "postgresql"))
-    try:
-        with socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
-        ):
-            return True
-    except OSError:
-        return False
-
-
-def require_servers() -> None:
-    """Skip (or, in CI, fail) a test that needs RabbitMQ and PostgreSQL when one is down."""
-    missing = [
-        name
-        for name, url, port in (
-            ("PostgreSQL", os.environ["DATABASE_URL"], 5432),
-            ("RabbitMQ", os.environ["BROKER_URL"], 5672),
-        )
-        if not _reachable(url, port)
-    ]
-    if missing:
-        message = f"{' and '.join(missing)} not reachable on localhost"
-        if IN_CI:
-            pytest.fail(message + " (CI needs them: .ci/run starts them)")
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The test run's PostgreSQL server (without a database); each run makes its own database.
+PG_SERVER_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 WORKER_READY = "Worker process is ready for action."
 
 
@@ -115,3 +119,34 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
             return value
         time.sleep(0.2)
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url.replace("postgresql+psycopg2", "postgresql"))
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def require_servers() -> None:
+    """Skip (or, in CI, fail) a test that needs RabbitMQ and PostgreSQL when one is down."""
+    missing = [
+        name
+        for name, url, port in (
+            ("PostgreSQL", os.environ["DATABASE_URL"], 5432),
+            ("RabbitMQ", os.environ["BROKER_URL"], 5672),
+        )
+        if not _reachable(url, port)
+    ]
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on localhost"
+        if IN_CI:
+            pytest.fail(message + " (CI needs them: .ci/run starts them)")
+        pytest.skip(message)

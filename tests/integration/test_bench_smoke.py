@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_SERVER_URL, require_servers
-from tests.support import REPO
+from tests.support import PG_SERVER_URL, REPO, require_servers
 
 pytestmark = pytest.mark.integration
 
