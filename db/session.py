@@ -39,11 +39,11 @@ def make_engine(settings: Settings) -> Engine:
     # Not pool_pre_ping: its SELECT 1 was a round trip per job.  A connection
     # the server closed (a restart, an idle timeout) has said so on its socket,
     # which costs one poll() to see; the pool then opens a fresh one.
-    event.listen(engine, "checkout", _refuse_closed_connection)
+    event.listen(engine, "checkout", refuse_closed_connection)
     return engine
 
 
-def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+def refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """Make the pool replace a pooled connection that the server has closed."""
     if closed_by_server(dbapi_connection):
         raise DisconnectionError("the database closed this pooled connection")
