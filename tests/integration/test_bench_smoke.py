@@ -66,23 +66,28 @@ def _rows(report: str) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _run_module(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m ARGS` from the repo, without this run's TASKYARD_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.mark.timeout(300)
 def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
     # Given the real RabbitMQ and PostgreSQL
     require_servers()
     before = _bench_databases()
     out = tmp_path / "BENCHMARKS.md"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
 
     # When the harness runs at smoke size
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    done = _run_module(["bench", "--smoke", "--out", str(out)], timeout=280)
 
     # Then it wrote a report with every figure measured (a number above zero)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -108,17 +113,9 @@ def test_hot_path_bench_measures_both_ways_and_cleans_up() -> None:
     # Given the real PostgreSQL
     require_servers()
     before = _bench_databases()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
 
     # When the job-record micro-benchmark runs at a tiny size
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.hot_path", "--count", "20", "--runs", "1"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    done = _run_module(["bench.hot_path", "--count", "20", "--runs", "1"], timeout=110)
 
     # Then it measured both ways (a rate and a CPU time above zero each)
     assert done.returncode == 0, done.stderr[-4000:]
