@@ -10,7 +10,6 @@ messages to the shared server.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping
 
 import pytest
@@ -21,8 +20,7 @@ from db.migrate import upgrade_to_head
 from settings import Settings
 from tests.reliability.pg_cluster import PgCluster, postgres_bin
 from tests.reliability.rabbit_node import RabbitNode, rabbitmq_bin
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support import IN_CI
 
 
 def _missing(what: str) -> None:
