@@ -128,3 +128,22 @@ def test_hot_path_bench_measures_both_ways_and_cleans_up() -> None:
     assert all(rate > 0 and cpu > 0 for rate, cpu in found.values()), found
     # And it left no database behind
     assert _bench_databases() <= before
+
+
+@pytest.mark.timeout(180)
+def test_profile_samples_a_real_worker_and_names_where_its_cpu_goes() -> None:
+    # Given the real RabbitMQ and PostgreSQL
+    require_servers()
+    before = _bench_databases()
+
+    # When a worker draining a small backlog is profiled for a second
+    done = _run_module(["bench.profile", "--count", "1000", "--seconds", "1"], timeout=170)
+
+    # Then the report names the rate, the CPU share and where the samples were
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert re.search(r"^noop: 1,000 jobs at [\d,]+ jobs/s$", done.stdout, re.M), done.stdout
+    assert re.search(r"^worker process CPU while sampled: \d+% of one core$", done.stdout, re.M)
+    places = re.findall(r"^\s*[\d.]+%  (.+)$", done.stdout, re.M)
+    assert any(place.startswith("DbSession.run") for place in places), done.stdout
+    # And it left no database behind
+    assert _bench_databases() <= before

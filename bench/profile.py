@@ -1,0 +1,133 @@
+"""`python -m bench.profile`: where a Taskyard worker's CPU goes, per middleware hook.
+
+Queues a backlog of bench jobs, starts the real worker (`dramatiq actors
+bench.taskyard_actors --processes 1 --threads 8`), and samples its worker
+process with py-spy (from the `bench` extra) while it drains the backlog:
+
+- `--gil`: only the thread holding the GIL is sampled, so the shares are of
+  the CPU Python spends, which is what limits a worker of many threads;
+- the process's CPU over the same seconds (from /proc), to show whether it is
+  bound by that CPU (near 100 % of a core) or by waiting.
+
+Prints the shares by where a sample was (the middleware hook, the DB session's
+steps, the consumer thread) and the worker's jobs/s.  Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.env import BenchEnv, BenchError
+
+# Places with a smaller share are summed on one line.
+SHOWN_FROM = 0.005
+
+
+def cpu_ticks(pid: int) -> int:
+    """User plus system clock ticks the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def where(frames: list[str]) -> str:
+    """The place a sample counts under: a hook, a step of the DB session, or a thread."""
+    names = [frame.split(" (")[0] for frame in frames]
+    for i, name in enumerate(names):
+        if name == "MultiplexingConsumer.run":
+            return "consumer thread (pika, decoding, hand-off)"
+        if name == "DbSession.run" and i + 1 < len(names):
+            step = names[i + 1]
+            if step.endswith("<lambda>"):
+                return "DbSession.run > the actor (arguments check and body)"
+            if step == "TransactionalContext.__exit__":
+                return "DbSession.run > commit"
+            return f"DbSession.run > {step}"
+        if name in ("Broker.emit_before", "Broker.emit_after") and i + 1 < len(names):
+            return f"{name.split('.')[1]} > {names[i + 1]}"
+    for name in reversed(names):
+        if name.startswith("WorkerThread."):
+            return "worker thread (Dramatiq's own)"
+    return "other threads"
+
+
+def shares(raw: Path) -> tuple[int, Counter[str]]:
+    """The samples in py-spy's raw output (one process), counted by `where`."""
+    counted: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(count)
+        counted[where(stack.split(";"))] += int(count)
+    return total, counted
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Profile one worker draining `--count` jobs of `--kind`."""
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--kind", choices=["noop", "write_row"], default="noop")
+    parser.add_argument("--count", type=int, default=5_000)
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args(argv)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("python -m bench.profile: py-spy is missing (pip install -e '.[bench]')")
+        return 2
+    env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-profile-")))
+    env.export()
+    from bench.systems import Taskyard, all_queues, engine_of
+
+    taskyard = Taskyard(env)
+    raw = env.scratch / "profile.txt"
+    try:
+        taskyard.setup()
+        taskyard.reset()
+        taskyard.send(args.kind, args.count)
+        worker = taskyard.start("profile")
+        try:
+            pids = worker.pids()
+            if len(pids) < 2:
+                raise BenchError("the worker process did not start")
+            pid = pids[1]
+            ticks, started = cpu_ticks(pid), time.monotonic()
+            record = ["record", "--gil", "-r", "500", "-f", "raw", "--nonblocking"]
+            subprocess.run(
+                [spy, *record, "-p", str(pid), "-d", str(args.seconds), "-o", str(raw)],
+                check=True,
+                capture_output=True,
+            )
+            busy = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK")
+            busy_share = busy / (time.monotonic() - started)
+            done = worker.wait_done(args.kind, args.count, timeout=60 + args.count / 20)
+        finally:
+            worker.stop()
+        total, counted = shares(raw)
+        rate = args.count / max(done["last_end"] - done["first_start"], 1e-6)
+        print(f"{args.kind}: {args.count:,} jobs at {rate:,.0f} jobs/s")
+        print(f"worker process CPU while sampled: {busy_share:.0%} of one core")
+        print(f"GIL-held samples: {total:,}")
+        rest = 0
+        for place, count in counted.most_common():
+            if count / max(total, 1) < SHOWN_FROM:
+                rest += count
+                continue
+            print(f"{count / max(total, 1):6.1%}  {place}")
+        print(f"{rest / max(total, 1):6.1%}  (the rest, each under {SHOWN_FROM:.1%})")
+    finally:
+        env.delete_queues(all_queues([taskyard]))
+        engine_of(env).dispose()
+        env.drop_database()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
