@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import (
     TENANT_DELETING,
+    CancelRequest,
     DeadLetter,
     GithubMember,
     GithubRepository,
@@ -76,7 +77,15 @@ def delete_batch(session: Session, model: type[Any], tenant_id: int, batch_size:
     """Delete up to `batch_size` of the tenant's rows of one table; how many went."""
     key = _key_column(model)
     doomed = select(key).where(model.tenant_id == tenant_id).limit(batch_size)
-    result = session.execute(delete(model).where(key.in_(doomed.scalar_subquery())))
+    if model is Job:
+        # A cancel request has no tenant column of its own: it goes with its job.
+        ids = list(session.scalars(doomed))
+        if not ids:
+            return 0
+        session.execute(delete(CancelRequest).where(CancelRequest.message_id.in_(ids)))
+        result = session.execute(delete(Job).where(Job.message_id.in_(ids)))
+    else:
+        result = session.execute(delete(model).where(key.in_(doomed.scalar_subquery())))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

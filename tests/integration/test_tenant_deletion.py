@@ -18,6 +18,7 @@ import brokers
 from actors import delete_tenant
 from db.models import (
     TENANT_DELETING,
+    CancelRequest,
     DeadLetter,
     GithubMember,
     GithubRepository,
@@ -56,8 +57,8 @@ TABLES = (
 )
 
 
-def fill(session: Session, tenant_id: int) -> None:
-    """Give a tenant rows in every table that has a tenant_id."""
+def fill(session: Session, tenant_id: int) -> str:
+    """Give a tenant rows in every table that has a tenant_id; returns its cancelled job's id."""
     now = dt.datetime.now(dt.UTC)
     ingest = Ingest(tenant_id=tenant_id, source_url="https://feeds.example/x")
     integration = Integration(tenant_id=tenant_id, kind="github", config={"org": "o"})
@@ -108,6 +109,17 @@ def fill(session: Session, tenant_id: int) -> None:
             ),
         ]
     )
+    # A cancel request has no tenant_id: it belongs to the tenant through its job.
+    cancelled = session.scalars(select(Job.message_id).where(Job.tenant_id == tenant_id)).first()
+    assert cancelled is not None
+    session.add(CancelRequest(message_id=cancelled))
+    return cancelled
+
+
+def cancel_requested(sessions: sessionmaker[Session], message_id: str) -> bool:
+    """Whether the cancel request of `message_id` is still there."""
+    with sessions() as session:
+        return session.get(CancelRequest, message_id) is not None
 
 
 def counts(sessions: sessionmaker[Session], tenant_id: int) -> dict[str, int]:
@@ -198,8 +210,8 @@ def test_delete_tenant_stopped_half_way_finishes_when_run_again(
     settings = private
     doomed, kept = make_tenant("doomed"), make_tenant("kept")
     with sessions.begin() as session:
-        fill(session, doomed)
-        fill(session, kept)
+        doomed_cancel = fill(session, doomed)
+        kept_cancel = fill(session, kept)
     doomed_queues = declare_with_message(settings, doomed)
     kept_queues = declare_with_message(settings, kept)
     before_kept = counts(sessions, kept)
@@ -226,6 +238,7 @@ def test_delete_tenant_stopped_half_way_finishes_when_run_again(
 
     # Then every row, every queue and the tenant are gone, and the result says so
     assert counts(sessions, doomed) == {m.__tablename__: 0 for m in TABLES}
+    assert not cancel_requested(sessions, doomed_cancel)
     with sessions() as session:
         assert session.get(Tenant, doomed) is None
     assert [queue_depth(settings, q) for q in doomed_queues] == [None, None, None]
@@ -237,6 +250,7 @@ def test_delete_tenant_stopped_half_way_finishes_when_run_again(
 
     # And the other tenant is untouched: rows, queues and its waiting message
     assert counts(sessions, kept) == before_kept
+    assert cancel_requested(sessions, kept_cancel)
     assert [queue_depth(settings, q) for q in kept_queues] == [1, 0, 0]
 
     # And a third run (the tenant is gone) succeeds and deletes nothing
