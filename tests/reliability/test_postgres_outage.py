@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session
 import brokers
 from actors import process_resource
 from db.migrate import upgrade_to_head
-from db.models import ITEM_PENDING, DeadLetter, Ingest, IngestItem, Job, Resource
+from db.models import DeadLetter, Ingest, IngestItem, Job, Resource
 from middleware.db_session import find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
-from services.tenants import create_tenant
 from settings import Settings
+from tests.reliability.outage_support import new_ingest
 from tests.reliability.pg_cluster import PgCluster
 from tests.support import WorkerProcess, wait_for, worker_env
 
@@ -64,26 +64,6 @@ def database(cluster: PgCluster) -> Iterator[Engine]:
     engine.dispose()
 
 
-def new_ingest(engine: Engine) -> tuple[int, int]:
-    """A tenant and a running ingest with ITEMS pending items; returns (tenant id, ingest id)."""
-    with Session(engine) as session, session.begin():
-        tenant_id = create_tenant(session, f"pg-outage-{uuid.uuid4().hex[:8]}").id
-        ingest = Ingest(tenant_id=tenant_id, source_url="https://feed.test/r.json", valid=ITEMS)
-        session.add(ingest)
-        session.flush()
-        session.add_all(
-            IngestItem(
-                tenant_id=tenant_id,
-                ingest_id=ingest.id,
-                position=n,
-                resource_id=f"r{n}",
-                status=ITEM_PENDING,
-            )
-            for n in range(ITEMS)
-        )
-        return tenant_id, ingest.id
-
-
 @dataclasses.dataclass
 class ProducerLog:
     """What the producer saw: ids of sends that returned, and errors of those that raised."""
@@ -112,7 +92,7 @@ def test_postgres_outage_retries_jobs_and_loses_or_duplicates_nothing(
     cluster: PgCluster, database: Engine, settings: Settings, tmp_path: Path, max_attempts: str
 ) -> None:
     # Given a worker and a producer on the private cluster, and one ingest's items to process
-    tenant_id, ingest_id = new_ingest(database)
+    tenant_id, ingest_id = new_ingest(database, items=ITEMS, name="pg-outage")
     prefix = f"p{uuid.uuid4().hex[:8]}."
     env = worker_env(
         DATABASE_URL=cluster.url(),

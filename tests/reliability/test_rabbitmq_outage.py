@@ -27,12 +27,12 @@ from sqlalchemy.orm import Session
 
 import brokers
 from actors import process_resource, scheduler_tick
-from db.models import ITEM_PENDING, Ingest, IngestItem, Job, Resource
+from db.models import Ingest, IngestItem, Job, Resource
 from middleware.db_session import find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
-from services.tenants import create_tenant
 from settings import Settings
+from tests.reliability.outage_support import new_ingest
 from tests.reliability.rabbit_node import RabbitNode
 from tests.support import REPO, WorkerProcess, wait_for, worker_env
 
@@ -59,26 +59,6 @@ def database(reliability_database: str) -> Iterator[Engine]:
     engine = create_engine(reliability_database)
     yield engine
     engine.dispose()
-
-
-def new_ingest(engine: Engine) -> tuple[int, int]:
-    """A tenant and a running ingest with ITEMS pending items; returns (tenant id, ingest id)."""
-    with Session(engine) as session, session.begin():
-        tenant_id = create_tenant(session, f"mq-outage-{uuid.uuid4().hex[:8]}").id
-        ingest = Ingest(tenant_id=tenant_id, source_url="https://feed.test/r.json", valid=ITEMS)
-        session.add(ingest)
-        session.flush()
-        session.add_all(
-            IngestItem(
-                tenant_id=tenant_id,
-                ingest_id=ingest.id,
-                position=n,
-                resource_id=f"r{n}",
-                status=ITEM_PENDING,
-            )
-            for n in range(ITEMS)
-        )
-        return tenant_id, ingest.id
 
 
 @dataclasses.dataclass
@@ -130,7 +110,7 @@ def test_rabbitmq_outage_loses_nothing_and_the_worker_reconnects_by_itself(
     tmp_path: Path,
 ) -> None:
     # Given a worker and a scheduler on the node, and a producer sending 20 jobs a second
-    tenant_id, ingest_id = new_ingest(database)
+    tenant_id, ingest_id = new_ingest(database, items=ITEMS, name="mq-outage")
     prefix = f"q{uuid.uuid4().hex[:8]}."
     env = worker_env(
         BROKER_URL=node.url,
