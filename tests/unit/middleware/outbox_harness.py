@@ -15,14 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.base import TaskyardActor, taskyard_actor
-from brokers import build_broker
-from db.migrate import upgrade_to_head
 from db.models import Job, OutboxMessage, Tenant
-from middleware import DbSession
 from middleware.db_session import find_middleware
 from middleware.outbox import Outbox
-from services.tenants import create_tenant
 from settings import Settings
+from tests.unit.middleware.stub_world import drain, stub_world
 
 
 @dataclass
@@ -37,10 +34,7 @@ class Harness:
 
     def drain(self) -> None:
         """Run every queued message, retries included, to completion."""
-        for _ in range(3):
-            for queue in [q for q in self.broker.queues if not q.endswith((".DQ", ".XQ"))]:
-                self.broker.join(queue, fail_fast=False, timeout=10_000)
-            self.worker.join()
+        drain(self.broker, self.worker)
 
     def job(self, message_id: str) -> Job | None:
         """The job record of one message, if any."""
@@ -76,27 +70,18 @@ class Harness:
 @contextmanager
 def outbox_harness(tmp_path: Path) -> Iterator[Harness]:
     """A fresh database with tenant 1, a broker whose long-delay threshold is 1 s."""
-    url = f"sqlite:///{tmp_path / 'taskyard.sqlite3'}"
-    upgrade_to_head(url)
-    settings = Settings(
-        broker_url="stub://", database_url=url, min_backoff_ms=1, max_backoff_ms=5, max_attempts=3
-    )
-    broker = build_broker(settings)
-    assert isinstance(broker, StubBroker)
-    db, outbox = find_middleware(broker, DbSession), find_middleware(broker, Outbox)
-    assert db is not None and outbox is not None
-    # The tests sweep by hand, with a clock of their own.
-    outbox.poll_seconds = 3600
-    outbox.delay_max_seconds = 1
-    with db.session_factory.begin() as session:
-        create_tenant(session, "acme")
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    try:
-        yield Harness(broker, worker, outbox, db.session_factory, settings)
-    finally:
-        worker.stop()
-        broker.close()
+
+    def sweep_by_hand(broker: StubBroker) -> None:
+        outbox = find_middleware(broker, Outbox)
+        assert outbox is not None
+        # The tests sweep by hand, with a clock of their own.
+        outbox.poll_seconds = 3600
+        outbox.delay_max_seconds = 1
+
+    with stub_world(tmp_path, prepare=sweep_by_hand) as (broker, worker, sessions, settings):
+        outbox = find_middleware(broker, Outbox)
+        assert outbox is not None
+        yield Harness(broker, worker, outbox, sessions, settings)
 
 
 def spy_on_publish(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:

@@ -15,13 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.base import InvalidArguments, TaskyardActor, taskyard_actor
 from brokers import build_broker
-from db.migrate import upgrade_to_head
 from db.models import Job, OutboxMessage, Tenant
-from middleware import DbSession, current_session
-from middleware.db_session import find_middleware
+from middleware import current_session
 from services.errors import PermanentError, TransientError
 from services.tenants import create_tenant
 from settings import Settings
+from tests.unit.middleware.stub_world import drain, stub_world
 
 
 @dataclass
@@ -35,10 +34,7 @@ class Harness:
 
     def drain(self) -> None:
         """Run every queued message, retries included, to completion."""
-        for _ in range(3):
-            for queue in [q for q in self.broker.queues if not q.endswith((".DQ", ".XQ"))]:
-                self.broker.join(queue, fail_fast=False, timeout=10_000)
-            self.worker.join()
+        drain(self.broker, self.worker)
 
     def job(self, message_id: str) -> Job:
         """The job record of one message."""
@@ -55,24 +51,8 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
-    url = f"sqlite:///{tmp_path / 'taskyard.sqlite3'}"
-    upgrade_to_head(url)
-    settings = Settings(
-        broker_url="stub://", database_url=url, min_backoff_ms=1, max_backoff_ms=5, max_attempts=3
-    )
-    broker = build_broker(settings)
-    db = find_middleware(broker, DbSession)
-    assert db is not None
-    sessions = db.session_factory
-    with sessions.begin() as session:
-        create_tenant(session, "acme")
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    try:
+    with stub_world(tmp_path) as (broker, worker, sessions, settings):
         yield Harness(broker=broker, worker=worker, sessions=sessions, settings=settings)
-    finally:
-        worker.stop()
-        broker.close()
 
 
 def declare(harness: Harness, name: str, fn: Any, **options: Any) -> TaskyardActor:

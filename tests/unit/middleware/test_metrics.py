@@ -20,8 +20,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.base import TaskyardActor, taskyard_actor
-from brokers import build_broker
-from db.migrate import upgrade_to_head
 from db.models import Job
 from middleware import current_session
 from middleware.db_session import find_middleware
@@ -33,7 +31,8 @@ from services.cron import periodic
 from services.errors import PermanentError, TransientError
 from services.job_control import cancel_job
 from services.tenants import create_tenant
-from settings import Settings, SettingsError, load_settings
+from settings import SettingsError, load_settings
+from tests.unit.middleware.stub_world import drain, stub_world
 
 
 @dataclass
@@ -47,10 +46,7 @@ class Harness:
 
     def drain(self) -> None:
         """Run every queued message, retries and delays included, to completion."""
-        for _ in range(4):
-            for queue in [q for q in self.broker.queues if not q.endswith((".DQ", ".XQ"))]:
-                self.broker.join(queue, fail_fast=False, timeout=10_000)
-            self.worker.join()
+        drain(self.broker, self.worker, rounds=4)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's value, 0 when absent."""
@@ -65,27 +61,17 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
-    url = f"sqlite:///{tmp_path / 'taskyard.sqlite3'}"
-    upgrade_to_head(url)
-    settings = Settings(
-        broker_url="stub://", database_url=url, min_backoff_ms=1, max_backoff_ms=5, max_attempts=2
-    )
-    broker = build_broker(settings)
-    metrics = find_middleware(broker, Metrics)
-    assert metrics is not None
     registry = CollectorRegistry()
-    metrics.registry = registry
-    metrics.instruments = make_instruments(registry)
-    sessions = metrics.session_factory
-    with sessions.begin() as session:
-        create_tenant(session, "acme")
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
-    worker.start()
-    try:
+
+    def use_registry(broker: StubBroker) -> None:
+        metrics = find_middleware(broker, Metrics)
+        assert metrics is not None
+        metrics.registry = registry
+        metrics.instruments = make_instruments(registry)
+
+    with stub_world(tmp_path, max_attempts=2, prepare=use_registry) as world:
+        broker, worker, sessions, _ = world
         yield Harness(broker=broker, worker=worker, sessions=sessions, registry=registry)
-    finally:
-        worker.stop()
-        broker.close()
 
 
 def declare(harness: Harness, name: str, fn: Any, **options: Any) -> TaskyardActor:
