@@ -272,7 +272,7 @@ class MultiplexingConsumer(ConsumerThread):
     def _serve_once(self) -> None:
         if self.consumer is None:
             self.consumer = _Link(
-                pika.BlockingConnection(self.broker.parameters),
+                pika.BlockingConnection(self.broker.named_parameters("consumer")),
                 queue_prefetch=self.prefetch,
                 delay_prefetch=self.delay_prefetch,
                 on_cancel=self._resume_queue,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import pika
 import pika.exceptions
 from dramatiq import Message
 from dramatiq.broker import Broker, MessageProxy
@@ -176,6 +179,27 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         self._publisher: Publisher | None = None
         self._publisher_lock = threading.Lock()
 
+    def named_parameters(self, role: str) -> Any:
+        """The connection parameters, naming the connection for its role, host and process.
+
+        RabbitMQ shows the name (`rabbitmqctl list_connections name`, the
+        management UI), so an operator can tell a consumer from a publisher and
+        one worker process from another.
+        """
+        name = f"taskyard {role} {socket.gethostname()}:{os.getpid()}"
+
+        def with_name(parameters: pika.ConnectionParameters) -> pika.ConnectionParameters:
+            named = copy.copy(parameters)
+            named.client_properties = {
+                **(parameters.client_properties or {}),
+                "connection_name": name,
+            }
+            return named
+
+        if isinstance(self.parameters, list):
+            return [with_name(parameters) for parameters in self.parameters]
+        return with_name(self.parameters)
+
     @property
     def publisher(self) -> Publisher:
         """This process's publisher (a forked child makes its own)."""
@@ -185,7 +209,8 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
                 publisher = self._publisher
                 if publisher is None or publisher.pid != os.getpid():
                     publisher = self._publisher = Publisher(
-                        self.parameters, queue_arguments=self._build_queue_arguments
+                        self.named_parameters("publisher"),
+                        queue_arguments=self._build_queue_arguments,
                     )
         return publisher
 

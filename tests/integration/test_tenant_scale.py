@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -253,6 +254,31 @@ def close_connections_from(ports: list[int]) -> None:
             )
 
 
+CONNECTION_NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
+
+
+def connection_names(ports: list[int]) -> list[str]:
+    """RabbitMQ's names of the connections from these local ports ("?" where it has none)."""
+    if shutil.which("rabbitmqctl") is None:
+        return ["(rabbitmqctl missing)"]
+    columns = ["peer_port", "client_properties"]
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", *columns, "-q", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    names = {}
+    for line in listing.stdout.splitlines():
+        port, _, properties = line.partition("\t")
+        # As rabbitmqctl prints it: ...,{"connection_name","taskyard consumer host:pid"}]
+        named = CONNECTION_NAME.search(properties)
+        if port.strip().isdigit():
+            names[int(port)] = named[1] if named else "(no name)"
+    return sorted(names.get(port, f"? (port {port})") for port in ports)
+
+
 def test_worker_consumes_again_after_its_connection_is_closed(
     start_worker: Callable[..., WorkerProcess],
     make_tenant: Callable[[str], int],
@@ -366,10 +392,15 @@ def test_a_busy_worker_publishes_over_one_connection_not_one_per_thread(
     # When 8 threads run 40 ingests at once, publishing 800 messages between them
     ids = [ingest_resources.send(tenant_id=tenant_id, source_url=url).message_id for _ in range(40)]
     peak = 0
+    at_peak: list[str] = []
 
     def all_done() -> bool:
-        nonlocal peak
-        peak = max(peak, amqp_connections(child))
+        nonlocal peak, at_peak
+        ports = amqp_local_ports(child)
+        if len(ports) > peak:
+            peak = len(ports)
+            # More than the consumer and the publisher: say which connections they are.
+            at_peak = connection_names(ports) if peak > 2 else []
         with sessions() as session:
             finished = session.scalar(
                 select(func.count())
@@ -384,6 +415,10 @@ def test_a_busy_worker_publishes_over_one_connection_not_one_per_thread(
     # (Dramatiq's broker: the consumer's plus one per thread, 10 here). Run alone it
     # holds 2 (consumer and publisher); one full-suite run saw a peak of 5, which
     # is not explained yet.
-    print(f"\npeak AMQP connections of a busy 8-thread worker: {peak}")
-    assert peak <= 5
+    print(f"\npeak AMQP connections of a busy 8-thread worker: {peak} {at_peak}")
+    assert peak <= 5, at_peak
+    # And RabbitMQ knows its two connections by role, host and process
+    names = connection_names(amqp_local_ports(child))
+    assert f"taskyard consumer {socket.gethostname()}:{child}" in names, names
+    assert f"taskyard publisher {socket.gethostname()}:{child}" in names, names
     assert worker.stop() == 0
