@@ -18,6 +18,7 @@ and nack through `post_process_message`, delayed messages wait in its
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -186,6 +187,10 @@ class _Link(Consumer):
             self.logger.debug("Could not close the connection cleanly", exc_info=True)
 
 
+def _nothing() -> None:
+    """A callback that only wakes the connection's thread."""
+
+
 class MultiplexingConsumer(ConsumerThread):
     """The one consumer thread of a worker: every queue, over one connection at a time."""
 
@@ -231,7 +236,14 @@ class MultiplexingConsumer(ConsumerThread):
                 return False
             self._queues.append(queue_name)
             self._pending.append(queue_name)
-            return True
+        # The thread may be waiting for deliveries for up to `worker_timeout`: wake it,
+        # so a queue added after boot (the tenants' queues) is consumed at once.
+        link = self.consumer
+        if link is not None:
+            # If the link is going away, the next one consumes every registered queue.
+            with contextlib.suppress(*AMQP_ERRORS):
+                link.connection.add_callback_threadsafe(_nothing)
+        return True
 
     def ensure_started(self) -> None:
         """Start the thread once, whichever thread registers the first queue."""

@@ -291,3 +291,40 @@ def test_requeueing_after_the_thread_stopped_is_left_to_rabbitmq(
     # When the worker, shutting down, asks to requeue it, nothing fails
     consumer.requeue_messages([consumer.work_queue.get_nowait().message])
     consumer.close()
+
+
+class WakeCountingConnection(FakeConnection):
+    """Counts the thread-safe callbacks: each one wakes the consumer's wait for deliveries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakes = 0
+
+    def add_callback_threadsafe(self, callback: Callable[[], None]) -> None:
+        self.wakes += 1
+        callback()
+
+
+def test_a_queue_added_while_the_consumer_waits_wakes_it(
+    consumer: MultiplexingConsumer,
+) -> None:
+    # Given a consumer connected and (as far as it knows) waiting for deliveries
+    connection = WakeCountingConnection()
+    consumer.consumer = _Link(connection, queue_prefetch=8, delay_prefetch=4000)
+
+    # When a tenant's queue is registered after boot, and then again
+    assert consumer.add_queue("tenant.7")
+    assert not consumer.add_queue("tenant.7")
+
+    # Then the connection's thread was woken once (not after its worker_timeout),
+    # and the queue waits to be consumed on its next pass
+    assert connection.wakes == 1
+    assert consumer.take_pending() == ["tenant.7"]
+
+
+def test_a_queue_added_before_the_first_connection_needs_no_wake(
+    consumer: MultiplexingConsumer,
+) -> None:
+    assert consumer.consumer is None
+    assert consumer.add_queue("tenant.8")
+    assert consumer.take_pending() == ["tenant.8"]
