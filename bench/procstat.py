@@ -20,10 +20,10 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def amqp_connections(pid: int) -> int:
-    """Established TCP connections of `pid` to port 5672 (matched by socket inode)."""
+def amqp_local_ports(pid: int) -> list[int]:
+    """Local ports of `pid`'s established TCP connections to port 5672 (matched by socket inode)."""
     inodes = _socket_inodes(pid)
-    count = 0
+    ports = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         path = Path(table)
         if not path.exists():
@@ -33,8 +33,13 @@ def amqp_connections(pid: int) -> int:
             remote_port = int(cols[2].rsplit(":", 1)[1], 16)
             established = cols[3] == "01"
             if remote_port == AMQP_PORT and established and cols[9] in inodes:
-                count += 1
-    return count
+                ports.append(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def amqp_connections(pid: int) -> int:
+    """Established TCP connections of `pid` to port 5672."""
+    return len(amqp_local_ports(pid))
 
 
 def _status(pid: int, key: str) -> int:

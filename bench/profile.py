@@ -16,7 +16,6 @@ steps, the consumer thread) and the worker's jobs/s.  Linux only.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -26,15 +25,10 @@ from collections import Counter
 from pathlib import Path
 
 from bench.env import BenchEnv, BenchError
+from bench.procstat import cpu_seconds
 
 # Places with a smaller share are summed on one line.
 SHOWN_FROM = 0.005
-
-
-def cpu_ticks(pid: int) -> int:
-    """User plus system clock ticks the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def where(frames: list[str]) -> str:
@@ -98,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             if len(pids) < 2:
                 raise BenchError("the worker process did not start")
             pid = pids[1]
-            ticks, started = cpu_ticks(pid), time.monotonic()
+            cpu, started = cpu_seconds(pid), time.monotonic()
             record = ["record", "--gil", "-r", "500", "-f", "raw", "--nonblocking"]
             subprocess.run(
                 [spy, *record, "-p", str(pid), "-d", str(args.seconds), "-o", str(raw)],
                 check=True,
                 capture_output=True,
             )
-            busy = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK")
+            busy = cpu_seconds(pid) - cpu
             busy_share = busy / (time.monotonic() - started)
             done = worker.wait_done(args.kind, args.count, timeout=60 + args.count / 20)
         finally:

@@ -23,6 +23,7 @@ from werkzeug import Request, Response
 
 import brokers
 from actors import ingest_resources
+from bench.procstat import amqp_connections, amqp_local_ports
 from db.models import Job, Tenant
 from settings import Settings
 from tests.support import IN_CI, WorkerProcess, wait_for
@@ -31,7 +32,6 @@ pytestmark = pytest.mark.integration
 
 # The issue's figure: 3,000 queues declared, 2,000 consumed (about 15 s here).
 SCALE_TENANTS = 1000
-AMQP_PORT = 5672
 # A tenant's backlog in the fairness test, and what another tenant may wait behind it.
 BACKLOG = 500
 FAIR_START_SECONDS = 1.0
@@ -59,31 +59,6 @@ def worker_child(pid: int) -> int:
 def thread_count(pid: int) -> int:
     """How many threads the process runs."""
     return len(list(Path(f"/proc/{pid}/task").iterdir()))
-
-
-def amqp_connections(pid: int) -> int:
-    """How many established TCP connections to RabbitMQ the process holds."""
-    return len(amqp_local_ports(pid))
-
-
-def amqp_local_ports(pid: int) -> list[int]:
-    """The local ports of the process's established TCP connections to RabbitMQ."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = []
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if remote_port == AMQP_PORT and fields[3] == "01" and fields[9] in inodes:
-                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def proc_status(pid: int, field: str) -> int:
