@@ -7,6 +7,7 @@ Taskyard reads its settings when its broker module is imported.
 
 from __future__ import annotations
 
+import abc
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +32,7 @@ KINDS = ("noop", "write_row", "probe")
 BULK_CHUNK = 500
 
 
-class System:
+class System(abc.ABC):
     """One system under test."""
 
     name = ""
@@ -40,9 +41,9 @@ class System:
     def __init__(self, env: BenchEnv) -> None:
         self.env = env
 
+    @abc.abstractmethod
     def argv(self, processes: int) -> list[str]:
         """The worker's command line."""
-        raise NotImplementedError
 
     stop_signal = signal.SIGTERM
 
@@ -58,9 +59,9 @@ class System:
         worker.wait_ready(self.ready)
         return worker
 
+    @abc.abstractmethod
     def send(self, kind: str, count: int, **kwargs: Any) -> None:
-        """Send `count` jobs of `kind`, one send each."""
-        raise NotImplementedError
+        """Send `count` jobs of `kind`."""
 
     def reset(self) -> None:
         """Empty the queues and the bench table before a run."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from settings import Settings
 from tests.integration.test_metrics_scrape import PRODUCER, delete_queues, records, serving
-from tests.support import REPO, WorkerProcess, wait_for, worker_env
+from tests.support import IN_CI, REPO, WorkerProcess, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +87,7 @@ def prometheus_binary() -> str:
             "the `prometheus` binary is not on PATH: install it "
             "(apt-get install --no-install-recommends prometheus) to check the dashboard's queries"
         )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if IN_CI:
             pytest.fail(f"CI is set and {reason}")
         pytest.skip(reason)
     return binary
