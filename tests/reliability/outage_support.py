@@ -1,12 +1,15 @@
-"""What the two server-outage scenarios share: an ingest whose items the load works through."""
+"""What the two server-outage scenarios share: an ingest, and the messages that work through it."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+from dramatiq import Message
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from actors import process_resource
 from db.models import ITEM_PENDING, Ingest, IngestItem
 from services.tenants import create_tenant
 
@@ -29,3 +32,10 @@ def new_ingest(engine: Engine, *, items: int, name: str) -> tuple[int, int]:
             for n in range(items)
         )
         return tenant_id, ingest.id
+
+
+def resource_message(tenant_id: int, ingest_id: int, n: int, queue: str) -> Message[Any]:
+    """The `process_resource` message of the ingest's item `n`, on `queue`."""
+    resource = {"id": f"r{n}", "name": f"Resource {n}", "creation_date": "2024-01-02"}
+    kwargs = {"tenant_id": tenant_id, "ingest_id": ingest_id, "resource": resource}
+    return process_resource.message_with_options(kwargs=kwargs).copy(queue_name=queue)

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pika
 import pytest
@@ -30,7 +29,7 @@ from middleware.db_session import find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
 from settings import Settings
-from tests.reliability.outage_support import new_ingest
+from tests.reliability.outage_support import new_ingest, resource_message
 from tests.reliability.pg_cluster import PgCluster
 from tests.support import WorkerProcess, wait_for, worker_env
 
@@ -116,13 +115,7 @@ def test_postgres_outage_retries_jobs_and_loses_or_duplicates_nothing(
 
     def send_one() -> str:
         n = next(sent_count)
-        resource = {"id": f"r{n}", "name": f"Resource {n}", "creation_date": "2024-01-02"}
-        kwargs: dict[str, Any] = {
-            "tenant_id": tenant_id,
-            "ingest_id": ingest_id,
-            "resource": resource,
-        }
-        message = process_resource.message_with_options(kwargs=kwargs).copy(queue_name=queue)
+        message = resource_message(tenant_id, ingest_id, n, queue)
         try:
             outbox.send(producer, message, None)
         except Exception as exc:  # the producer's view: whatever it raises is counted

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, select
@@ -32,7 +31,7 @@ from middleware.db_session import find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
 from settings import Settings
-from tests.reliability.outage_support import new_ingest
+from tests.reliability.outage_support import new_ingest, resource_message
 from tests.reliability.rabbit_node import RabbitNode
 from tests.support import REPO, WorkerProcess, wait_for, worker_env
 
@@ -136,13 +135,7 @@ def test_rabbitmq_outage_loses_nothing_and_the_worker_reconnects_by_itself(
 
     def send_one() -> str:
         n = next(numbers)
-        resource = {"id": f"r{n}", "name": f"Resource {n}", "creation_date": "2024-01-02"}
-        kwargs: dict[str, Any] = {
-            "tenant_id": tenant_id,
-            "ingest_id": ingest_id,
-            "resource": resource,
-        }
-        message = process_resource.message_with_options(kwargs=kwargs).copy(queue_name=queue)
+        message = resource_message(tenant_id, ingest_id, n, queue)
         started = time.monotonic()
         try:
             outbox.send(producer, message, None)
