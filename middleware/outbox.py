@@ -67,7 +67,8 @@ class Outbox(Middleware):
         # takes a row over only after this long, so the two do not race.
         self.grace_seconds = grace_seconds
         self.batch_size = batch_size
-        self._autocommit = sessionmaker(send_engine(session_factory.kw["bind"]))
+        # The send path's one-statement writes run on Core connections of this engine.
+        self.sends = send_engine(session_factory.kw["bind"])
         self.sweeper: SweeperThread | None = None
 
     def is_long(self, delay: int | None) -> bool:
@@ -92,8 +93,8 @@ class Outbox(Middleware):
         if isinstance(broker, TaskyardRabbitmqBroker):
             message, in_flight = broker.enqueue_async(message, delay=delay)
         try:
-            with self._autocommit.begin() as session:
-                status = record_queued(session, [job]).get(job["message_id"])
+            with self.sends.connect() as connection:
+                status = record_queued(connection, [job]).get(job["message_id"])
         except _DB_DOWN as exc:
             self._warn_unrecorded(exc, message)
             status = None
@@ -114,8 +115,8 @@ class Outbox(Middleware):
         except Exception:
             # No "queued" record for a message that may not exist; had it gone out
             # after all (a lost confirm), its worker would make the record again.
-            with contextlib.suppress(Exception), self._autocommit.begin() as session:
-                forget_queued(session, job["message_id"])
+            with contextlib.suppress(Exception), self.sends.connect() as connection:
+                forget_queued(connection, job["message_id"])
             raise
 
     def _park(self, job: QueuedJob, message: Message[Any], delay: int | None) -> bool:
@@ -149,8 +150,8 @@ class Outbox(Middleware):
         if tenant_id is not None and tenant_id not in ctx.tenants_known:
             if ctx.session.scalar(select(Tenant.id).where(Tenant.id == tenant_id)) is None:
                 # Recorded dead apart: the caller's transaction may well roll back now.
-                with self._autocommit.begin() as session:
-                    record_queued(session, [job])
+                with self.sends.connect() as connection:
+                    record_queued(connection, [job])
                 raise UnknownTenant(tenant_id)
             ctx.tenants_known.add(tenant_id)
         ctx.held.append(HeldSend(message=message, delay=delay))
@@ -184,8 +185,8 @@ class Outbox(Middleware):
                     "Could not publish %s (%s); the sweeper will", logged, error, exc_info=error
                 )
         try:
-            with self._autocommit.begin() as session:
-                outbox.delete_messages(session, published)
+            with self.sends.connect() as connection:
+                outbox.delete_messages(connection, published)
         except Exception:
             # The sweeper publishes them again; their job records make the copies skip.
             self.logger.warning(

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.hot import HotStatement
+from db.hot import Executor, HotStatement, connection_of
 from db.models import (
     JOB_CANCELLED,
     JOB_DEAD,
@@ -95,7 +95,7 @@ def _build_queued(dialect: str) -> Any:
 _QUEUED = HotStatement(_build_queued, json_params=["args"])
 
 
-def record_queued(session: Session, rows: Sequence[QueuedJob]) -> dict[str, str]:
+def record_queued(session: Executor, rows: Sequence[QueuedJob]) -> dict[str, str]:
     """Create the records of sent messages in one statement; returns each new record's status.
 
     A message for a tenant that does not exist is recorded `dead` (it must not
@@ -121,7 +121,7 @@ def record_queued(session: Session, rows: Sequence[QueuedJob]) -> dict[str, str]
         set(session.scalars(select(Tenant.id).where(Tenant.id.in_(wanted)))) if wanted else set()
     )
     values = [_queued_values(row, known, now) for row in rows]
-    batch = _batch_insert(session.get_bind().dialect.name)
+    batch = _batch_insert(connection_of(session).dialect.name)
     return {message_id: status for message_id, status in session.execute(batch, values).all()}
 
 
@@ -143,7 +143,7 @@ def _batch_insert(dialect: str) -> Any:
     )
 
 
-def forget_queued(session: Session, message_id: str) -> bool:
+def forget_queued(session: Executor, message_id: str) -> bool:
     """Delete the record of a send that failed to publish, unless a worker has begun it."""
     result = session.execute(
         delete(Job).where(Job.message_id == message_id, Job.status == JOB_QUEUED)

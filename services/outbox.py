@@ -9,6 +9,7 @@ from typing import TypedDict, cast
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
+from db.hot import Executor
 from db.models import OutboxMessage
 
 
@@ -35,7 +36,7 @@ def add_messages(session: Session, rows: Sequence[OutboxRow]) -> dict[str, int]:
     return {message_id: row_id for message_id, row_id in result.all()}
 
 
-def delete_messages(session: Session, ids: Sequence[int]) -> int:
+def delete_messages(session: Executor, ids: Sequence[int]) -> int:
     """Delete the outbox rows `ids` (published); returns how many were there."""
     if not ids:
         return 0

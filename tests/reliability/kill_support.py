@@ -159,8 +159,8 @@ class Rig:
         for worker in self.workers:
             worker.stop()
         self.producer.close()
-        for factory in (self.outbox.session_factory, self.outbox._autocommit):
-            factory.kw["bind"].dispose()
+        for engine in (self.outbox.session_factory.kw["bind"], self.outbox.sends):
+            engine.dispose()
         connection = pika.BlockingConnection(pika.URLParameters(self.broker_url))
         channel = connection.channel()
         for name in (self.queue, self.routing.system_queue):

@@ -251,9 +251,9 @@ def test_taskyard_long_delay_and_long_retry_wait_outside_rabbitmq_and_run_once(
     finally:
         worker.stop()
         producer.close()
-        # The producer's engines: its sessions' and its autocommit sends'.
-        for factory in (outbox.session_factory, outbox._autocommit):
-            factory.kw["bind"].dispose()
+        # The producer's engines: its sessions' and its sends' records.
+        for engine in (outbox.session_factory.kw["bind"], outbox.sends):
+            engine.dispose()
 
     delayed_job, retried_job = job(database, delayed.message_id), job(database, retried.message_id)
     assert (delayed_job.status, delayed_job.attempts) == ("succeeded", 1)

@@ -173,8 +173,8 @@ def test_postgres_outage_retries_jobs_and_loses_or_duplicates_nothing(
         stop.set()
         worker.stop()
         producer.close()
-        for factory in (outbox.session_factory, outbox._autocommit):
-            factory.kw["bind"].dispose()
+        for engine in (outbox.session_factory.kw["bind"], outbox.sends):
+            engine.dispose()
         names = [queue, f"{queue}.DQ", f"{queue}.XQ"]
         delete_queues(settings.broker_url, names)
 

@@ -213,8 +213,8 @@ def test_rabbitmq_outage_loses_nothing_and_the_worker_reconnects_by_itself(
         scheduler.stop()
         worker.stop()
         producer.close()
-        for factory in (outbox.session_factory, outbox._autocommit):
-            factory.kw["bind"].dispose()
+        for engine in (outbox.session_factory.kw["bind"], outbox.sends):
+            engine.dispose()
 
     found = statuses()
     with Session(database) as session:

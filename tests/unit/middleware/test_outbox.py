@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from dramatiq import Message
 from sqlalchemy import create_engine, select
-from sqlalchemy.orm import sessionmaker
 
 from actors.transaction import taskyard_transaction
 from db.models import Job
@@ -62,7 +61,7 @@ def test_send_while_the_database_is_away_publishes_and_the_worker_records_it(
 ) -> None:
     actor = harness.declare("noop_db_away", lambda tenant_id: None)
     away = create_engine("sqlite:////nonexistent-dir/taskyard.sqlite3")
-    monkeypatch.setattr(harness.outbox, "_autocommit", sessionmaker(away))
+    monkeypatch.setattr(harness.outbox, "sends", away)
 
     with caplog.at_level(logging.WARNING, logger="Outbox"):
         message = actor.send(tenant_id=1)
