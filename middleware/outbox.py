@@ -37,6 +37,8 @@ class Pending:
     message: Message[Any]
     delay: int | None
     row_id: int
+    # The message as encoded in its outbox row: published as is, not encoded again.
+    body: bytes | None = None
 
 
 class Outbox(Middleware):
@@ -165,17 +167,22 @@ class Outbox(Middleware):
         found = [(queued_job(broker, h.message), h) for h in held]
         statuses = record_queued(session, [job for job, _ in found])
         kept = [(job, h) for job, h in found if statuses.get(job["message_id"]) != JOB_DEAD]
-        ids = outbox.add_messages(session, [self._row(job, h.message, h.delay) for job, h in kept])
+        rows = [self._row(job, h.message, h.delay) for job, h in kept]
+        ids = outbox.add_messages(session, rows)
         return [
-            Pending(h.message, h.delay, ids[h.message.message_id])
-            for _, h in kept
+            Pending(h.message, h.delay, ids[h.message.message_id], row["body"].encode())
+            for (_, h), row in zip(kept, rows, strict=True)
             if not self.is_long(h.delay)
         ]
 
     def publish(self, broker: Broker, pending: Sequence[Pending]) -> None:
         """Publish what a committed transaction wrote, then delete its rows in one statement."""
         published: list[int] = []
-        outcomes = publish_all(broker, [(item.message, item.delay) for item in pending])
+        outcomes = publish_all(
+            broker,
+            [(item.message, item.delay) for item in pending],
+            [item.body for item in pending],
+        )
         for item, error in zip(pending, outcomes, strict=True):
             if error is None:
                 published.append(item.row_id)

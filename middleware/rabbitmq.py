@@ -222,12 +222,17 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         self.queues_pending.discard(canonical_queue_name)
 
     def enqueue_async(
-        self, message: Message[Any], *, delay: int | None = None
+        self, message: Message[Any], *, delay: int | None = None, body: bytes | None = None
     ) -> tuple[Message[Any], Future[None]]:
-        """Hand a message to the publisher; the future resolves on RabbitMQ's confirm."""
+        """Hand a message to the publisher; the future resolves on RabbitMQ's confirm.
+
+        `body`: the message already encoded (an outbox row's), not encoded again;
+        a delay changes the message, which is then encoded anew.
+        """
         canonical = q_name(message.queue_name)
         routing_key = canonical
         if delay is not None:
+            body = None
             routing_key = dq_name(canonical)
             message = message.copy(
                 queue_name=routing_key, options={"eta": current_millis() + delay}
@@ -239,7 +244,7 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         future = self.publisher.publish(
             canonical,
             routing_key,
-            message.encode(),
+            message.encode() if body is None else body,
             message_id=message.message_id,
             priority=message.options.get("broker_priority"),
         )
@@ -303,12 +308,15 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
 
 
 def publish_all(
-    broker: Broker, items: Sequence[tuple[Message[Any], int | None]]
+    broker: Broker,
+    items: Sequence[tuple[Message[Any], int | None]],
+    bodies: Sequence[bytes | None] = (),
 ) -> list[Exception | None]:
     """Publish many messages, each with its own outcome: None if confirmed, else the error.
 
     On Taskyard's broker they are all in flight at once (about one round trip
     for the lot); any other broker (the in-process one) publishes them in turn.
+    `bodies`, where given, are the messages already encoded, in the same order.
     """
     if not isinstance(broker, TaskyardRabbitmqBroker):
         outcomes: list[Exception | None] = []
@@ -320,9 +328,10 @@ def publish_all(
                 outcomes.append(exc)
         return outcomes
     sent: list[tuple[Message[Any], Future[None]] | Exception] = []
-    for message, delay in items:
+    for index, (message, delay) in enumerate(items):
+        body = bodies[index] if index < len(bodies) else None
         try:
-            sent.append(broker.enqueue_async(message, delay=delay))
+            sent.append(broker.enqueue_async(message, delay=delay, body=body))
         except Exception as exc:
             sent.append(exc)
     results: list[Exception | None] = []

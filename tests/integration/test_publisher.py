@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -150,3 +151,35 @@ def test_declare_creates_the_queue_again_even_after_this_connection_declared_it(
         assert publisher.connections_made == 1
     finally:
         publisher.close()
+
+
+def _get_body(settings: Settings, queue: str) -> bytes:
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        _method, _props, body = connection.channel().basic_get(queue, auto_ack=True)
+        assert body is not None, f"nothing on {queue}"
+        return bytes(body)
+    finally:
+        connection.close()
+
+
+def test_a_body_encoded_already_is_published_as_is_unless_a_delay_changes_the_message(
+    settings: Settings, queue: str
+) -> None:
+    # An outbox row's body is what goes out: the message is not encoded twice.
+    message = Message(queue, "noop", (), {"n": 1}, {})
+    # Laid out unlike Dramatiq's encoder would: only the given bytes can arrive like this.
+    as_stored = json.dumps(message.asdict(), indent=1).encode()
+    assert as_stored != message.encode()
+    broker = TaskyardRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    try:
+        _, now = broker.enqueue_async(message, body=as_stored)
+        delayed, later = broker.enqueue_async(message, delay=60_000, body=as_stored)
+        wait_all([now, later], 10)
+    finally:
+        broker.close()
+    assert _get_body(settings, queue) == as_stored
+    # The delay queue's copy carries its eta: encoded anew, not the stored body.
+    on_delay_queue = _get_body(settings, f"{queue}.DQ")
+    assert on_delay_queue != as_stored
+    assert Message.decode(on_delay_queue).options["eta"] == delayed.options["eta"]
