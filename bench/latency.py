@@ -30,7 +30,12 @@ def paced(system: System, count: int, rate: float, **kwargs: object) -> None:
 
 
 def delays(system: System, count: int, rate: float, tag: str) -> list[float]:
-    """Send-to-start delays, in ms, of `count` probes sent at `rate`."""
+    """Send-to-start delays, in ms, of `count` probes sent at `rate`.
+
+    Every system's producer sends one probe first, which is purged before the
+    worker starts: the probes time a running producer, not its first connects.
+    """
+    system.send("probe", 1, sent_at=time.time())
     system.reset()
     worker = system.start(tag)
     try:
