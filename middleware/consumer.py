@@ -41,6 +41,8 @@ from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker, screen
 # Queues started per pass of the loop: declaring 1,000 tenants' queues takes
 # seconds, and the queues already consumed keep being served in between.
 QUEUES_PER_PASS = 100
+# How long a booting worker waits for its queues to be consumed before it says it is ready.
+BOOT_WAIT_SECONDS = 3.0
 # What a lost connection, a closed channel or a refused declaration raises.
 AMQP_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 
@@ -219,6 +221,9 @@ class MultiplexingConsumer(ConsumerThread):
         self.delay_prefetch = delay_prefetch
         self.restart_delay = restart_delay
         self._lock = threading.Lock()
+        # Notified whenever every registered queue has come to be consumed.
+        self._caught_up = threading.Condition(self._lock)
+        self._consuming_all = False
         self._queues: list[str] = []
         self._pending: list[str] = []
         self._start_requested = False
@@ -236,6 +241,7 @@ class MultiplexingConsumer(ConsumerThread):
                 return False
             self._queues.append(queue_name)
             self._pending.append(queue_name)
+            self._consuming_all = False
         # The thread may be waiting for deliveries for up to `worker_timeout`: wake it,
         # so a queue added after boot (the tenants' queues) is consumed at once.
         link = self.consumer
@@ -244,6 +250,13 @@ class MultiplexingConsumer(ConsumerThread):
             with contextlib.suppress(*AMQP_ERRORS):
                 link.connection.add_callback_threadsafe(_nothing)
         return True
+
+    def wait_consuming(self, timeout: float) -> bool:
+        """Wait until every queue registered so far is consumed; False if `timeout` passed first."""
+        with self._caught_up:
+            if not self._queues:
+                return True
+            return self._caught_up.wait_for(lambda: self._consuming_all, timeout)
 
     def ensure_started(self) -> None:
         """Start the thread once, whichever thread registers the first queue."""
@@ -291,11 +304,15 @@ class MultiplexingConsumer(ConsumerThread):
             )
             with self._lock:
                 self._pending = list(self._queues)
+                self._consuming_all = False
         started = self._start_pending(self.consumer)
         if started:
             self.logger.info("Consuming %d more queue(s) on one connection", started)
         with self._lock:
             more = bool(self._pending)
+            if not more and not self._consuming_all:
+                self._consuming_all = True
+                self._caught_up.notify_all()
         # Returns early when a delivery or a worker thread's ack is waiting.
         wait = 0 if more else self.worker_timeout / 1000
         self.consumer.connection.process_data_events(time_limit=wait)
@@ -320,6 +337,7 @@ class MultiplexingConsumer(ConsumerThread):
         self.broker.queues_pending.add(q_name(queue_name))
         with self._lock:
             self._pending.append(queue_name)
+            self._consuming_all = False
 
     def _on_message(
         self, link: _Link, queue_name: str, channel: Any, method: Any, _props: Any, body: bytes
@@ -345,6 +363,8 @@ class MultiplexingConsumer(ConsumerThread):
         link, self.consumer = self.consumer, None
         if link is None:
             return
+        with self._lock:
+            self._consuming_all = False
         link.close()
         # Unacked on the closed connection, so RabbitMQ delivers them again.
         self.delay_queue = PriorityQueue()
@@ -400,6 +420,23 @@ class ConsumerMultiplexing(Middleware):
             worker_timeout=worker.worker_timeout,
         )
         worker._add_consumer = functools.partial(add_consumer, worker, consumer)  # type: ignore[method-assign]
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        """Say the worker is ready only once its queues are consumed (or after a bounded wait).
+
+        Runs after the tenant routing registered the tenants' queues.  Without
+        the wait, a fresh worker said it was ready some 50 ms before it consumed
+        anything, and its first jobs waited in their queues meanwhile.
+        """
+        consumer = next(
+            (c for c in worker.consumers.values() if isinstance(c, MultiplexingConsumer)), None
+        )
+        if consumer is None or consumer.wait_consuming(BOOT_WAIT_SECONDS):
+            return
+        self.logger.warning(
+            "Not consuming every queue %.0f s after boot; they are started in the background",
+            BOOT_WAIT_SECONDS,
+        )
 
 
 def add_consumer(

@@ -328,3 +328,51 @@ def test_a_queue_added_before_the_first_connection_needs_no_wake(
     assert consumer.consumer is None
     assert consumer.add_queue("tenant.8")
     assert consumer.take_pending() == ["tenant.8"]
+
+
+def test_ready_means_every_registered_queue_is_consumed(
+    broker: TaskyardRabbitmqBroker,
+    consumer: MultiplexingConsumer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
+    # No queue at all: nothing to wait for
+    assert consumer.wait_consuming(timeout=0)
+
+    # Given a queue registered but not consumed yet: not caught up
+    consumer.add_queue(QUEUE)
+    assert not consumer.wait_consuming(timeout=0.01)
+
+    # When a pass of the consumer's loop consumes it: caught up
+    consumer.consumer = _Link(FakeConnection(), queue_prefetch=8, delay_prefetch=4000)
+    consumer._serve_once()
+    assert consumer.wait_consuming(timeout=0)
+
+    # And a tenant's queue registered later waits for the next pass again
+    consumer.add_queue("tenant.9")
+    assert not consumer.wait_consuming(timeout=0.01)
+    consumer._serve_once()
+    assert consumer.wait_consuming(timeout=0)
+
+    # And a lost connection means nothing is consumed until the next one
+    consumer._disconnect()
+    assert not consumer.wait_consuming(timeout=0.01)
+
+
+def test_a_boot_that_cannot_consume_in_time_says_so_and_goes_on(
+    broker: TaskyardRabbitmqBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a worker whose consumer never gets to consume (its thread is not started)
+    monkeypatch.setattr(MultiplexingConsumer, "start", lambda self: None)
+    monkeypatch.setattr("middleware.consumer.BOOT_WAIT_SECONDS", 0.01)
+    worker = Worker(broker, worker_threads=1)
+    middleware = ConsumerMultiplexing()
+    middleware.before_worker_boot(broker, worker)
+    worker._add_consumer(QUEUE)
+
+    # When the boot ends, it is not held up for good: a warning says why
+    with caplog.at_level(logging.WARNING):
+        middleware.after_worker_boot(broker, worker)
+    assert "Not consuming every queue" in caplog.text
