@@ -18,6 +18,7 @@ import pika
 from sqlalchemy import create_engine, text
 
 from bench.bodies import Tally, read_tally
+from bench.procstat import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -155,6 +156,23 @@ class Worker:
         self.stop()
         raise BenchError(f"worker {self.argv} did not start:\n{self.log()[-3000:]}")
 
+    def wait_settled(self, timeout: float = 10.0, window: float = 0.1, busy: float = 0.2) -> bool:
+        """Wait until the worker's processes together use under `busy` of a core for `window` s.
+
+        A "ready" line can come before a system's start-up is over (Taskyard's
+        metrics server, a process of its own, was still importing for some 0.5 s
+        of CPU); timing jobs then would charge that to the first of them.
+        Returns False if the processes were still busy at `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.pids()
+            before = sum(_cpu_or_zero(pid) for pid in pids)
+            time.sleep(window)
+            if sum(_cpu_or_zero(pid) for pid in pids) - before < busy * window:
+                return True
+        return False
+
     def wait_done(self, kind: str, count: int, timeout: float) -> Tally:
         """Wait until `count` jobs of `kind` are done (see bench.bodies); fail with the log."""
         path = Path(f"{self.done_base}.{kind}")
@@ -245,3 +263,11 @@ def _revision() -> str:
     if not head:
         return "unknown (not a git checkout)"
     return f"commit {head}" + (" plus uncommitted changes in the work tree" if dirty else "")
+
+
+def _cpu_or_zero(pid: int) -> float:
+    """A process's CPU seconds, or 0 once it has gone."""
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return 0.0

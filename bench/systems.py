@@ -57,6 +57,7 @@ class System(abc.ABC):
             stop_signal=self.stop_signal,
         )
         worker.wait_ready(self.ready)
+        worker.wait_settled()
         return worker
 
     @abc.abstractmethod
