@@ -18,7 +18,7 @@ import pika
 from sqlalchemy import create_engine, text
 
 from bench.bodies import Tally, read_tally
-from bench.procstat import cpu_seconds
+from bench.procstat import cpu_seconds, threads
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -198,6 +198,16 @@ class Worker:
             if children.exists():
                 found += [int(p) for p in children.read_text().split()]
         return found
+
+    def worker_pid(self) -> int:
+        """The process that runs the jobs: of the command's children, the one of most threads.
+
+        A Taskyard command has a second child, its metrics server (two or three
+        threads), and the order in which /proc lists children is not fixed.  A
+        system without children runs its jobs in its own process.
+        """
+        pids = self.pids()
+        return max(pids[1:], key=threads) if len(pids) > 1 else pids[0]
 
     def stop(self, timeout: float = 20.0) -> None:
         """Signal the process group (SIGTERM unless told), SIGKILL it after `timeout`."""

@@ -37,7 +37,7 @@ def delays(system: System, count: int, rate: float, tag: str) -> list[float]:
     """
     system.send("probe", 1, sent_at=time.time())
     system.reset()
-    worker = system.start(tag)
+    worker = system.start(tag, settle=True)
     try:
         paced(system, count, rate)
         done = worker.wait_done("probe", count, timeout=60 + count / rate)

@@ -22,8 +22,7 @@ def rss_growth(system: System, small: int, large: int) -> tuple[float, float]:
         sender = threading.Thread(target=system.send, args=("noop", large - small))
         sender.start()
         worker.wait_done("noop", small, timeout=120 + small / 20)
-        pids = worker.pids()
-        pid = pids[1] if len(pids) > 1 else pids[0]
+        pid = worker.worker_pid()
         after_small = rss_mb(pid)
         sender.join()
         worker.wait_done("noop", large, timeout=120 + large / 20)

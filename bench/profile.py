@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             pids = worker.pids()
             if len(pids) < 2:
                 raise BenchError("the worker process did not start")
-            pid = pids[1]
+            pid = worker.worker_pid()
             cpu, started = cpu_seconds(pid), time.monotonic()
             record = ["record", "--gil", "-r", "500", "-f", "raw", "--nonblocking"]
             subprocess.run(

@@ -47,8 +47,18 @@ class System(abc.ABC):
 
     stop_signal = signal.SIGTERM
 
-    def start(self, tag: str, processes: int = 1, env: dict[str, str] | None = None) -> Worker:
-        """Start a worker; return once it is ready."""
+    def start(
+        self,
+        tag: str,
+        processes: int = 1,
+        env: dict[str, str] | None = None,
+        *,
+        settle: bool = False,
+    ) -> Worker:
+        """Start a worker; return once it is ready (`settle`: and its processes are quiet).
+
+        Only a worker with nothing queued can settle: one draining a backlog is busy.
+        """
         worker = Worker(
             self.env,
             self.argv(processes),
@@ -57,7 +67,8 @@ class System(abc.ABC):
             stop_signal=self.stop_signal,
         )
         worker.wait_ready(self.ready)
-        worker.wait_settled()
+        if settle:
+            worker.wait_settled()
         return worker
 
     @abc.abstractmethod

@@ -19,10 +19,9 @@ REFRESH_SECONDS = "2"
 
 
 def _serving(worker: Worker) -> int:
-    pids = worker.pids()
-    if len(pids) < 2:
+    if len(worker.pids()) < 2:
         raise BenchError(f"the worker forked no worker process:\n{worker.log()[-2000:]}")
-    return pids[1]
+    return worker.worker_pid()
 
 
 def _wait_consuming(worker: Worker, queues: int, timeout: float = 180.0) -> None:
