@@ -37,6 +37,7 @@ from dramatiq.middleware import Middleware
 from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQueueItem
 
 from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker, screen
+from middleware.tenant_routing import TenantRouting
 
 # Queues started per pass of the loop: declaring 1,000 tenants' queues takes
 # seconds, and the queues already consumed keep being served in between.
@@ -208,6 +209,7 @@ class MultiplexingConsumer(ConsumerThread):
         delay_prefetch: int,
         worker_timeout: int,
         restart_delay: float = CONSUMER_RESTART_DELAY_SECS,
+        keep_queue: Callable[[str], bool] = lambda queue_name: True,
     ) -> None:
         super().__init__(
             broker=broker,
@@ -220,6 +222,8 @@ class MultiplexingConsumer(ConsumerThread):
         self.logger = logging.getLogger(type(self).__name__)
         self.delay_prefetch = delay_prefetch
         self.restart_delay = restart_delay
+        # Asked when RabbitMQ deleted a queue: False lets it go instead of declaring it again.
+        self.keep_queue = keep_queue
         self._lock = threading.Lock()
         # Notified whenever every registered queue has come to be consumed.
         self._caught_up = threading.Condition(self._lock)
@@ -332,6 +336,13 @@ class MultiplexingConsumer(ConsumerThread):
         return len(pending)
 
     def _resume_queue(self, queue_name: str) -> None:
+        if not self.keep_queue(queue_name):
+            # A deleted tenant's queue: consumed no more, and not declared again.
+            with self._lock:
+                if queue_name in self._queues:
+                    self._queues.remove(queue_name)
+            self.logger.info("%s was deleted with its tenant; no longer consumed", queue_name)
+            return
         # As Dramatiq's consumer does after a 404: declare the queue again, then consume it.
         self.logger.warning("RabbitMQ cancelled the consumer of %s; declaring it again", queue_name)
         self.broker.queues_pending.add(q_name(queue_name))
@@ -412,12 +423,14 @@ class ConsumerMultiplexing(Middleware):
         """Replace the worker's one-thread-per-queue consumers before the first one starts."""
         if not isinstance(broker, TaskyardRabbitmqBroker):
             return
+        routing = [m for m in broker.middleware if isinstance(m, TenantRouting)]
         consumer = MultiplexingConsumer(
             broker=broker,
             work_queue=worker.work_queue,
             queue_prefetch=worker.queue_prefetch,
             delay_prefetch=worker.delay_prefetch,
             worker_timeout=worker.worker_timeout,
+            keep_queue=lambda queue_name: all(r.still_served(queue_name) for r in routing),
         )
         worker._add_consumer = functools.partial(add_consumer, worker, consumer)  # type: ignore[method-assign]
 

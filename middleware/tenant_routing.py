@@ -71,6 +71,31 @@ class TenantRouting(Middleware):
             )
         return tenant_id
 
+    def tenant_of_queue(self, queue_name: str) -> int | None:
+        """The tenant whose queue (or delay queue) this is; None for any other queue."""
+        head = f"{self.queue_prefix}tenant."
+        rest = queue_name.removesuffix(".DQ")
+        if not rest.startswith(head) or not rest[len(head) :].isdigit():
+            return None
+        return int(rest[len(head) :])
+
+    def still_served(self, queue_name: str) -> bool:
+        """Whether a queue RabbitMQ deleted should be declared and consumed again.
+
+        Not a tenant's queue once that tenant is being deleted (or is gone):
+        declaring it again would leave an empty queue behind for ever.  When the
+        tenants cannot be read, yes: a queue kept by mistake is harmless.
+        """
+        tenant_id = self.tenant_of_queue(queue_name)
+        if tenant_id is None or self.list_tenants is None:
+            return True
+        try:
+            # Every tenant not being deleted, whether or not this worker is pinned.
+            return tenant_id in self.list_tenants()
+        except Exception:
+            self.logger.warning("Could not read the tenants; %s kept", queue_name, exc_info=True)
+            return True
+
     def tenants_to_serve(self) -> list[int]:
         """The tenants whose queues this worker should consume."""
         if self.pinned:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -174,6 +175,32 @@ def send_delete(settings: Settings, **kwargs: Any) -> str:
     return str(message.message_id)
 
 
+def consumers(settings: Settings, name: str) -> int | None:
+    """How many consumers a queue has, or None when it does not exist."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        frame = connection.channel().queue_declare(name, passive=True)
+        return int(frame.method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    finally:
+        connection.close()
+
+
+def delete_prefixed_queues(settings: Settings, engine: Engine) -> None:
+    """Delete the queues of a private worker's prefix: its system queue and every tenant's."""
+    with Session(engine) as session:
+        names = [settings.system_queue] + [
+            settings.tenant_queue(t) for t in session.scalars(select(Tenant.id))
+        ]
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    channel = connection.channel()
+    for name in names:
+        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
+            channel.queue_delete(queue)
+    connection.close()
+
+
 @pytest.fixture
 def private(
     start_worker: Callable[..., WorkerProcess], settings: Settings, engine: Engine
@@ -189,16 +216,42 @@ def private(
     )
     yield own
     worker.stop()
-    with Session(engine) as session:
-        names = [own.system_queue] + [
-            own.tenant_queue(t) for t in session.scalars(select(Tenant.id))
+    delete_prefixed_queues(own, engine)
+
+
+def test_a_worker_consuming_a_deleted_tenants_queue_lets_it_go(
+    start_worker: Callable[..., WorkerProcess],
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    engine: Engine,
+) -> None:
+    # Given a worker of its own that picks up new tenants every second, consuming one
+    own = replace(settings, queue_prefix=f"{settings.queue_prefix}gone.")
+    worker = start_worker(
+        TASKYARD_QUEUE_PREFIX=own.queue_prefix, TASKYARD_TENANT_REFRESH_SECONDS="1"
+    )
+    try:
+        doomed = make_tenant("consumed-then-deleted")
+        queue = own.tenant_queue(doomed)
+        wait_for(lambda: consumers(own, queue) == 1, what="the worker to consume the queue")
+
+        # When the tenant is deleted while the worker consumes its queue
+        deletion = send_delete(own, tenant_id=doomed)
+        wait_for(lambda: job(sessions, deletion, "succeeded"), what="deletion")
+
+        # Then its queues stay gone: the worker does not declare them again
+        wait_for(lambda: "no longer consumed" in worker.log(), what="the worker to let go")
+        time.sleep(1.5)  # a tenant refresh or two, which must not bring it back either
+        assert [queue_depth(own, q) for q in (queue, f"{queue}.DQ", f"{queue}.XQ")] == [
+            None,
+            None,
+            None,
         ]
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    channel = connection.channel()
-    for name in names:
-        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
-            channel.queue_delete(queue)
-    connection.close()
+        assert "declaring it again" not in worker.log()
+    finally:
+        worker.stop()
+        delete_prefixed_queues(own, engine)
 
 
 def test_delete_tenant_stopped_half_way_finishes_when_run_again(

@@ -281,6 +281,37 @@ def test_a_queue_deleted_on_the_server_is_declared_and_consumed_again(
     assert consumer.take_pending() == [QUEUE]
 
 
+def test_a_deleted_tenants_queue_is_let_go_not_declared_again(
+    broker: TaskyardRabbitmqBroker,
+) -> None:
+    # Given a consumer told that the tenant of QUEUE is gone
+    consumer = MultiplexingConsumer(
+        broker=broker,
+        work_queue=Worker(broker).work_queue,
+        queue_prefetch=8,
+        delay_prefetch=4000,
+        worker_timeout=100,
+        keep_queue=lambda queue_name: queue_name != QUEUE,
+    )
+    consumer.add_queue(QUEUE)
+    consumer.add_queue("tenant.2")
+    consumer.take_pending()
+    link = _Link(
+        FakeConnection(), queue_prefetch=8, delay_prefetch=4000, on_cancel=consumer._resume_queue
+    )
+    link.consume(QUEUE, print)
+    link.consume("tenant.2", print)
+
+    # When RabbitMQ cancels the consumers of both queues
+    for name in (QUEUE, "tenant.2"):
+        cancel = SimpleNamespace(method=SimpleNamespace(consumer_tag=f"ctag-{name}"))
+        link.channels[False].on_cancel(cancel)
+
+    # Then only the other tenant's queue is declared and consumed again
+    assert consumer.queue_names == ["tenant.2"]
+    assert consumer.take_pending() == ["tenant.2"]
+
+
 def test_requeueing_after_the_thread_stopped_is_left_to_rabbitmq(
     consumer: MultiplexingConsumer, link: _Link
 ) -> None:
