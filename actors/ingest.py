@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-import requests
 from marshmallow import Schema, fields, validate
 from sqlalchemy.orm import Session
 
@@ -15,9 +14,10 @@ from db.models import INGEST_COMPLETED
 from middleware import current_message, current_session
 from services import ingest, resources
 from services.http import FetchLimits, redact_url
+from services.url_guard import public_only_session
 
 # One HTTP connection pool per worker process, shared by its threads.
-_http = requests.Session()
+_http = public_only_session(allow_private=brokers.settings.http_allow_private)
 
 
 class IngestArgs(Schema):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import requests
 from marshmallow import Schema, fields, validate
 from sqlalchemy.orm import Session
 
@@ -14,9 +13,10 @@ from actors.base import taskyard_actor
 from middleware import current_message, current_session
 from services import webhooks
 from services.http import FetchLimits
+from services.url_guard import public_only_session
 
 # One HTTP connection pool per worker process, shared by its threads.
-_http = requests.Session()
+_http = public_only_session(allow_private=brokers.settings.http_allow_private)
 
 
 class NotifyArgs(Schema):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from services.errors import FetchFailed, FetchRefused
 
@@ -30,9 +36,9 @@ def check_url(url: str, *, allow_private: bool) -> str:
     Every address the host resolves to is checked, not just the first: a name
     with one public and one loopback address would otherwise get through when
     the HTTP client picks the second. A name that does not resolve is a
-    FetchFailed (DNS may come back). Known limit: the client resolves the name
-    again when it connects, so a DNS server that changes its answer in between
-    is not caught here.
+    FetchFailed (DNS may come back). The client resolves the name again when it
+    connects: a session from `public_only_session` checks the address it
+    actually reached as well, which catches a DNS answer that changed between.
     """
     safe_url = redact_url(url)
     try:
@@ -96,3 +102,74 @@ def _resolve(host: str, port: int, safe_url: str) -> list[IPAddress]:
     if not addresses:
         raise FetchFailed(f"{safe_url}: host {host!r} has no address; the request will be retried")
     return addresses
+
+
+def check_peer(host: str, address: str) -> None:
+    """Refuse a connection to `host` that reached a non-public `address` (FetchRefused)."""
+    ip = ipaddress.ip_address(address.partition("%")[0])
+    kind = private_kind(ip)
+    if kind is not None:
+        raise FetchRefused(
+            f"connection to {host!r} reached {ip}, a {kind} address, although the name "
+            "resolved to public ones when it was checked (a DNS answer that changed); "
+            "Taskyard only calls public addresses unless TASKYARD_HTTP_ALLOW_PRIVATE=true"
+        )
+
+
+class _PeerChecked:
+    """A connection that checks the address its socket reached before it sends anything."""
+
+    host: str
+
+    def _new_conn(self) -> Any:
+        sock = super()._new_conn()  # type: ignore[misc]
+        try:
+            check_peer(self.host, str(sock.getpeername()[0]))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class _PeerCheckedHTTPConnection(_PeerChecked, HTTPConnection):
+    pass
+
+
+class _PeerCheckedHTTPSConnection(_PeerChecked, HTTPSConnection):
+    pass
+
+
+class _PeerCheckedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PeerCheckedHTTPConnection
+
+
+class _PeerCheckedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PeerCheckedHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """requests' adapter whose direct connections must reach a public address.
+
+    `check_url` looks the name up before a request; the connection looks it up
+    again.  A DNS server that answers a public address to the first and
+    127.0.0.1 to the second (DNS rebinding) gets past the first check, not this
+    one: the socket's peer is checked once connected, before a byte is sent.
+    A proxied request's peer is the proxy, so it keeps the first check only.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _PeerCheckedHTTPPool,
+            "https": _PeerCheckedHTTPSPool,
+        }
+
+
+def public_only_session(*, allow_private: bool) -> requests.Session:
+    """An HTTP session for outbound calls: peer-checked unless private addresses are allowed."""
+    session = requests.Session()
+    if not allow_private:
+        adapter = PublicOnlyAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+    return session

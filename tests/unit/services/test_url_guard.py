@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import requests
 from pytest_httpserver import HTTPServer
+from urllib3.connection import HTTPSConnection
 
 import services.http
 from services.errors import FetchFailed, FetchRefused
 from services.http import FetchLimits, fetch_json
-from services.url_guard import check_url
+from services.url_guard import PublicOnlyAdapter, check_peer, check_url, public_only_session
 from settings import SettingsError, load_settings
 
 PUBLIC = "93.184.216.34"
@@ -199,3 +200,69 @@ def test_allow_private_setting_defaults_to_false() -> None:
 def test_allow_private_setting_refuses_other_words() -> None:
     with pytest.raises(SettingsError, match="TASKYARD_HTTP_ALLOW_PRIVATE='maybe' is invalid"):
         load_settings({"TASKYARD_HTTP_ALLOW_PRIVATE": "maybe"})
+
+
+def rebinding_resolver(first: str, then: str) -> Any:
+    """A getaddrinfo whose first answer is `first` and every later one `then` (DNS rebinding)."""
+    answers = iter([first])
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return fake_resolver(next(answers, then))(host, port)
+
+    return getaddrinfo
+
+
+def test_a_name_that_rebinds_to_loopback_after_the_check_is_refused_before_sending(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a name that resolves to a public address for the check, then to this machine
+    httpserver.expect_request("/feed").respond_with_json([])
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_resolver(PUBLIC, "127.0.0.1"))
+    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000)
+    url = f"http://rebind.example:{httpserver.port}/feed"
+
+    # When a worker's session fetches it, the connection's peer is refused
+    with (
+        public_only_session(allow_private=False) as http,
+        pytest.raises(FetchRefused, match=re.escape("reached 127.0.0.1, a loopback address")),
+    ):
+        fetch_json(http, url, limits)
+
+    # And the server never heard the request
+    assert httpserver.log == []
+
+
+def test_a_plain_session_would_have_sent_it(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same rebinding against a session without the peer check reaches the server.
+    httpserver.expect_request("/feed").respond_with_json([])
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_resolver(PUBLIC, "127.0.0.1"))
+    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000)
+
+    with requests.Session() as http:
+        assert fetch_json(http, f"http://rebind.example:{httpserver.port}/feed", limits) == []
+    assert len(httpserver.log) == 1
+
+
+def test_with_private_addresses_allowed_the_session_connects_anywhere(
+    httpserver: HTTPServer,
+) -> None:
+    httpserver.expect_request("/feed").respond_with_json([1])
+    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000, allow_private=True)
+
+    with public_only_session(allow_private=True) as http:
+        assert fetch_json(http, httpserver.url_for("/feed"), limits) == [1]
+
+
+def test_the_peer_check_covers_https_connections_too() -> None:
+    # HTTPS connections open their socket with the same checked method as HTTP ones,
+    # whose refusal the rebinding test above shows.
+    pools = PublicOnlyAdapter().poolmanager.pool_classes_by_scheme
+    https, http = pools["https"].ConnectionCls, pools["http"].ConnectionCls
+    assert issubclass(https, HTTPSConnection)
+    assert https._new_conn is http._new_conn
+    assert https._new_conn is not HTTPSConnection._new_conn
+    with pytest.raises(FetchRefused, match="a private address"):
+        check_peer("api.example", "10.0.0.7")
+    check_peer("api.example", PUBLIC)
