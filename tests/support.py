@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pika
+import pika.exceptions
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,3 +152,42 @@ def require_servers() -> None:
         if IN_CI:
             pytest.fail(message + " (CI needs them: .ci/run starts them)")
         pytest.skip(message)
+
+
+def delete_queues(broker_url: str, names: Iterable[str]) -> None:
+    """Delete queues of this test run from the shared RabbitMQ (a missing one is no error)."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_delete(name)
+    finally:
+        connection.close()
+
+
+def delete_prefix_queues(settings: Any, engine: Any) -> None:
+    """Delete the queues under `settings.queue_prefix`: the system queue and every tenant's.
+
+    Each with its delay (.DQ) and dead-letter (.XQ) queue; the tenants are read from `engine`.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from db.models import Tenant
+
+    with Session(engine) as session:
+        tenants = list(session.scalars(select(Tenant.id)))
+    names = [settings.system_queue, *(settings.tenant_queue(t) for t in tenants)]
+    delete_queues(settings.broker_url, [q for n in names for q in (n, f"{n}.DQ", f"{n}.XQ")])
+
+
+def queue_state(broker_url: str, name: str) -> tuple[int, int] | None:
+    """A queue's (ready messages, consumers), or None when it does not exist."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        method = connection.channel().queue_declare(name, passive=True).method
+        return int(method.message_count), int(method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    finally:
+        connection.close()

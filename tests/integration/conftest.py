@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import pika
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Tenant
 from services.tenants import create_tenant
 from settings import Settings
-from tests.support import WorkerProcess, worker_env
+from tests.support import WorkerProcess, delete_prefix_queues, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +58,4 @@ def make_tenant(sessions: sessionmaker[Session]) -> Callable[[str], int]:
 def delete_test_queues(settings: Settings, engine: Engine) -> Iterator[None]:
     """Delete this run's queues from RabbitMQ when the run ends."""
     yield
-    names = [settings.system_queue]
-    with Session(engine) as session:
-        names += [settings.tenant_queue(t) for t in session.scalars(select(Tenant.id))]
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    channel = connection.channel()
-    for name in names:
-        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
-            channel.queue_delete(queue)
-    connection.close()
+    delete_prefix_queues(settings, engine)

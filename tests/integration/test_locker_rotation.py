@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-import pika
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import Engine, select
@@ -13,10 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import brokers
 from actors import reencrypt_locker
-from db.models import Job, LockerEntry, Tenant
+from db.models import Job, LockerEntry
 from services import locker
 from settings import Settings
-from tests.support import WorkerProcess, wait_for
+from tests.support import WorkerProcess, delete_prefix_queues, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +37,7 @@ def private_worker(
         return worker, own
 
     yield start
-    with Session(engine) as session:
-        tenants = list(session.scalars(select(Tenant.id)))
-    names = [own.system_queue] + [own.tenant_queue(t) for t in tenants]
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    channel = connection.channel()
-    for name in names:
-        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
-            channel.queue_delete(queue)
-    connection.close()
+    delete_prefix_queues(own, engine)
 
 
 def test_rotation_then_reencrypt_leaves_only_the_new_key_needed(

@@ -6,6 +6,7 @@ worker of the run takes its messages and the counters see every job.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -17,16 +18,15 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import pika
 import pytest
 from pytest_httpserver import HTTPServer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Job, Tenant
+from db.models import Job
 from middleware.metrics_server import DIR_PREFIX
 from settings import Settings
-from tests.support import REPO, WorkerProcess, wait_for, worker_env
+from tests.support import REPO, WorkerProcess, delete_prefix_queues, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -225,19 +225,7 @@ def test_scraped_metrics_cover_the_dashboard_and_match_the_job_records(
     # And when the worker stops, its metrics directory goes with it
     worker.stop()
     wait_for(lambda: not any(d.exists() for d in directories), 10, "the directory removed")
-    delete_queues(settings, sessions, prefix)
-
-
-def delete_queues(settings: Settings, sessions: sessionmaker[Session], prefix: str) -> None:
-    """Delete the queues the worker declared under the test's prefix (one per tenant)."""
-    with sessions() as session:
-        names = [f"{prefix}tenant.{t}" for t in session.scalars(select(Tenant.id))]
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    channel = connection.channel()
-    for name in [f"{prefix}taskyard.system", *names]:
-        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
-            channel.queue_delete(queue)
-    connection.close()
+    delete_prefix_queues(dataclasses.replace(settings, queue_prefix=prefix), sessions.kw["bind"])
 
 
 SEND_GOOD = """
@@ -317,7 +305,7 @@ def test_two_commands_on_one_host_share_the_work_and_their_scrapes_add_up(
         first.stop()
     # And each command's directory is gone once it stopped
     wait_for(lambda: not first_dir.exists(), 10, "the first command's directory removed")
-    delete_queues(settings, sessions, prefix)
+    delete_prefix_queues(dataclasses.replace(settings, queue_prefix=prefix), sessions.kw["bind"])
 
 
 def test_a_bad_metrics_host_is_one_error_and_the_worker_runs_on(

@@ -35,7 +35,7 @@ from db.models import (
     Tenant,
 )
 from settings import Settings
-from tests.support import WorkerProcess, wait_for
+from tests.support import WorkerProcess, delete_prefix_queues, queue_state, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -137,14 +137,8 @@ def counts(sessions: sessionmaker[Session], tenant_id: int) -> dict[str, int]:
 
 def queue_depth(settings: Settings, name: str) -> int | None:
     """Messages ready in a queue, or None when it does not exist."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        frame = connection.channel().queue_declare(name, passive=True)
-        return int(frame.method.message_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return None
-    finally:
-        connection.close()
+    state = queue_state(settings.broker_url, name)
+    return None if state is None else state[0]
 
 
 def declare_with_message(settings: Settings, tenant_id: int) -> list[str]:
@@ -175,32 +169,6 @@ def send_delete(settings: Settings, **kwargs: Any) -> str:
     return str(message.message_id)
 
 
-def consumers(settings: Settings, name: str) -> int | None:
-    """How many consumers a queue has, or None when it does not exist."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        frame = connection.channel().queue_declare(name, passive=True)
-        return int(frame.method.consumer_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return None
-    finally:
-        connection.close()
-
-
-def delete_prefixed_queues(settings: Settings, engine: Engine) -> None:
-    """Delete the queues of a private worker's prefix: its system queue and every tenant's."""
-    with Session(engine) as session:
-        names = [settings.system_queue] + [
-            settings.tenant_queue(t) for t in session.scalars(select(Tenant.id))
-        ]
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    channel = connection.channel()
-    for name in names:
-        for queue in (name, f"{name}.DQ", f"{name}.XQ"):
-            channel.queue_delete(queue)
-    connection.close()
-
-
 @pytest.fixture
 def private(
     start_worker: Callable[..., WorkerProcess], settings: Settings, engine: Engine
@@ -216,7 +184,7 @@ def private(
     )
     yield own
     worker.stop()
-    delete_prefixed_queues(own, engine)
+    delete_prefix_queues(own, engine)
 
 
 def test_a_worker_consuming_a_deleted_tenants_queue_lets_it_go(
@@ -234,7 +202,9 @@ def test_a_worker_consuming_a_deleted_tenants_queue_lets_it_go(
     try:
         doomed = make_tenant("consumed-then-deleted")
         queue = own.tenant_queue(doomed)
-        wait_for(lambda: consumers(own, queue) == 1, what="the worker to consume the queue")
+        wait_for(
+            lambda: queue_state(own.broker_url, queue) == (0, 1), what="the worker to consume it"
+        )
 
         # When the tenant is deleted while the worker consumes its queue
         deletion = send_delete(own, tenant_id=doomed)
@@ -251,7 +221,7 @@ def test_a_worker_consuming_a_deleted_tenants_queue_lets_it_go(
         assert "declaring it again" not in worker.log()
     finally:
         worker.stop()
-        delete_prefixed_queues(own, engine)
+        delete_prefix_queues(own, engine)
 
 
 def test_delete_tenant_stopped_half_way_finishes_when_run_again(

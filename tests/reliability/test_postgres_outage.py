@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pika
 import pytest
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
@@ -31,7 +30,7 @@ from middleware.tenant_routing import TenantRouting
 from settings import Settings
 from tests.reliability.outage_support import new_ingest, resource_message
 from tests.reliability.pg_cluster import PgCluster
-from tests.support import WorkerProcess, wait_for, worker_env
+from tests.support import WorkerProcess, delete_queues, wait_for, worker_env
 
 pytestmark = [pytest.mark.integration]
 
@@ -71,17 +70,6 @@ class ProducerLog:
     raised: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     # Sends that returned while the cluster was down (published without a queued record).
     while_down: list[str] = dataclasses.field(default_factory=list)
-
-
-def delete_queues(url: str, names: list[str]) -> None:
-    """Remove this test's queues from the shared server."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        for name in names:
-            channel.queue_delete(name)
-    finally:
-        connection.close()
 
 
 @pytest.mark.parametrize(
