@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import socket
@@ -23,7 +22,7 @@ from werkzeug import Request, Response
 
 import brokers
 from actors import ingest_resources
-from bench.procstat import amqp_connections, amqp_local_ports
+from bench.procstat import amqp_connections, amqp_local_ports, cpu_seconds, rss_mb, threads
 from db.models import Job, Tenant
 from settings import Settings
 from tests.support import IN_CI, WorkerProcess, wait_for
@@ -51,28 +50,9 @@ def worker_child(pid: int) -> int:
         for child in (task / "children").read_text().split()
     ]
     assert children, f"dramatiq process {pid} has no worker process"
-    busiest = max(children, key=thread_count)
-    assert thread_count(busiest) > 4, f"no worker process among {children}"
+    busiest = max(children, key=threads)
+    assert threads(busiest) > 4, f"no worker process among {children}"
     return busiest
-
-
-def thread_count(pid: int) -> int:
-    """How many threads the process runs."""
-    return len(list(Path(f"/proc/{pid}/task").iterdir()))
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A number from /proc/<pid>/status (Threads, VmRSS in kB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def queues_consumed(worker: WorkerProcess) -> int:
@@ -166,8 +146,8 @@ def test_one_worker_serves_many_tenants_over_few_connections(
 
     # Then it holds a few connections and threads, and idles cheaply
     connections = amqp_connections(child)
-    threads = proc_status(child, "Threads")
-    rss_mb = proc_status(child, "VmRSS") / 1024
+    thread_count = threads(child)
+    rss = rss_mb(child)
     cpu_before = cpu_seconds(child)
     time.sleep(10)
     idle_cpu = (cpu_seconds(child) - cpu_before) / 10
@@ -184,11 +164,12 @@ def test_one_worker_serves_many_tenants_over_few_connections(
     pick_up = time.monotonic() - sent
     print(
         f"\n{queues_consumed(worker)} queues served after {serving:.1f}s: "
-        f"{connections} AMQP connections, {threads} threads, {rss_mb:.0f} MB RSS, "
+        f"{connections} AMQP connections, {thread_count} threads, {rss:.0f} MB RSS, "
         f"idle CPU {idle_cpu:.1%} of a core; new tenant's job done in {pick_up:.1f}s"
     )
     assert connections <= 4
-    assert threads <= 40
+    assert thread_count <= 40
+    assert rss <= 150
     assert idle_cpu < 0.05
 
     # And it still shuts down gracefully
