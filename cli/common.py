@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
-import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 from dramatiq.broker import Broker
 from dramatiq.errors import BrokerConnectionError
 from pika.exceptions import AMQPError
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
+from cli.render import emit
 from db.migrate import MIGRATE_ADVICE, SchemaBehind, check_schema
 from db.models import (
     JOB_FINAL_STATES,
@@ -56,8 +52,6 @@ JOB_STATES = sorted(JOB_FINAL_STATES | {JOB_QUEUED, JOB_RUNNING, JOB_RETRYING})
 _SCHEMA_MISSING = frozenset({"42P01", "42703"})
 # SQLSTATE classes of a database that cannot be used at all: connection, authorization.
 _UNREACHABLE_CLASSES = ("08", "28", "57P")
-# Piped output (grep, less) keeps one row per line instead of wrapping at 80 columns.
-PIPED_WIDTH = 250
 
 
 class CommandFailed(Exception):
@@ -194,49 +188,6 @@ def run(ctx: click.Context, work: Callable[[Session], T]) -> T:
         engine.dispose()
 
 
-def emit(data: T, as_json: bool, render: Callable[[T], None]) -> None:
-    """Print `data` as one JSON document, or for a person."""
-    if as_json:
-        click.echo(json.dumps(data, default=str, indent=2))
-    else:
-        render(data)
-
-
-def show(*renderables: Any) -> None:
-    """Print tables for a person: full width on a terminal, one row per line when piped."""
-    width = None if sys.stdout.isatty() else PIPED_WIDTH
-    Console(width=width, highlight=False).print(*renderables)
-
-
-def _cell(value: object) -> Text:
-    # Text, not str: a name like "[bold]x" must not be read as rich markup.
-    if value is None:
-        return Text("-")
-    if isinstance(value, dict | list):
-        return Text(json.dumps(value, default=str))
-    return Text(str(value))
-
-
-def fields_table(title: str, data: Mapping[str, object]) -> Table:
-    """One record as a two-column table of its fields."""
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for key, value in data.items():
-        table.add_row(key, _cell(value))
-    return table
-
-
-def records_table(
-    title: str, columns: Sequence[str], records: Iterable[Mapping[str, object]]
-) -> Table:
-    """Records as a table of the given columns."""
-    table = Table(*columns, title=title, title_justify="left")
-    for record in records:
-        table.add_row(*(_cell(record[column]) for column in columns))
-    return table
-
-
 def json_argument(raw: str | None, option: str) -> dict[str, Any]:
     """The JSON object an option carries (`--args '{"a": 1}'`); a one-line error otherwise."""
     if raw is None:
@@ -251,19 +202,6 @@ def json_argument(raw: str | None, option: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CommandFailed(f"{option} must be a JSON object, got {raw!r}")
     return value
-
-
-@contextmanager
-def progress(
-    total: int | None, description: str, *, quiet: bool
-) -> Iterator[Callable[[int], None]]:
-    """A progress bar on a terminal; nothing with --json or when stdout is piped."""
-    if quiet or not sys.stdout.isatty():
-        yield lambda advance: None
-        return
-    with Progress(transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda advance: bar.advance(task, advance)
 
 
 class _Since(click.ParamType):  # type: ignore[type-arg]
@@ -289,6 +227,52 @@ class _Since(click.ParamType):  # type: ignore[type-arg]
 SINCE = _Since()
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+def transaction_command(
+    group: click.Group, name: str, render: Callable[[T], None], *, help: str | None = None
+) -> Callable[[Callable[..., T]], click.Command]:
+    """Make a function of the session and the command's parameters into `group NAME [--json]`.
+
+    The function runs in one transaction (`run`) and what it returns is printed
+    by `render`, or as JSON. Its click arguments and options go below this
+    decorator; the help is its docstring unless `help` is given.
+    """
+
+    def decorate(work: Callable[..., T]) -> click.Command:
+        @functools.wraps(work, updated=())
+        @click.pass_context
+        def command(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
+            emit(run(ctx, lambda session: work(session, **values)), as_json, render)
+
+        # The function's own parameters in the order written, then --json, as on every command.
+        params = list(reversed(getattr(work, "__click_params__", [])))
+        return group.command(name, params=params, help=help)(json_option(command))
+
+    return decorate
+
+
+class Removed(TypedDict):
+    """What a `remove` command deleted: the row's id."""
+
+    removed: int
+
+
+def remove_command(
+    group: click.Group, noun: str, remove: Callable[[Session, int], None], *, help: str
+) -> click.Command:
+    """Add `GROUP remove ID [--json]`: delete one NOUN with `remove`; prints `removed NOUN ID`."""
+
+    def render(info: Removed) -> None:
+        click.echo(f"removed {noun} {info['removed']}")
+
+    @transaction_command(group, "remove", render, help=help)
+    @click.argument("record_id", metavar="ID", type=ID)
+    def command(session: Session, record_id: int) -> Removed:
+        remove(session, record_id)
+        return {"removed": record_id}
+
+    return command
 
 
 @click.group(

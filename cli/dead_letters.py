@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import click
 import dramatiq
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cli.common import (
-    ID,
-    SINCE,
-    CommandFailed,
-    State,
-    emit,
-    fields_table,
-    json_option,
-    main,
-    progress,
-    records_table,
-    run,
-    show,
-)
+from cli.common import ID, SINCE, CommandFailed, State, json_option, main, run, transaction_command
+from cli.render import emit, fields_printer, progress, records_printer
 from db.models import DeadLetter
 from services.dead_letters import (
     REQUEUE_BATCH,
@@ -36,6 +24,8 @@ from services.dead_letters import (
     purge_dead_letters,
     take_for_requeue,
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def requeue(
@@ -83,7 +73,7 @@ def _count(session: Session, flt: DeadLetterFilter) -> int:
     return int(session.scalar(query) or 0)
 
 
-def filter_options(command: Callable[..., None]) -> Callable[..., None]:
+def filter_options(command: F) -> F:
     """The filters `list`, `requeue --all` and `purge` share."""
     for option in reversed(
         [
@@ -102,43 +92,35 @@ def dead_letters() -> None:
     """List, show, requeue and purge dead letters (messages that failed for good)."""
 
 
-def _print_list(infos: list[DeadLetterInfo]) -> None:
-    columns = ("message_id", "tenant_id", "actor", "reason", "attempts", "created_at")
-    show(records_table(f"dead letters ({len(infos)})", columns, infos))
-
-
-@dead_letters.command("list")
+@transaction_command(
+    dead_letters,
+    "list",
+    records_printer(
+        "dead letters", ("message_id", "tenant_id", "actor", "reason", "attempts", "created_at")
+    ),
+)
 @filter_options
 @click.option("--requeued", "include_requeued", is_flag=True, help="Include requeued ones.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
-@json_option
-@click.pass_context
 def dead_letters_list(
-    ctx: click.Context,
+    session: Session,
     tenant_id: int | None,
     actor: str | None,
     reason: str | None,
     since: dt.datetime | None,
     include_requeued: bool,
     limit: int,
-    as_json: bool,
-) -> None:
+) -> list[DeadLetterInfo]:
     """List dead letters, the newest first."""
     flt = DeadLetterFilter(tenant_id, actor, reason, since, include_requeued)
-    infos = run(
-        ctx, lambda s: [dead_letter_info(d) for d in list_dead_letters(s, flt, limit=limit)]
-    )
-    emit(infos, as_json, _print_list)
+    return [dead_letter_info(d) for d in list_dead_letters(session, flt, limit=limit)]
 
 
-@dead_letters.command("show")
+@transaction_command(dead_letters, "show", fields_printer("dead letter", "message_id"))
 @click.argument("message_id")
-@json_option
-@click.pass_context
-def dead_letters_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
+def dead_letters_show(session: Session, message_id: str) -> DeadLetterInfo:
     """Show one dead letter: why it died, its message and its error."""
-    info = run(ctx, lambda s: dead_letter_info(get_dead_letter(s, message_id)))
-    emit(info, as_json, lambda i: show(fields_table(f"dead letter {i['message_id']}", i)))
+    return dead_letter_info(get_dead_letter(session, message_id))
 
 
 class RequeueInfo(TypedDict):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import click
+from sqlalchemy.orm import Session
 
-from cli.common import ID, emit, fields_table, json_option, main, records_table, run, show
+from cli.common import ID, main, transaction_command
+from cli.render import fields_table, records_table, show
 from services.ingest import IngestSummary, get_ingest
 
 
@@ -26,12 +28,9 @@ def _print_ingest(summary: IngestSummary) -> None:
     show(*tables)
 
 
-@ingest.command("show")
+@transaction_command(ingest, "show", _print_ingest)
 @click.argument("ingest_id", metavar="INGEST_ID", type=ID)
 @click.option("--tenant", "tenant_id", type=ID, help="Only if the ingest is this tenant's.")
-@json_option
-@click.pass_context
-def ingest_show(ctx: click.Context, ingest_id: int, tenant_id: int | None, as_json: bool) -> None:
+def ingest_show(session: Session, ingest_id: int, tenant_id: int | None) -> IngestSummary:
     """Show one ingest: its counts and its rejected and failed items."""
-    summary = run(ctx, lambda s: get_ingest(s, ingest_id, tenant_id=tenant_id))
-    emit(summary, as_json, _print_ingest)
+    return get_ingest(session, ingest_id, tenant_id=tenant_id)

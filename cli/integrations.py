@@ -8,15 +8,14 @@ from sqlalchemy.orm import Session
 from cli.common import (
     ID,
     State,
-    emit,
-    fields_table,
     json_argument,
     json_option,
     main,
-    records_table,
+    remove_command,
     run,
-    show,
+    transaction_command,
 )
+from cli.render import emit, records_printer, value_printer
 from services.integrations import (
     IntegrationInfo,
     add_integration,
@@ -32,15 +31,6 @@ def integration() -> None:
     """Add, list, remove and sync a tenant's integrations (github, http_feed)."""
 
 
-def _print_integration(info: IntegrationInfo) -> None:
-    show(fields_table(f"integration {info['id']}", info))
-
-
-def _print_integrations(infos: list[IntegrationInfo]) -> None:
-    columns = ("id", "kind", "description", "last_status", "last_synced_at")
-    show(records_table(f"integrations ({len(infos)})", columns, infos))
-
-
 @integration.command("add")
 @click.argument("tenant_id", metavar="TENANT", type=ID)
 @click.argument("kind")
@@ -53,31 +43,26 @@ def integration_add(
     """Connect TENANT to an outside system of KIND; prints the integration's id."""
     config = json_argument(raw_config, "--config")
     info = run(ctx, lambda s: integration_info(add_integration(s, tenant_id, kind, config)))
-    emit(info, as_json, lambda i: click.echo(i["id"]))
+    emit(info, as_json, value_printer("id"))
 
 
-@integration.command("list")
+@transaction_command(
+    integration,
+    "list",
+    records_printer("integrations", ("id", "kind", "description", "last_status", "last_synced_at")),
+)
 @click.argument("tenant_id", metavar="TENANT", type=ID)
-@json_option
-@click.pass_context
-def integration_list(ctx: click.Context, tenant_id: int, as_json: bool) -> None:
+def integration_list(session: Session, tenant_id: int) -> list[IntegrationInfo]:
     """List TENANT's integrations, oldest first, with their last sync."""
-    infos = run(ctx, lambda s: [integration_info(i) for i in list_integrations(s, tenant_id)])
-    emit(infos, as_json, _print_integrations)
+    return [integration_info(i) for i in list_integrations(session, tenant_id)]
 
 
-@integration.command("remove")
-@click.argument("integration_id", metavar="ID", type=ID)
-@json_option
-@click.pass_context
-def integration_remove(ctx: click.Context, integration_id: int, as_json: bool) -> None:
-    """Delete an integration and the rows it synced."""
-    run(ctx, lambda s: remove_integration(s, integration_id))
-    emit(
-        {"removed": integration_id},
-        as_json,
-        lambda i: click.echo(f"removed integration {i['removed']}"),
-    )
+remove_command(
+    integration,
+    "integration",
+    remove_integration,
+    help="Delete an integration and the rows it synced.",
+)
 
 
 @integration.command("sync")
@@ -98,5 +83,5 @@ def integration_sync(ctx: click.Context, integration_id: int, as_json: bool) -> 
     emit(
         {"integration_id": integration_id, "message_id": message.message_id},
         as_json,
-        lambda i: click.echo(i["message_id"]),
+        value_printer("message_id"),
     )

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import TypedDict
 
 import click
+from sqlalchemy.orm import Session
 
 from cli.common import (
     ID,
@@ -13,15 +14,13 @@ from cli.common import (
     SINCE,
     CommandFailed,
     State,
-    emit,
-    fields_table,
     json_option,
     main,
-    records_table,
     run,
-    show,
+    transaction_command,
 )
 from cli.dead_letters import requeue
+from cli.render import emit, fields_printer, records_printer, value_printer
 from db.models import JOB_CANCELLED, JOB_DEAD, DeadLetter
 from services.job_control import cancel_job
 from services.jobs import JobInfo, get_job, job_info, list_jobs
@@ -32,49 +31,38 @@ def jobs() -> None:
     """Read the record of jobs (one per message); retry or cancel one."""
 
 
-def _print_jobs(infos: list[JobInfo]) -> None:
-    columns = ("message_id", "tenant_id", "actor", "status", "attempts", "finished_at")
-    show(records_table(f"jobs ({len(infos)})", columns, infos))
-
-
-@jobs.command("show")
+@transaction_command(jobs, "show", fields_printer("job", "message_id"))
 @click.argument("message_id")
-@json_option
-@click.pass_context
-def jobs_show(ctx: click.Context, message_id: str, as_json: bool) -> None:
+def jobs_show(session: Session, message_id: str) -> JobInfo:
     """Show the record of one message."""
-    info = run(ctx, lambda s: job_info(get_job(s, message_id)))
-    emit(info, as_json, lambda i: show(fields_table(f"job {i['message_id']}", i)))
+    return job_info(get_job(session, message_id))
 
 
-@jobs.command("list")
+@transaction_command(
+    jobs,
+    "list",
+    records_printer(
+        "jobs", ("message_id", "tenant_id", "actor", "status", "attempts", "finished_at")
+    ),
+)
 @click.option("--tenant", "tenant_id", type=ID, help="Only this tenant's jobs.")
 @click.option("--status", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
 @click.option("--actor", help="Only this actor's jobs.")
 @click.option("--since", type=SINCE, help="Only jobs updated since (30m, 6h, 2d, ISO time).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@json_option
-@click.pass_context
 def jobs_list(
-    ctx: click.Context,
+    session: Session,
     tenant_id: int | None,
     status: str | None,
     actor: str | None,
     since: dt.datetime | None,
     limit: int,
-    as_json: bool,
-) -> None:
+) -> list[JobInfo]:
     """List job records, the most recently updated first."""
-    infos = run(
-        ctx,
-        lambda s: [
-            job_info(j)
-            for j in list_jobs(
-                s, tenant_id=tenant_id, status=status, actor=actor, since=since, limit=limit
-            )
-        ],
+    found = list_jobs(
+        session, tenant_id=tenant_id, status=status, actor=actor, since=since, limit=limit
     )
-    emit(infos, as_json, _print_jobs)
+    return [job_info(j) for j in found]
 
 
 class RetryInfo(TypedDict):
@@ -109,7 +97,7 @@ def jobs_retry(ctx: click.Context, message_id: str, as_json: bool) -> None:
         broker = ctx.ensure_object(State).load_broker()
         message = broker.get_actor(job["actor"]).send_with_options(kwargs=job["args"])
         info = {"retried": message_id, "message_id": message.message_id, "how": "sent"}
-    emit(info, as_json, lambda i: click.echo(i["message_id"]))
+    emit(info, as_json, value_printer("message_id"))
 
 
 @jobs.command("cancel")

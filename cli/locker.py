@@ -7,7 +7,8 @@ import sys
 import click
 from sqlalchemy.orm import Session
 
-from cli.common import ID, CommandFailed, State, emit, json_option, main, run
+from cli.common import ID, CommandFailed, State, json_option, main, run, transaction_command
+from cli.render import emit, value_printer
 from services.locker import delete_secret, get_secret, list_secret_keys, set_secret
 from services.tenants import get_tenant
 
@@ -63,21 +64,20 @@ def locker_get(ctx: click.Context, tenant_id: int, key: str, reveal: bool, as_js
     secret = run(ctx, lambda s: get_secret(s, tenant_id, key, secret_keys=secret_keys))
     shown = secret.reveal() if reveal else "********"
     info = {"tenant_id": tenant_id, "key": key, "value": shown}
-    emit(info, as_json, lambda i: click.echo(i["value"]))
+    emit(info, as_json, value_printer("value"))
 
 
-@locker.command("list")
+def _print_names(names: list[str]) -> None:
+    if names:
+        click.echo("\n".join(names))
+
+
+@transaction_command(locker, "list", _print_names)
 @click.argument("tenant_id", metavar="TENANT", type=ID)
-@json_option
-@click.pass_context
-def locker_list(ctx: click.Context, tenant_id: int, as_json: bool) -> None:
+def locker_list(session: Session, tenant_id: int) -> list[str]:
     """The names (never the values) of TENANT's secrets."""
-
-    def names(session: Session) -> list[str]:
-        get_tenant(session, tenant_id)
-        return list_secret_keys(session, tenant_id)
-
-    emit(run(ctx, names), as_json, lambda keys: click.echo("\n".join(keys)) if keys else None)
+    get_tenant(session, tenant_id)
+    return list_secret_keys(session, tenant_id)
 
 
 @locker.command("delete")

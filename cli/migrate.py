@@ -7,7 +7,8 @@ from typing import TypedDict
 import click
 from sqlalchemy import make_url
 
-from cli.common import State, emit, json_option, main, shown_url
+from cli.common import State, json_option, main, shown_url
+from cli.render import emit
 from db.migrate import ensure_database, upgrade_to_head
 
 

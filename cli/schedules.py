@@ -11,15 +11,14 @@ from cli.common import (
     ID,
     CommandFailed,
     State,
-    emit,
-    fields_table,
     json_argument,
     json_option,
     main,
-    records_table,
+    remove_command,
     run,
-    show,
+    transaction_command,
 )
+from cli.render import emit, fields_printer, records_printer, value_printer
 from db.models import CATCH_UP_LATEST, CATCH_UP_MODES
 from services.errors import ValidationFailed
 from services.schedules import (
@@ -37,15 +36,6 @@ from services.schedules import (
 @main.group()
 def schedule() -> None:
     """Add, list, show, pause, resume, remove and run tenants' schedules."""
-
-
-def _print_schedule(info: ScheduleInfo) -> None:
-    show(fields_table(f"schedule {info['id']}", info))
-
-
-def _print_schedules(infos: list[ScheduleInfo]) -> None:
-    columns = ("id", "tenant_id", "actor", "cron", "timezone", "enabled", "next_slot_at")
-    show(records_table(f"schedules ({len(infos)})", columns, infos))
 
 
 @schedule.command("add")
@@ -99,62 +89,47 @@ def schedule_add(
         raise CommandFailed(
             f"schedule of {actor} for tenant {tenant_id} not added: {exc}; fix that option"
         ) from exc
-    emit(info, as_json, lambda i: click.echo(i["id"]))
+    emit(info, as_json, value_printer("id"))
 
 
-@schedule.command("list")
+@transaction_command(
+    schedule,
+    "list",
+    records_printer(
+        "schedules", ("id", "tenant_id", "actor", "cron", "timezone", "enabled", "next_slot_at")
+    ),
+)
 @click.option("--tenant", "tenant_id", type=ID, help="Only this tenant's schedules.")
-@json_option
-@click.pass_context
-def schedule_list(ctx: click.Context, tenant_id: int | None, as_json: bool) -> None:
+def schedule_list(session: Session, tenant_id: int | None) -> list[ScheduleInfo]:
     """List schedules, oldest first."""
-    infos = run(
-        ctx, lambda s: [schedule_info(s, x) for x in list_schedules(s, tenant_id=tenant_id)]
-    )
-    emit(infos, as_json, _print_schedules)
+    return [schedule_info(session, x) for x in list_schedules(session, tenant_id=tenant_id)]
 
 
-@schedule.command("show")
+@transaction_command(schedule, "show", fields_printer("schedule"))
 @click.argument("schedule_id", metavar="ID", type=ID)
-@json_option
-@click.pass_context
-def schedule_show(ctx: click.Context, schedule_id: int, as_json: bool) -> None:
+def schedule_show(session: Session, schedule_id: int) -> ScheduleInfo:
     """Show one schedule, and why it does not run if it does not."""
-    info = run(ctx, lambda s: schedule_info(s, get_schedule(s, schedule_id)))
-    emit(info, as_json, _print_schedule)
+    return schedule_info(session, get_schedule(session, schedule_id))
 
 
-@schedule.command("pause")
+@transaction_command(schedule, "pause", fields_printer("schedule"))
 @click.argument("schedule_id", metavar="ID", type=ID)
-@json_option
-@click.pass_context
-def schedule_pause(ctx: click.Context, schedule_id: int, as_json: bool) -> None:
+def schedule_pause(session: Session, schedule_id: int) -> ScheduleInfo:
     """Stop running a schedule until it is resumed."""
-    info = run(ctx, lambda s: schedule_info(s, pause_schedule(s, schedule_id)))
-    emit(info, as_json, _print_schedule)
+    return schedule_info(session, pause_schedule(session, schedule_id))
 
 
-@schedule.command("resume")
+@transaction_command(schedule, "resume", fields_printer("schedule"))
 @click.argument("schedule_id", metavar="ID", type=ID)
-@json_option
-@click.pass_context
-def schedule_resume(ctx: click.Context, schedule_id: int, as_json: bool) -> None:
+def schedule_resume(session: Session, schedule_id: int) -> ScheduleInfo:
     """Run a paused schedule again from its next slot (missed slots are not run)."""
     now = dt.datetime.now(dt.UTC)
-    info = run(ctx, lambda s: schedule_info(s, resume_schedule(s, schedule_id, now=now)))
-    emit(info, as_json, _print_schedule)
+    return schedule_info(session, resume_schedule(session, schedule_id, now=now))
 
 
-@schedule.command("remove")
-@click.argument("schedule_id", metavar="ID", type=ID)
-@json_option
-@click.pass_context
-def schedule_remove(ctx: click.Context, schedule_id: int, as_json: bool) -> None:
-    """Delete a schedule (its jobs' records stay)."""
-    run(ctx, lambda s: remove_schedule(s, schedule_id))
-    emit(
-        {"removed": schedule_id}, as_json, lambda i: click.echo(f"removed schedule {i['removed']}")
-    )
+remove_command(
+    schedule, "schedule", remove_schedule, help="Delete a schedule (its jobs' records stay)."
+)
 
 
 @schedule.command("run")
@@ -174,5 +149,5 @@ def schedule_run(ctx: click.Context, schedule_id: int, as_json: bool) -> None:
     emit(
         {"schedule_id": schedule_id, "message_id": message_id},
         as_json,
-        lambda i: click.echo(i["message_id"]),
+        value_printer("message_id"),
     )

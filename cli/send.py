@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import ID, CommandFailed, State, emit, json_argument, json_option, main
+from cli.common import ID, CommandFailed, State, json_argument, json_option, main
+from cli.render import emit, value_printer
 
 
 @main.command()
@@ -50,5 +51,5 @@ def send(
     emit(
         {"message_id": message.message_id, "actor": actor, "tenant_id": tenant_id},
         as_json,
-        lambda i: click.echo(i["message_id"]),
+        value_printer("message_id"),
     )

@@ -6,20 +6,10 @@ import time
 from typing import TypedDict
 
 import click
+from sqlalchemy.orm import Session
 
-from cli.common import (
-    ID,
-    CommandFailed,
-    State,
-    emit,
-    fields_table,
-    json_option,
-    main,
-    progress,
-    records_table,
-    run,
-    show,
-)
+from cli.common import ID, CommandFailed, State, json_option, main, run, transaction_command
+from cli.render import emit, fields_printer, progress, records_printer, value_printer
 from db.models import JOB_FINAL_STATES, JOB_SUCCEEDED, TENANT_ACTIVE, TENANT_DISABLED
 from services.jobs import get_job, job_info
 from services.tenants import (
@@ -40,52 +30,36 @@ def tenant() -> None:
     """Create, list, show, enable, disable and delete tenants."""
 
 
-def _print_tenant(info: TenantInfo) -> None:
-    show(fields_table(f"tenant {info['id']}", info))
-
-
-def _print_tenants(infos: list[TenantInfo]) -> None:
-    columns = ("id", "name", "status", "created_at")
-    show(records_table(f"tenants ({len(infos)})", columns, infos))
-
-
-@tenant.command("create")
+@transaction_command(tenant, "create", value_printer("id"))
 @click.argument("name")
-@json_option
-@click.pass_context
-def tenant_create(ctx: click.Context, name: str, as_json: bool) -> None:
+def tenant_create(session: Session, name: str) -> TenantInfo:
     """Create an active tenant NAME and print its id."""
-    info = run(ctx, lambda s: tenant_info(create_tenant(s, name)))
-    emit(info, as_json, lambda i: click.echo(i["id"]))
+    return tenant_info(create_tenant(session, name))
 
 
-@tenant.command("list")
+@transaction_command(
+    tenant, "list", records_printer("tenants", ("id", "name", "status", "created_at"))
+)
 @click.option("--status", type=click.Choice([TENANT_ACTIVE, TENANT_DISABLED]))
-@json_option
-@click.pass_context
-def tenant_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
+def tenant_list(session: Session, status: str | None) -> list[TenantInfo]:
     """List the tenants, oldest first."""
-    infos = run(ctx, lambda s: [tenant_info(t) for t in list_tenants(s, status=status)])
-    emit(infos, as_json, _print_tenants)
+    return [tenant_info(t) for t in list_tenants(session, status=status)]
 
 
-@tenant.command("show")
+@transaction_command(tenant, "show", fields_printer("tenant"))
 @click.argument("tenant_id", metavar="ID", type=ID)
-@json_option
-@click.pass_context
-def tenant_show(ctx: click.Context, tenant_id: int, as_json: bool) -> None:
+def tenant_show(session: Session, tenant_id: int) -> TenantInfo:
     """Show one tenant."""
-    emit(run(ctx, lambda s: tenant_info(get_tenant(s, tenant_id))), as_json, _print_tenant)
+    return tenant_info(get_tenant(session, tenant_id))
 
 
 def _status_command(name: str, status: str) -> None:
-    @tenant.command(name, help=f"Mark tenant ID {status}, and show it.")
+    @transaction_command(
+        tenant, name, fields_printer("tenant"), help=f"Mark tenant ID {status}, and show it."
+    )
     @click.argument("tenant_id", metavar="ID", type=ID)
-    @json_option
-    @click.pass_context
-    def command(ctx: click.Context, tenant_id: int, as_json: bool) -> None:
-        info = run(ctx, lambda s: tenant_info(set_tenant_status(s, tenant_id, status)))
-        emit(info, as_json, _print_tenant)
+    def command(session: Session, tenant_id: int) -> TenantInfo:
+        return tenant_info(set_tenant_status(session, tenant_id, status))
 
 
 _status_command("disable", TENANT_DISABLED)

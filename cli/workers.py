@@ -11,21 +11,11 @@ import pika
 import pika.exceptions
 from sqlalchemy import text
 
-from cli.common import (
-    EXIT_FAILED,
-    State,
-    emit,
-    json_option,
-    main,
-    records_table,
-    run,
-    show,
-    shown_broker_url,
-    shown_url,
-)
+from cli.common import EXIT_FAILED, State, json_option, main, run, shown_broker_url, shown_url
+from cli.render import emit, records_printer
 from db.migrate import check_schema
 from db.session import make_engine
-from services.workers import STALE_AFTER_BEATS, WorkerInfo, last_scheduler_tick, list_workers
+from services.workers import STALE_AFTER_BEATS, last_scheduler_tick, list_workers
 from settings import Settings
 
 # The scheduler ticks every minute; two minutes allows one late or lost tick.
@@ -36,11 +26,6 @@ PROBE_TIMEOUT_SECONDS = 5
 
 def _stale_after(settings: Settings) -> dt.timedelta:
     return dt.timedelta(seconds=settings.heartbeat_seconds * STALE_AFTER_BEATS)
-
-
-def _print_workers(infos: list[WorkerInfo]) -> None:
-    columns = ("host", "pid", "kind", "queues", "threads", "in_progress", "heartbeat_at", "live")
-    show(records_table(f"workers ({len(infos)})", columns, infos))
 
 
 @main.command()
@@ -55,7 +40,8 @@ def workers(ctx: click.Context, include_stale: bool, as_json: bool) -> None:
         ctx,
         lambda s: list_workers(s, now=now, stale_after=stale_after, include_stale=include_stale),
     )
-    emit(infos, as_json, _print_workers)
+    columns = ("host", "pid", "kind", "queues", "threads", "in_progress", "heartbeat_at", "live")
+    emit(infos, as_json, records_printer("workers", columns))
 
 
 class Check(TypedDict):
