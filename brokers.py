@@ -14,6 +14,7 @@ from db.session import make_engine, make_session_factory
 from middleware import DbSession, RetryPolicy, TenantRouting
 from middleware.consumer import ConsumerMultiplexing
 from middleware.dead_letters import DeadLetters
+from middleware.frozen_heap import FrozenHeap
 from middleware.heartbeat import Heartbeat
 from middleware.metrics import Metrics
 from middleware.outbox import Outbox
@@ -37,8 +38,12 @@ def build_middleware(
 
     engine = session_factory.kw["bind"]
     return [
-        # Prometheus metrics and one log line per job outcome; first, so its after-hooks
-        # run last and see the outcome the retry policy and the DB session decided.
+        # Freezes the booted process's objects out of the full GC passes that stop every
+        # job; first, so its after_worker_boot runs last, once everything has booted.
+        FrozenHeap(),
+        # Prometheus metrics and one log line per job outcome; first of the message
+        # hooks, so its after-hooks run last and see the outcome the retry policy and
+        # the DB session decided.
         Metrics(
             session_factory=session_factory,
             queue_prefix=settings.queue_prefix,

@@ -147,3 +147,19 @@ def test_profile_samples_a_real_worker_and_names_where_its_cpu_goes() -> None:
     assert any(place.startswith("DbSession.run") for place in places), done.stdout
     # And it left no database behind
     assert _bench_databases() <= before
+
+
+@pytest.mark.timeout(120)
+def test_gc_pause_times_a_full_collection_of_a_workers_heap_before_and_after_freezing() -> None:
+    done = _run_module(["bench.gc_pause", "--runs", "1"], timeout=110)
+
+    assert done.returncode == 0, done.stderr[-4000:]
+    objects = re.search(r"^objects tracked: ([\d,]+)$", done.stdout, re.M)
+    before = re.search(r"^full collection: ([\d.]+) ms \(median of 1\)$", done.stdout, re.M)
+    after = re.search(
+        r"^after gc.freeze\(\): ([\d.]+) ms \(([\d,]+) objects frozen\)$", done.stdout, re.M
+    )
+    assert objects and before and after, done.stdout
+    assert int(objects[1].replace(",", "")) > 10_000
+    assert int(after[2].replace(",", "")) > 10_000
+    assert float(before[1]) > 0
