@@ -80,7 +80,7 @@ run: install migrate ## Migrate, then run a worker and the scheduler until Ctrl-
 demo: install ## Run the demo in one process (SQLite and an in-process broker)
 	$(BIN)/taskyard demo
 
-bench: install ## Measure Taskyard beside bare Dramatiq, Celery, procrastinate; write BENCHMARKS.md (~15 min)
+bench: install ## Measure Taskyard beside bare Dramatiq, Celery, procrastinate; write BENCHMARKS.md (~12 min)
 	$(BIN)/python -m bench
 
 clean: ## Delete caches and build output (keeps .venv)
