@@ -10,6 +10,7 @@ fails (`.ci/run` installs Debian's package).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -28,8 +29,8 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from settings import Settings
-from tests.integration.test_metrics_scrape import PRODUCER, delete_queues, records, serving
-from tests.support import IN_CI, REPO, WorkerProcess, wait_for, worker_env
+from tests.integration.test_metrics_scrape import PRODUCER, records, serving
+from tests.support import IN_CI, REPO, WorkerProcess, delete_prefix_queues, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -257,4 +258,4 @@ def test_every_dashboard_query_runs_on_a_real_prometheus_and_has_data(
     # And a query the engine cannot parse is an error, not an empty success
     assert query(url, "sum by (le (rate(taskyard_jobs_total[5m]))")["status"] == "error"
     worker.stop()
-    delete_queues(settings, sessions, prefix)
+    delete_prefix_queues(dataclasses.replace(settings, queue_prefix=prefix), sessions.kw["bind"])
