@@ -212,36 +212,35 @@ def rebinding_resolver(first: str, then: str) -> Any:
     return getaddrinfo
 
 
-def test_a_name_that_rebinds_to_loopback_after_the_check_is_refused_before_sending(
-    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a name that resolves to a public address for the check, then to this machine
+@pytest.fixture
+def rebinding_feed(httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A feed URL whose name resolves to a public address for the check, then to this machine."""
     httpserver.expect_request("/feed").respond_with_json([])
     monkeypatch.setattr(socket, "getaddrinfo", rebinding_resolver(PUBLIC, "127.0.0.1"))
-    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000)
-    url = f"http://rebind.example:{httpserver.port}/feed"
+    return f"http://rebind.example:{httpserver.port}/feed"
 
+
+LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000)
+
+
+def test_a_name_that_rebinds_to_loopback_after_the_check_is_refused_before_sending(
+    rebinding_feed: str, httpserver: HTTPServer
+) -> None:
     # When a worker's session fetches it, the connection's peer is refused
     with (
         public_only_session(allow_private=False) as http,
         pytest.raises(FetchRefused, match=re.escape("reached 127.0.0.1, a loopback address")),
     ):
-        fetch_json(http, url, limits)
+        fetch_json(http, rebinding_feed, LIMITS)
 
     # And the server never heard the request
     assert httpserver.log == []
 
 
-def test_a_plain_session_would_have_sent_it(
-    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_plain_session_would_have_sent_it(rebinding_feed: str, httpserver: HTTPServer) -> None:
     # The same rebinding against a session without the peer check reaches the server.
-    httpserver.expect_request("/feed").respond_with_json([])
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding_resolver(PUBLIC, "127.0.0.1"))
-    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000)
-
     with requests.Session() as http:
-        assert fetch_json(http, f"http://rebind.example:{httpserver.port}/feed", limits) == []
+        assert fetch_json(http, rebinding_feed, LIMITS) == []
     assert len(httpserver.log) == 1
 
 
