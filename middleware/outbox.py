@@ -39,7 +39,7 @@ class Pending:
     delay: int | None
     row_id: int
     # The message as encoded in its outbox row: published as is, not encoded again.
-    body: bytes | None = None
+    body: bytes
 
 
 class Outbox(Middleware):
