@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -9,6 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from demo import missed_slot_cron
+from services.cron import parse_cron
+from services.schedule_slots import CATCH_UP_GRACE, next_slot, plan_slots
+from services.schedules import CATCH_UP_LATEST
 from tests.support import REPO
 
 
@@ -78,3 +85,22 @@ def test_the_demo_runs_every_kind_of_outcome_on_sqlite_and_the_stub_broker(tmp_p
         "retried": 1,
     }
     assert (tmp_path / "demo" / "taskyard-demo.db").exists()
+
+
+@pytest.mark.parametrize("second", [0, 31, 59])
+@pytest.mark.parametrize("tick_delay", [dt.timedelta(0), dt.timedelta(seconds=40)])
+def test_the_demos_schedule_catches_up_exactly_one_slot_at_any_time_of_day(
+    second: int, tick_delay: dt.timedelta
+) -> None:
+    # An @hourly schedule made "two hours ago" caught up two slots when the demo
+    # ran within the grace after a full hour (its latest slot was late, not missed).
+    for minute in range(60):
+        now = dt.datetime(2026, 12, 6, 7, minute, second, tzinfo=dt.UTC)
+        cron = parse_cron(missed_slot_cron(now))
+        first = next_slot(cron, "UTC", after=now - dt.timedelta(hours=2))
+        assert first is not None
+        plan = plan_slots(
+            cron, "UTC", next_slot_at=first, now=now + tick_delay, catch_up=CATCH_UP_LATEST
+        )
+        assert len(plan.run) == 1, (now, plan.run)
+        assert now + tick_delay - plan.run[0] > CATCH_UP_GRACE
