@@ -8,16 +8,15 @@ from typing import Any, TypedDict, TypeVar
 
 import click
 import dramatiq
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cli.common import ID, SINCE, CommandFailed, State, json_option, main, run, transaction_command
 from cli.render import emit, fields_printer, progress, records_printer
-from db.models import DeadLetter
 from services.dead_letters import (
     REQUEUE_BATCH,
     DeadLetterFilter,
     DeadLetterInfo,
+    count_requeueable,
     dead_letter_info,
     get_dead_letter,
     list_dead_letters,
@@ -55,22 +54,6 @@ def requeue(
         on_batch(len(ids))
         if message_id is not None or len(ids) < REQUEUE_BATCH:
             return requeued
-
-
-def _count(session: Session, flt: DeadLetterFilter) -> int:
-    """How many dead letters `requeue --all` would take: only the total of its progress bar."""
-    query = select(func.count()).select_from(DeadLetter)
-    query = query.where(DeadLetter.requeued_at.is_(None), DeadLetter.message.is_not(None))
-    for column, value in (
-        (DeadLetter.tenant_id, flt.tenant_id),
-        (DeadLetter.actor, flt.actor),
-        (DeadLetter.reason, flt.reason),
-    ):
-        if value is not None:
-            query = query.where(column == value)
-    if flt.since is not None:
-        query = query.where(DeadLetter.created_at >= flt.since)
-    return int(session.scalar(query) or 0)
 
 
 def filter_options(command: F) -> F:
@@ -154,7 +137,7 @@ def dead_letters_requeue(
         ids = requeue(ctx, message_id=message_id)
     else:
         flt = DeadLetterFilter(tenant_id, actor, reason, since)
-        total = run(ctx, lambda s: _count(s, flt))
+        total = run(ctx, lambda s: count_requeueable(s, flt))
         with progress(total, "requeueing dead letters", quiet=as_json) as advance:
             ids = requeue(ctx, flt=flt, on_batch=advance)
     info: RequeueInfo = {"requeued": len(ids), "message_ids": ids}

@@ -201,6 +201,17 @@ def _take_one(session: Session, message_id: str) -> DeadLetter:
     return dead
 
 
+def _requeueable(flt: DeadLetterFilter) -> list[ColumnElement[bool]]:
+    """The dead letters `flt` matches that can be requeued: current, with a decoded message."""
+    return [*_conditions(flt), DeadLetter.requeued_at.is_(None), DeadLetter.message.is_not(None)]
+
+
+def count_requeueable(session: Session, flt: DeadLetterFilter) -> int:
+    """How many dead letters `take_for_requeue(flt=flt)` would take, over all its batches."""
+    query = select(func.count()).select_from(DeadLetter).where(*_requeueable(flt))
+    return int(session.scalar(query) or 0)
+
+
 def take_for_requeue(
     session: Session,
     *,
@@ -217,9 +228,7 @@ def take_for_requeue(
     if message_id is not None and flt is None:
         taken = [_take_one(session, message_id)]
     elif flt is not None and message_id is None:
-        query = select(DeadLetter).where(
-            *_conditions(flt), DeadLetter.requeued_at.is_(None), DeadLetter.message.is_not(None)
-        )
+        query = select(DeadLetter).where(*_requeueable(flt))
         query = query.order_by(DeadLetter.created_at, DeadLetter.message_id).limit(limit)
         # Two operators requeueing at once take disjoint rows.
         query = query.with_for_update(skip_locked=True)

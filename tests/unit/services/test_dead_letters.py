@@ -13,6 +13,7 @@ from services import jobs
 from services.dead_letters import (
     MAX_RAW_BODY_BYTES,
     DeadLetterFilter,
+    count_requeueable,
     dead_letter_info,
     get_dead_letter,
     list_dead_letters,
@@ -182,6 +183,38 @@ def test_requeue_by_filter_takes_only_current_decodable_matches(sqlite_session: 
     assert all(m["options"]["retries"] == 0 for m in taken)
     assert take_for_requeue(sqlite_session, flt=DeadLetterFilter(tenant_id=1)) == []
     assert ids(list_dead_letters(sqlite_session, DeadLetterFilter())) == ["other", "raw"]
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        DeadLetterFilter(),
+        DeadLetterFilter(tenant_id=1),
+        DeadLetterFilter(tenant_id=2),
+        DeadLetterFilter(actor="sync"),
+        DeadLetterFilter(reason="unknown_tenant"),
+        DeadLetterFilter(since=dt.datetime(2999, 1, 1, tzinfo=dt.UTC)),
+    ],
+)
+def test_the_requeue_count_is_what_the_batches_then_take(
+    sqlite_session: Session, flt: DeadLetterFilter
+) -> None:
+    # `dead-letters requeue --all` shows this count as its progress bar's total.
+    dead(sqlite_session, "a")
+    dead(sqlite_session, "b", actor="sync")
+    dead(sqlite_session, "c", tenant_id=2, reason="unknown_tenant")
+    dead(sqlite_session, "d", tenant_id=2)
+    dead(sqlite_session, "raw", decodable=False)
+    dead(sqlite_session, "r")
+    take_for_requeue(sqlite_session, message_id="r")
+
+    counted = count_requeueable(sqlite_session, flt)
+    taken: list[dict[str, Any]] = []
+    while batch := take_for_requeue(sqlite_session, flt=flt, limit=2):
+        taken += batch
+
+    assert counted == len(taken)
+    assert count_requeueable(sqlite_session, flt) == 0
 
 
 def test_undecodable_dead_letter_cannot_be_requeued(sqlite_session: Session) -> None:
