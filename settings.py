@@ -48,6 +48,10 @@ class Settings:
     http_allow_private: bool = False
     # Finished job records older than this are deleted by the daily maintenance job.
     job_retention_days: int = 30
+    # The statements every job runs are prepared once per PostgreSQL connection.
+    # Off for a pooler in transaction mode (PgBouncer's pool_mode=transaction), whose
+    # next transaction may run on a server connection that never prepared them.
+    db_prepared_statements: bool = True
     # A longer delay (a send's or a retry's) waits in the outbox table, not in a
     # worker's memory, where RabbitMQ's consumer_timeout (30 min) would redeliver it.
     broker_delay_max_seconds: float = 60.0
@@ -250,6 +254,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         job_retention_days=_read(
             env, p + "JOB_RETENTION_DAYS", _parse_int(1), d.job_retention_days, "a number of days"
+        ),
+        db_prepared_statements=_read(
+            env,
+            p + "DB_PREPARED_STATEMENTS",
+            _parse_bool,
+            d.db_prepared_statements,
+            "true or false",
         ),
         broker_delay_max_seconds=_read(
             env,

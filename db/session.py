@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.hot import PREPARE_OPTION
 from settings import Settings
 
 # One connection per worker thread plus headroom for the producer side.
@@ -35,6 +36,8 @@ def make_engine(settings: Settings) -> Engine:
         pool_size=POOL_SIZE,
         max_overflow=POOL_OVERFLOW,
         connect_args={"connect_timeout": 5, "application_name": "taskyard"},
+        # The job record's statements as prepared ones (db/hot.py).
+        execution_options={PREPARE_OPTION: settings.db_prepared_statements},
     )
     # Not pool_pre_ping: its SELECT 1 was a round trip per job.  A connection
     # the server closed (a restart, an idle timeout) has said so on its socket,

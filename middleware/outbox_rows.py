@@ -9,6 +9,7 @@ from dramatiq import Message
 from dramatiq.broker import Broker
 from sqlalchemy import Engine, create_engine, event
 
+from db.hot import PREPARE_OPTION
 from db.session import refuse_closed_connection
 from services.job_control import QueuedJob
 from services.outbox import OutboxRow
@@ -62,6 +63,10 @@ def send_engine(engine: Engine) -> Engine:
         engine.url,
         isolation_level="AUTOCOMMIT",
         connect_args={**options, "options": "-c synchronous_commit=off"},
+        # Hot statements prepared or not, as on the engine it comes from.
+        execution_options={
+            PREPARE_OPTION: engine.get_execution_options().get(PREPARE_OPTION, False)
+        },
     )
     event.listen(sends, "checkout", refuse_closed_connection)
     return sends

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from settings import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, SettingsError, load_settings
+from settings import (
+    DEFAULT_BROKER_URL,
+    DEFAULT_DATABASE_URL,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+from tests.support import REPO
 
 
 def test_defaults_point_at_the_local_servers() -> None:
@@ -25,6 +34,7 @@ def test_values_are_parsed_and_typed() -> None:
             "TASKYARD_MAX_ATTEMPTS": "5",
             "TASKYARD_LOG_FORMAT": "JSON",
             "TASKYARD_HTTP_READ_TIMEOUT": "2.5",
+            "TASKYARD_DB_PREPARED_STATEMENTS": "false",
         }
     )
     assert settings.uses_stub_broker
@@ -33,6 +43,8 @@ def test_values_are_parsed_and_typed() -> None:
     assert settings.max_attempts == 5
     assert settings.log_format == "json"
     assert settings.http_read_timeout == 2.5
+    assert settings.db_prepared_statements is False
+    assert load_settings({}).db_prepared_statements is True
 
 
 @pytest.mark.parametrize(
@@ -48,6 +60,7 @@ def test_values_are_parsed_and_typed() -> None:
         ("TASKYARD_LOG_FORMAT", "xml", "text or json"),
         ("TASKYARD_QUEUE_PREFIX", "bad prefix", "a queue-name prefix"),
         ("TASKYARD_METRICS_PORT", "http", "a TCP port number"),
+        ("TASKYARD_DB_PREPARED_STATEMENTS", "sometimes", "true or false"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_was_expected(
@@ -83,3 +96,12 @@ def test_secret_keys_are_parsed_hidden_from_repr_and_a_bad_one_is_not_echoed() -
     with pytest.raises(SettingsError, match="TASKYARD_SECRET_KEYS is invalid: key number 2") as exc:
         load_settings({"TASKYARD_SECRET_KEYS": f"{first},not-a-real-key-123"})
     assert "not-a-real-key-123" not in str(exc.value)
+
+
+def test_every_setting_is_in_the_readmes_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Settings") : readme.index("## Command line")]
+    for setting in dataclasses.fields(Settings):
+        name = setting.name.upper()
+        variable = name if name in ("BROKER_URL", "DATABASE_URL") else f"TASKYARD_{name}"
+        assert f"`{variable}`" in table, f"{variable} is not in README.md's settings table"
