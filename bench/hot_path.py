@@ -2,28 +2,36 @@
 
 Runs the database work every job does around its actor (start the attempt
 with the tenant's status, mark it succeeded, commit) in one thread against a
-database of its own, two ways:
+database of its own, three ways:
 
 - `orm`: the statements built per call through the ORM (an upsert and an
   update on the mapped class), with the tenant read by a query of its own:
   how the worker did it before `db.hot`.
-- `hot`: `services.jobs.begin_attempt` and `mark_succeeded` as they are.
+- `hot`: `services.jobs.begin_attempt` and `mark_succeeded` with
+  `TASKYARD_DB_PREPARED_STATEMENTS=false`: compiled once, parsed and planned
+  by PostgreSQL on every call.
+- `prepared`: the same as the worker runs them by default, prepared once per
+  connection.
 
-Prints jobs/s and process CPU per job for each.  No peer, no target: it
-explains where the throughput figures of `make bench` come from.
+Prints jobs/s, this process's CPU per job and the PostgreSQL backend's CPU per
+job (read from /proc; `n/a` where it cannot be read) for each.  No peer, no
+target: it explains where the throughput figures of `make bench` come from.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import os
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,19 +82,55 @@ def hot_job(session: Session, tenant_id: int) -> None:
     jobs.mark_succeeded(session, message_id, attempt=1, result=None)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One way's figures over `count` jobs."""
+
+    rate: float
+    cpu_us: float
+    # The database backend's CPU per job; None where /proc cannot tell.
+    server_cpu_us: float | None
+
+
+def backend_cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user + system) a local PostgreSQL backend has used, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     factory: sessionmaker[Session], job: Callable[[Session, int], None], tenant: int, count: int
-) -> tuple[float, float]:
-    """Jobs per second and CPU microseconds per job for `count` jobs, one transaction each."""
+) -> Measured:
+    """Rate, CPU and the backend's CPU per job for `count` jobs, one transaction each.
+
+    One thread: the pool hands every transaction the same connection, so one
+    backend does all the work (checked before and after).
+    """
     for _ in range(min(50, count)):
         with factory.begin() as session:
             job(session, tenant)
+    with factory.begin() as session:
+        pid = int(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    server = backend_cpu_seconds(pid)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(count):
         with factory.begin() as session:
             job(session, tenant)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return count / wall, cpu / count * 1e6
+    with factory.begin() as session:
+        same = session.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid
+    after = backend_cpu_seconds(pid)
+    server_us = None
+    if same and server is not None and after is not None:
+        server_us = (after - server) / count * 1e6
+    return Measured(count / wall, cpu / count * 1e6, server_us)
+
+
+def _engine(prepared: bool) -> Engine:
+    return make_engine(dataclasses.replace(load_settings(), db_prepared_statements=prepared))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,17 +142,28 @@ def main(argv: list[str] | None = None) -> int:
     env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-hot-path-")))
     env.export()
     upgrade_to_head(env.database_url)
-    engine = make_engine(load_settings())
-    factory = sessionmaker(engine, expire_on_commit=False)
+    plain, prepared = _engine(False), _engine(True)
+    ways = (
+        ("orm", plain, orm_job),
+        ("hot", plain, hot_job),
+        ("prepared", prepared, hot_job),
+    )
     try:
-        with factory.begin() as session:
+        with sessionmaker(plain).begin() as session:
             tenant = create_tenant(session, f"hot-path-{env.run_id}").id
         for run in range(args.runs):
-            for name, job in (("orm", orm_job), ("hot", hot_job)):
-                rate, cpu = measure(factory, job, tenant, args.count)
-                print(f"run {run + 1} {name}: {rate:,.0f} jobs/s, {cpu:,.0f} µs CPU per job")
+            for name, engine, job in ways:
+                factory = sessionmaker(engine, expire_on_commit=False)
+                got = measure(factory, job, tenant, args.count)
+                server = "n/a" if got.server_cpu_us is None else f"{got.server_cpu_us:,.0f} µs"
+                print(
+                    f"run {run + 1} {name}: {got.rate:,.0f} jobs/s, {got.cpu_us:,.0f} µs CPU"
+                    f" per job, {server} database CPU per job",
+                    flush=True,
+                )
     finally:
-        engine.dispose()
+        plain.dispose()
+        prepared.dispose()
         env.drop_database()
     return 0
 
