@@ -20,7 +20,8 @@ parameters only, built on first use:
   (`python -m bench.hot_path`: about 410 against 530 µs of database CPU per
   job, 13 % more jobs/s).  A connection whose prepared statements are gone
   (a pooler in transaction mode, `DISCARD ALL`) or stale (a migration changed
-  their result) fails that one statement, and the pool replaces it.
+  their result) fails that one statement, and the pool replaces it; after a
+  statement gone, the process warns once and stops preparing on that pool.
 - On other databases (SQLite: the demo and the unit tests) the Core
   statement runs through `Connection.execute`, bind processing and all.
 """
@@ -29,13 +30,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Executable
+from sqlalchemy import Connection, CursorResult, Executable, Pool
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -55,10 +58,17 @@ PREPARE_OPTION = "taskyard_prepare"
 # Where a DBAPI connection remembers what it has prepared (SQLAlchemy empties a
 # connection's `info` when it replaces the DBAPI connection).
 _PREPARED = "taskyard_prepared"
-# PostgreSQL's errors for a prepared statement that is gone (a pooler moved the
-# transaction to another server connection, or someone ran DISCARD ALL) or whose
-# plan can no longer return the same columns (a migration changed the table).
-STALE_PREPARED = frozenset({"26000", "0A000"})
+# PostgreSQL's errors for a prepared statement that is not there (26000) or is
+# there already though this connection never prepared it (42P05): the server
+# connection is not the one that prepared it, as behind a pooler in transaction
+# mode (or someone ran DISCARD ALL).
+POOLED_AWAY = frozenset({"26000", "42P05"})
+# ... and for one whose plan can no longer return the same columns (a migration
+# changed the table); a new connection prepares it afresh.
+PLAN_CHANGED = "0A000"
+# Pools that lost a prepared statement to a pooler: their statements run unprepared.
+_unprepared_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+logger = logging.getLogger("taskyard.db")
 _PYFORMAT = re.compile(r"%\((\w+)\)s")
 _TYPMOD = re.compile(r"\([\d, ]+\)")
 _names = itertools.count()
@@ -89,7 +99,11 @@ class HotStatement:
         for name in self._json_params:
             if values[name] is not None:
                 values[name] = json.dumps(values[name])
-        if compiled.prepare is None or not connection.get_execution_options().get(PREPARE_OPTION):
+        if (
+            compiled.prepare is None
+            or not connection.get_execution_options().get(PREPARE_OPTION)
+            or connection.engine.pool in _unprepared_pools
+        ):
             return connection.exec_driver_sql(compiled.sql, values)
         prepared: set[str] = connection.info.setdefault(_PREPARED, set())
         try:
@@ -99,10 +113,28 @@ class HotStatement:
                 prepared.add(self.name)
             return connection.exec_driver_sql(compiled.execute, values)
         except DBAPIError as exc:
-            if getattr(exc.orig, "pgcode", None) in STALE_PREPARED:
-                # This attempt fails; the pool replaces the connection for the next one.
+            code = getattr(exc.orig, "pgcode", None)
+            if code in POOLED_AWAY:
+                self._pooled_away(connection)
+            if code in POOLED_AWAY or code == PLAN_CHANGED:
+                # This statement fails (its job is retried as after any error);
+                # the pool replaces the connection for the next one.
                 connection.invalidate()
             raise
+
+    def _pooled_away(self, connection: Connection) -> None:
+        pool = connection.engine.pool
+        if pool in _unprepared_pools:
+            return
+        _unprepared_pools.add(pool)
+        logger.warning(
+            "The database connection does not have the statement %s that it prepared: a "
+            "pooler in transaction mode (PgBouncer's pool_mode = transaction) is between "
+            "Taskyard and PostgreSQL, or someone ran DISCARD ALL. This process runs its "
+            "statements unprepared from now on; behind such a pooler, set "
+            "TASKYARD_DB_PREPARED_STATEMENTS=false.",
+            self.name,
+        )
 
     def _statement(self, dialect_name: str) -> Executable:
         statement = self._statements.get(dialect_name)

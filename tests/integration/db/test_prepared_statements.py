@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, Integer, String, bindparam, column, select, table, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.hot import HotStatement
 from db.models import Job
 from db.session import make_engine, make_session_factory
 from middleware.db_session import DbSession
@@ -105,26 +106,81 @@ def test_a_statement_prepared_in_a_rolled_back_transaction_is_still_there(
     assert len(names) == 2
 
 
-def test_a_statement_gone_from_the_server_fails_one_attempt_then_the_pool_reconnects(
-    prepared_engine: Engine,
+@pytest.fixture
+def probe(prepared_engine: Engine) -> Iterator[HotStatement]:
+    """A hot statement on a table of its own, which a test may alter."""
+    table_name = f"prepared_probe_{uuid.uuid4().hex[:8]}"
+    with prepared_engine.begin() as connection:
+        connection.execute(text(f"CREATE TABLE {table_name} (id integer, label varchar(10))"))
+        connection.execute(text(f"INSERT INTO {table_name} VALUES (1, 'one')"))
+    probe_table = table(table_name, column("id", Integer), column("label", String(10)))
+    yield HotStatement(
+        lambda dialect: select(probe_table.c.label).where(
+            probe_table.c.id == bindparam("id", type_=Integer)
+        )
+    )
+    with prepared_engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE {table_name}"))
+
+
+def read_probe(engine: Engine, probe: HotStatement) -> tuple[str, int, int]:
+    """The probe's label, the server connection it ran on, and what that has prepared."""
+    with engine.connect() as connection:
+        label = probe.execute(connection, {"id": 1}).scalar_one()
+        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        count = connection.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+        return label, pid, count
+
+
+def test_a_statement_gone_from_the_server_fails_once_then_the_pool_runs_unprepared(
+    prepared_engine: Engine, probe: HotStatement, caplog: pytest.LogCaptureFixture
 ) -> None:
-    factory = make_session_factory(prepared_engine)
-    run_a_job(factory)
-    # Someone (a pooler, DISCARD ALL) drops the connection's prepared statements.
+    _, pid, count = read_probe(prepared_engine, probe)
+    # Someone (a pooler's other client, DISCARD ALL) drops the connection's statements.
     with prepared_engine.connect() as connection:
-        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
         connection.execute(text("DEALLOCATE ALL"))
         connection.commit()
 
     with pytest.raises(DBAPIError, match="does not exist"):
-        run_a_job(factory)
-    message_id, names = run_a_job(factory)
+        read_probe(prepared_engine, probe)
+    label, new_pid, new_count = read_probe(prepared_engine, probe)
 
-    with factory() as session:
-        new_pid = session.execute(text("SELECT pg_backend_pid()")).scalar()
-    assert new_pid != pid
-    assert len(names) == 2
-    assert stored(factory, message_id)[0] == "succeeded"
+    assert count == 1
+    # A new server connection, and nothing prepared on it: this pool runs plain SQL now
+    assert (label, new_count) == ("one", 0) and new_pid != pid
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "TASKYARD_DB_PREPARED_STATEMENTS=false" in warnings[0]
+
+
+def test_a_statement_another_client_prepared_on_the_server_connection_is_a_pooler_too(
+    prepared_engine: Engine, probe: HotStatement
+) -> None:
+    # Behind a pooler, this client's next server connection may be one on which
+    # another client prepared the same statement: PREPARE says it exists.
+    read_probe(prepared_engine, probe)
+    with prepared_engine.connect() as connection:
+        connection.info.clear()  # this client never prepared anything here
+
+    with pytest.raises(DBAPIError, match="already exists"):
+        read_probe(prepared_engine, probe)
+
+    assert read_probe(prepared_engine, probe)[::2] == ("one", 0)
+
+
+def test_a_migration_that_changes_what_a_statement_returns_costs_one_failure(
+    prepared_engine: Engine, probe: HotStatement
+) -> None:
+    _, pid, _ = read_probe(prepared_engine, probe)
+    table_name = probe._compiled_for(prepared_engine.dialect).sql.split("FROM ")[1].split()[0]
+    with prepared_engine.begin() as connection:
+        connection.execute(text(f"ALTER TABLE {table_name} ALTER COLUMN label TYPE text"))
+
+    with pytest.raises(DBAPIError, match="cached plan must not change result type"):
+        read_probe(prepared_engine, probe)
+    label, new_pid, count = read_probe(prepared_engine, probe)
+
+    # Prepared afresh on a new connection: still prepared, as the pool lost nothing to a pooler
+    assert (label, count) == ("one", 1) and new_pid != pid
 
 
 def test_the_queued_record_with_a_null_branch_is_prepared_and_marks_an_unknown_tenant_dead(
