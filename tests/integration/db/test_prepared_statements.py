@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import Engine, Integer, String, bindparam, column, select, table, text
@@ -16,6 +17,7 @@ from db.hot import HotStatement
 from db.models import Job
 from db.session import make_engine, make_session_factory
 from middleware.db_session import DbSession
+from middleware.outbox_rows import send_engine
 from services import jobs
 from services.job_control import QueuedJob, record_queued
 from settings import Settings
@@ -23,20 +25,25 @@ from settings import Settings
 pytestmark = pytest.mark.integration
 
 
+@contextmanager
 def engine_with(settings: Settings, *, prepared: bool) -> Iterator[Engine]:
     engine = make_engine(dataclasses.replace(settings, db_prepared_statements=prepared))
-    yield engine
-    engine.dispose()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
 def prepared_engine(settings: Settings, migrated_database: str) -> Iterator[Engine]:
-    yield from engine_with(settings, prepared=True)
+    with engine_with(settings, prepared=True) as engine:
+        yield engine
 
 
 @pytest.fixture
 def plain_engine(settings: Settings, migrated_database: str) -> Iterator[Engine]:
-    yield from engine_with(settings, prepared=False)
+    with engine_with(settings, prepared=False) as engine:
+        yield engine
 
 
 def run_a_job(
@@ -183,34 +190,40 @@ def test_a_migration_that_changes_what_a_statement_returns_costs_one_failure(
     assert (label, count) == ("one", 1) and new_pid != pid
 
 
-def test_the_queued_record_with_a_null_branch_is_prepared_and_marks_an_unknown_tenant_dead(
-    prepared_engine: Engine,
+@pytest.mark.parametrize("prepared", [True, False])
+def test_a_sends_queued_record_follows_the_setting_on_the_send_engine(
+    settings: Settings, migrated_database: str, prepared: bool
 ) -> None:
-    # Its CASE's NULL branch gives a parameter no type PostgreSQL could infer.
-    factory = make_session_factory(prepared_engine)
-    message_id = str(uuid.uuid4())
-    with prepared_engine.connect() as connection:
-        statuses = record_queued(
-            connection,
-            [
-                QueuedJob(
-                    message_id=message_id,
-                    actor="prepared_test",
-                    queue="q",
-                    tenant_id=987_654_321,
-                    args={"tenant_id": 987_654_321},
-                    enqueued_at=dt.datetime.now(dt.UTC),
-                    schedule_id=None,
-                    slot_at=None,
+    # The queued record's CASE has a NULL branch: a parameter no type PostgreSQL
+    # could infer, so the statement is prepared with its types declared.
+    with engine_with(settings, prepared=prepared) as engine:
+        sends = send_engine(engine)
+        message_id = str(uuid.uuid4())
+        try:
+            with sends.connect() as connection:
+                statuses = record_queued(
+                    connection,
+                    [
+                        QueuedJob(
+                            message_id=message_id,
+                            actor="prepared_test",
+                            queue="q",
+                            tenant_id=987_654_321,
+                            args={"tenant_id": 987_654_321},
+                            enqueued_at=dt.datetime.now(dt.UTC),
+                            schedule_id=None,
+                            slot_at=None,
+                        )
+                    ],
                 )
-            ],
-        )
-        names = list(connection.execute(text("SELECT name FROM pg_prepared_statements")).scalars())
-        connection.commit()
+                count = connection.execute(text("SELECT count(*) FROM pg_prepared_statements"))
+                prepared_here = count.scalar()
+        finally:
+            sends.dispose()
 
-    assert len(names) == 1
-    assert statuses == {message_id: "dead"}
-    assert stored(factory, message_id)[0] == "dead"
+        assert prepared_here == (1 if prepared else 0)
+        assert statuses == {message_id: "dead"}
+        assert stored(make_session_factory(engine), message_id)[0] == "dead"
 
 
 def test_the_warm_up_prepares_the_record_on_every_connection_it_opens(
