@@ -40,6 +40,8 @@ class Sizes:
     memory_large: int
 
 
+# The scenarios in the order they run (`--only` takes these names).
+SCENARIOS = ("throughput", "send", "latency", "fairness", "scheduler", "tenant-scale", "memory")
 # Where the time goes and what stands in the way of each target: written by hand
 # from profiles, appended to the generated report.
 ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
@@ -108,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run, no targets")
     parser.add_argument("--out", type=Path, help="where to write the report")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        metavar="SCENARIO",
+        help=f"run only this scenario (again for more): {', '.join(SCENARIOS)}",
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     out = args.out or (REPO / "BENCHMARKS.md")
@@ -129,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     failures: list[str] = []
     command = "python -m bench" + (" --smoke" if args.smoke else "")
+    command += "".join(f" --only {name}" for name in args.only or [])
     if args.out:
         command += f" --out {shlex.quote(str(args.out))}"
+    # The analysis is of a full run's figures: not appended to a partial one.
+    partial = [f"Only the scenarios asked for ran: {', '.join(args.only)}."] if args.only else []
 
     def step(name: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {name}", file=sys.stderr, flush=True)
@@ -149,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
             runs=sizes.runs,
             smoke=args.smoke,
-            notes=[*extra, *notes(sizes, send.BULK_CALLS), *failures],
+            notes=[*extra, *partial, *notes(sizes, send.BULK_CALLS), *failures],
         )
-        if not args.smoke and ANALYSIS.exists():
+        if not args.smoke and not args.only and ANALYSIS.exists():
             text += "\n" + ANALYSIS.read_text()
         write(out, text)
 
@@ -206,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         procrastinate.setup()
         info = machine()
         for name, scenario in scenarios:
+            if args.only and name.replace(" ", "-") not in args.only:
+                continue
             step(name)
             try:
                 figures.extend(scenario())

@@ -109,6 +109,26 @@ def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_only_runs_the_scenarios_named_and_refuses_an_unknown_one(tmp_path: Path) -> None:
+    # Given the real RabbitMQ and PostgreSQL
+    require_servers()
+    out = tmp_path / "BENCHMARKS.md"
+
+    # When the harness is asked for the scheduler alone, and for a scenario it lacks
+    done = _run_module(["bench", "--smoke", "--only", "scheduler", "--out", str(out)], timeout=110)
+    unknown = _run_module(["bench", "--only", "speed"], timeout=60)
+
+    # Then its report holds the scheduler's figures, says it is partial, and nothing else ran
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = out.read_text()
+    scenarios = {scenario for scenario, *_ in _rows(report)}
+    assert len(scenarios) == 1 and next(iter(scenarios)).startswith("7. Scheduler"), report
+    assert "- Command: `python -m bench --smoke --only scheduler --out" in report
+    assert "Only the scenarios asked for ran: scheduler." in report
+    assert unknown.returncode == 2 and "tenant-scale" in unknown.stderr
+
+
+@pytest.mark.timeout(120)
 def test_hot_path_bench_measures_every_way_and_cleans_up() -> None:
     # Given the real PostgreSQL
     require_servers()
