@@ -17,8 +17,8 @@ parameters only, built on first use:
   prepared statement: `PREPARE` once per server connection (a pool's warm-up
   does it before the first job), then `EXECUTE` with the parameters, so the
   server no longer parses and plans the record's statements for every job
-  (`python -m bench.hot_path`: about 410 against 530 µs of database CPU per
-  job, 13 % more jobs/s).  A connection whose prepared statements are gone
+  (`python -m bench.hot_path`: a fifth less database CPU per job, 405–410
+  against 530–535 µs here, and 6–15 % more jobs/s).  A connection whose prepared statements are gone
   (a pooler in transaction mode, `DISCARD ALL`) or stale (a migration changed
   their result) fails that one statement, and the pool replaces it; after a
   statement gone, the process warns once and stops preparing on that pool.
