@@ -17,11 +17,12 @@ parameters only, built on first use:
   prepared statement: `PREPARE` once per server connection (a pool's warm-up
   does it before the first job), then `EXECUTE` with the parameters, so the
   server no longer parses and plans the record's statements for every job
-  (`python -m bench.hot_path`: a fifth less database CPU per job, 405–410
-  against 530–535 µs here, and 6–15 % more jobs/s).  A connection whose prepared statements are gone
-  (a pooler in transaction mode, `DISCARD ALL`) or stale (a migration changed
-  their result) fails that one statement, and the pool replaces it; after a
-  statement gone, the process warns once and stops preparing on that pool.
+  (`python -m bench.hot_path`: a fifth less database CPU per job, 405 to 410
+  against 530 to 535 µs here, and 6 to 15 % more jobs/s).  A connection whose
+  prepared statements are gone (a pooler in transaction mode, `DISCARD ALL`)
+  or stale (a migration changed their result) fails that one statement, and
+  the pool replaces it; after a statement gone, the process warns once and
+  stops preparing on that pool.
 - On other databases (SQLite: the demo and the unit tests) the Core
   statement runs through `Connection.execute`, bind processing and all.
 """
