@@ -114,20 +114,24 @@ def test_a_statement_prepared_in_a_rolled_back_transaction_is_still_there(
 
 
 @pytest.fixture
-def probe(prepared_engine: Engine) -> Iterator[HotStatement]:
-    """A hot statement on a table of its own, which a test may alter."""
-    table_name = f"prepared_probe_{uuid.uuid4().hex[:8]}"
+def probe_table(prepared_engine: Engine) -> Iterator[str]:
+    """A table of the probe's own, which a test may alter; its name."""
+    name = f"prepared_probe_{uuid.uuid4().hex[:8]}"
     with prepared_engine.begin() as connection:
-        connection.execute(text(f"CREATE TABLE {table_name} (id integer, label varchar(10))"))
-        connection.execute(text(f"INSERT INTO {table_name} VALUES (1, 'one')"))
-    probe_table = table(table_name, column("id", Integer), column("label", String(10)))
-    yield HotStatement(
-        lambda dialect: select(probe_table.c.label).where(
-            probe_table.c.id == bindparam("id", type_=Integer)
-        )
+        connection.execute(text(f"CREATE TABLE {name} (id integer, label varchar(10))"))
+        connection.execute(text(f"INSERT INTO {name} VALUES (1, 'one')"))
+    yield name
+    with prepared_engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE {name}"))
+
+
+@pytest.fixture
+def probe(probe_table: str) -> HotStatement:
+    """A hot statement reading the probe's table."""
+    rows = table(probe_table, column("id", Integer), column("label", String(10)))
+    return HotStatement(
+        lambda dialect: select(rows.c.label).where(rows.c.id == bindparam("id", type_=Integer))
     )
-    with prepared_engine.begin() as connection:
-        connection.execute(text(f"DROP TABLE {table_name}"))
 
 
 def read_probe(engine: Engine, probe: HotStatement) -> tuple[str, int, int]:
@@ -175,12 +179,11 @@ def test_a_statement_another_client_prepared_on_the_server_connection_is_a_poole
 
 
 def test_a_migration_that_changes_what_a_statement_returns_costs_one_failure(
-    prepared_engine: Engine, probe: HotStatement
+    prepared_engine: Engine, probe: HotStatement, probe_table: str
 ) -> None:
     _, pid, _ = read_probe(prepared_engine, probe)
-    table_name = probe._compiled_for(prepared_engine.dialect).sql.split("FROM ")[1].split()[0]
     with prepared_engine.begin() as connection:
-        connection.execute(text(f"ALTER TABLE {table_name} ALTER COLUMN label TYPE text"))
+        connection.execute(text(f"ALTER TABLE {probe_table} ALTER COLUMN label TYPE text"))
 
     with pytest.raises(DBAPIError, match="cached plan must not change result type"):
         read_probe(prepared_engine, probe)
