@@ -20,6 +20,7 @@ from services.integrations import (
     SYNC_FAILED,
     SYNC_SUCCEEDED,
     get_integration,
+    http_feed,
     record_sync,
     validate_config,
 )
@@ -66,7 +67,7 @@ def sync_integration(tenant_id: int, integration_id: int) -> dict[str, Any]:
     # Locked until commit: two syncs of one integration run one after the other.
     integration = get_integration(session, integration_id, tenant_id, lock=True)
     # Checked again here: a config edited in the database, or a kind this code no longer knows.
-    config = validate_config(integration.kind, integration.config)
+    validate_config(integration.kind, integration.config)
     summary: dict[str, Any]
     if integration.kind == "github":
         summary = dict(
@@ -79,7 +80,11 @@ def sync_integration(tenant_id: int, integration_id: int) -> dict[str, Any]:
             )
         )
     else:  # http_feed: the feed ingest, run here so its id is this sync's summary
-        summary = dict(ingest_resources.fn(tenant_id=tenant_id, source_url=config["url"]))
+        secret_keys = brokers.settings.secret_keys
+        if secret_keys:  # a row stored with credentials in its URL: they move to the locker
+            http_feed.move_credentials(session, integration, secret_keys=secret_keys)
+        source_url = http_feed.feed_url(session, integration, secret_keys=secret_keys)
+        summary = dict(ingest_resources.fn(tenant_id=tenant_id, source_url=source_url))
     record_sync(integration, status=SYNC_SUCCEEDED, summary=summary, now=dt.datetime.now(dt.UTC))
     payload = {"integration_id": integration_id, "kind": integration.kind, **summary}
     notify_tenant(session, tenant_id, "integration.synced", payload)

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
+from urllib.parse import urlsplit
 
 import marshmallow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Integration
-from services.errors import NotFound, ValidationFailed
+from services.errors import FetchFailed, FetchRefused, NotFound, ValidationFailed
 from services.integrations import github, http_feed
 from services.resources import format_errors
 from services.tenants import get_tenant
-from services.url_guard import redact_url
+from services.url_guard import check_url, redact_url
 
 SYNC_SUCCEEDED = "succeeded"
 SYNC_FAILED = "failed"
@@ -24,16 +25,18 @@ SYNC_FAILED = "failed"
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of integration: its config schema and how to describe a config in one line."""
+    """One kind of integration: its config schema, how to describe a config, its URL keys."""
 
     name: str
     schema: type[marshmallow.Schema]
     describe: Callable[[dict[str, Any]], str]
+    # Config keys holding a URL Taskyard will call: checked by the URL guard when stored.
+    url_keys: tuple[str, ...]
 
 
 KINDS: Mapping[str, Kind] = {
-    "github": Kind("github", github.GithubConfig, github.describe),
-    "http_feed": Kind("http_feed", http_feed.HttpFeedConfig, http_feed.describe),
+    "github": Kind("github", github.GithubConfig, github.describe, ("base_url",)),
+    "http_feed": Kind("http_feed", http_feed.HttpFeedConfig, http_feed.describe, ("url",)),
 }
 
 
@@ -69,12 +72,53 @@ def validate_config(kind: str, config: Any) -> dict[str, Any]:
     return loaded
 
 
-def add_integration(session: Session, tenant_id: int, kind: str, config: Any) -> Integration:
-    """Create an integration of a tenant after validating its config against its kind."""
+def check_config_urls(kind: str, config: Mapping[str, Any], *, allow_private: bool) -> None:
+    """Refuse (ValidationFailed) a validated config whose URLs the URL guard would refuse.
+
+    The rule is `check_url`'s, as for a webhook URL, so a metadata, loopback or
+    private address fails when it is stored rather than at the first sync. A
+    host that does not resolve is refused too: here it is most likely a typo.
+    """
+    for key in KINDS[kind].url_keys:
+        url = config.get(key)
+        if not isinstance(url, str):
+            continue
+        try:
+            check_url(url, allow_private=allow_private)
+        except FetchRefused as exc:
+            raise ValidationFailed(f"{kind} integration not added: its {key} {exc}") from exc
+        except FetchFailed:
+            host = urlsplit(url).hostname
+            raise ValidationFailed(
+                f"{kind} integration not added: its {key} {redact_url(url)} refused: host "
+                f"{host!r} does not resolve; check the host name, or add the integration "
+                "once it resolves"
+            ) from None
+
+
+def add_integration(
+    session: Session,
+    tenant_id: int,
+    kind: str,
+    config: Any,
+    *,
+    allow_private: bool = False,
+    secret_keys: Sequence[str] = (),
+) -> Integration:
+    """Create an integration of a tenant after validating its config and checking its URLs.
+
+    `allow_private` is TASKYARD_HTTP_ALLOW_PRIVATE. A feed URL's credentials go
+    to the tenant's locker (see `http_feed.move_credentials`), which needs
+    `secret_keys`; the stored config keeps the URL without them.
+    """
     get_tenant(session, tenant_id)
-    integration = Integration(tenant_id=tenant_id, kind=kind, config=validate_config(kind, config))
+    loaded = validate_config(kind, config)
+    check_config_urls(kind, loaded, allow_private=allow_private)
+    integration = Integration(tenant_id=tenant_id, kind=kind, config=loaded)
     session.add(integration)
     session.flush()
+    if kind == "http_feed":
+        http_feed.move_credentials(session, integration, secret_keys=secret_keys)
     return integration
 
 
@@ -105,8 +149,11 @@ def get_integration(
 
 
 def remove_integration(session: Session, integration_id: int) -> None:
-    """Delete an integration and (by cascade) the rows it synced."""
-    session.delete(get_integration(session, integration_id))
+    """Delete an integration, (by cascade) the rows it synced, and its feed credentials."""
+    integration = get_integration(session, integration_id)
+    if integration.kind == "http_feed":
+        http_feed.forget_credentials(session, integration)
+    session.delete(integration)
     session.flush()
 
 

@@ -7,9 +7,12 @@ from collections.abc import Callable
 
 import pytest
 from pytest_httpserver import HTTPServer
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Job
+from db.models import Job, LockerEntry
+from services.locker import get_secret
+from settings import Settings
 from tests.integration.cli_harness import as_json, assert_one_line_error, taskyard
 from tests.support import WorkerProcess, wait_for
 
@@ -81,3 +84,91 @@ def test_integration_of_an_unknown_tenant_fails() -> None:
     line = assert_one_line_error(taskyard("integration", "list", "987654321"), 1)
 
     assert "987654321" in line
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {"url": "http://169.254.169.254/latest/meta-data/"},
+            "its url http://169.254.169.254/latest/meta-data/ refused: host '169.254.169.254' "
+            "resolves to 169.254.169.254, a link-local address",
+        ),
+        ({"url": "http://[::1]/feed"}, "its url http://[::1]/feed refused"),
+        ({"url": "http://10.0.0.1/feed"}, "a private address"),
+        ({"url": "http://alice:s3cret-pw@127.0.0.1:8080/feed"}, "http://127.0.0.1:8080/feed"),
+        ({"url": "http://feeds.invalid/feed"}, "host 'feeds.invalid' does not resolve"),
+        ({"url": "file:///etc/passwd"}, "not an http or https URL"),
+    ],
+)
+def test_integration_add_refuses_an_internal_or_bad_url(
+    make_tenant: Callable[[str], int], config: dict[str, str], expected: str
+) -> None:
+    tenant = str(make_tenant("cli-integration-url"))
+
+    line = assert_one_line_error(
+        taskyard(
+            "integration",
+            "add",
+            tenant,
+            "http_feed",
+            "--config",
+            json.dumps(config),
+            TASKYARD_HTTP_ALLOW_PRIVATE="false",
+        ),
+        1,
+    )
+
+    assert expected in line
+    assert "s3cret-pw" not in line
+    assert as_json(taskyard("integration", "list", tenant, "--json")) == []
+
+
+def test_integration_add_refuses_a_github_base_url_on_the_metadata_address(
+    make_tenant: Callable[[str], int],
+) -> None:
+    tenant = str(make_tenant("cli-integration-github-url"))
+    config = json.dumps({"org": "acme", "base_url": "http://169.254.169.254/"})
+
+    line = assert_one_line_error(
+        taskyard(
+            "integration",
+            "add",
+            tenant,
+            "github",
+            "--config",
+            config,
+            TASKYARD_HTTP_ALLOW_PRIVATE="false",
+        ),
+        1,
+    )
+
+    assert line.startswith("error: github integration not added: its base_url")
+    assert "TASKYARD_HTTP_ALLOW_PRIVATE=true" in line
+
+
+def test_integration_add_keeps_the_feed_password_in_the_locker(
+    make_tenant: Callable[[str], int], sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    tenant_id = make_tenant("cli-integration-secret")
+    config = json.dumps({"url": "http://alice:s3cret-pw@127.0.0.1:9/feed.json"})
+
+    result = taskyard("integration", "add", str(tenant_id), "http_feed", "--config", config)
+    integration_id = int(result.stdout.strip())
+
+    key = f"http_feed.{integration_id}.userinfo"
+    with sessions() as session:
+        stored = session.execute(
+            text("SELECT config::text FROM integrations WHERE id = :id"), {"id": integration_id}
+        ).scalar_one()
+        secret = get_secret(session, tenant_id, key, secret_keys=settings.secret_keys)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in stored and "alice" not in stored
+    assert json.loads(stored) == {"url": "http://127.0.0.1:9/feed.json"}
+    assert secret.reveal() == "alice:s3cret-pw"
+    assert "s3cret-pw" not in result.stdout + result.stderr
+
+    assert taskyard("integration", "remove", str(integration_id)).returncode == 0
+    with sessions() as session:
+        left = session.scalars(select(LockerEntry.key).where(LockerEntry.tenant_id == tenant_id))
+        assert list(left) == []

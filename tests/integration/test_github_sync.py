@@ -50,7 +50,11 @@ def setup_integration(
                 session, tenant_id, "github.token", TOKEN, secret_keys=brokers.settings.secret_keys
             )
         integration = add_integration(
-            session, tenant_id, "github", {"org": "acme", "base_url": github.base_url}
+            session,
+            tenant_id,
+            "github",
+            {"org": "acme", "base_url": github.base_url},
+            allow_private=True,
         )
         return integration.id
 

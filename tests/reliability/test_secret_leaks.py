@@ -139,7 +139,11 @@ def test_token_and_signing_key_never_appear_in_anything_written(
         )
         ids = [
             add_integration(
-                session, rig.tenant_id, "github", {"org": org, "base_url": github.base_url}
+                session,
+                rig.tenant_id,
+                "github",
+                {"org": org, "base_url": github.base_url},
+                allow_private=True,
             ).id
             for org in ("acme", "acme", "gone")
         ]

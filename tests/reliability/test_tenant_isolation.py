@@ -127,12 +127,16 @@ def test_crafted_messages_on_a_queue_cannot_touch_another_tenant(
         b_ingest = ingest.id
         base_url = httpserver.url_for("/")
         b_integration = add_integration(
-            session, b, "github", {"org": "tenant-b", "base_url": base_url}
+            session, b, "github", {"org": "tenant-b", "base_url": base_url}, allow_private=True
         ).id
         set_secret(session, b, "github.token", TOKEN_B, secret_keys=settings.secret_keys)
         # And tenant A's own github integration, whose locker entry is B's ciphertext, copied
         a_integration = add_integration(
-            session, rig.tenant_id, "github", {"org": "tenant-a", "base_url": base_url}
+            session,
+            rig.tenant_id,
+            "github",
+            {"org": "tenant-a", "base_url": base_url},
+            allow_private=True,
         ).id
         session.execute(
             text(

@@ -120,7 +120,11 @@ def integration(sqlite_session: Session, tenant: Tenant, github: FakeGithub) -> 
     """A github integration on the fake server, with its token in the locker."""
     locker.set_secret(sqlite_session, tenant.id, "github.token", TOKEN, secret_keys=KEYS)
     return add_integration(
-        sqlite_session, tenant.id, "github", {"org": "acme", "base_url": github.base_url}
+        sqlite_session,
+        tenant.id,
+        "github",
+        {"org": "acme", "base_url": github.base_url},
+        allow_private=True,
     )
 
 
@@ -281,7 +285,11 @@ def test_missing_token_tells_how_to_set_it(
     sqlite_session: Session, tenant: Tenant, github: FakeGithub, http: requests.Session
 ) -> None:
     integration = add_integration(
-        sqlite_session, tenant.id, "github", {"org": "acme", "base_url": github.base_url}
+        sqlite_session,
+        tenant.id,
+        "github",
+        {"org": "acme", "base_url": github.base_url},
+        allow_private=True,
     )
 
     with pytest.raises(PermanentError) as caught:
