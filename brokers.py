@@ -37,6 +37,12 @@ def build_middleware(
             return served_tenant_ids(session)
 
     engine = session_factory.kw["bind"]
+    routing = TenantRouting(
+        queue_prefix=settings.queue_prefix,
+        pinned=settings.tenants,
+        refresh_seconds=settings.tenant_refresh_seconds,
+        list_tenants=list_tenants,
+    )
     return [
         # Freezes the booted process's objects out of the full GC passes that stop every
         # job; first, so its after_worker_boot runs last, once everything has booted.
@@ -58,18 +64,13 @@ def build_middleware(
         ConsumerMultiplexing(),
         # Keeps every message the worker nacks in the database (RabbitMQ's dead-letter
         # queue drops it after 7 days); early, so no later before_nack can skip it.
-        DeadLetters(session_factory=session_factory),
+        DeadLetters(session_factory=session_factory, tenant_of_queue=routing.tenant_of_queue),
         # Writes this worker's `workers` row every few seconds (`taskyard workers`, `health`).
         Heartbeat(session_factory=session_factory, interval_seconds=settings.heartbeat_seconds),
         # Drops stale scheduler ticks before any session is opened for them.
         PeriodiqMiddleware(skip_delay=TICK_SKIP_DELAY_SECONDS),
         # Chooses the tenant's queue on send and the queues a worker serves.
-        TenantRouting(
-            queue_prefix=settings.queue_prefix,
-            pinned=settings.tenants,
-            refresh_seconds=settings.tenant_refresh_seconds,
-            list_tenants=list_tenants,
-        ),
+        routing,
         # Runs the actor in one transaction with its job record; needs the
         # routing above to check the tenant, and the policy below to record
         # whether a failure will be retried.
@@ -98,12 +99,18 @@ def build_broker(settings: Settings) -> Broker:
         broker = StubBroker(middleware=middleware)
     else:
         dead_letters = next(m for m in middleware if isinstance(m, DeadLetters))
-        broker = TaskyardRabbitmqBroker(
+        routing = next(m for m in middleware if isinstance(m, TenantRouting))
+        rabbitmq = TaskyardRabbitmqBroker(
             url=settings.broker_url,
             confirm_delivery=True,
             middleware=middleware,
             on_poison=dead_letters.record_poison,
         )
+        # Every delivery is checked against the actor it names before it becomes a job.
+        rabbitmq.route_check = lambda message: routing.refusal(
+            rabbitmq.actors.get(message.actor_name), message
+        )
+        broker = rabbitmq
     return broker
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import dramatiq
 import marshmallow
@@ -16,16 +17,15 @@ from middleware.context import current_context, current_message, current_session
 from middleware.db_session import DbSession, find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
+from services.errors import InvalidArguments, valid_tenant_id
 from services.job_control import is_cancel_requested
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["InvalidArguments", "TaskyardActor", "cancel_requested", "taskyard_actor"]
+
 # The option periodiq's scheduler sets on every tick it sends.
 PERIODIQ_OPTION = "scheduled_at"
-
-
-class InvalidArguments(ValueError):
-    """A producer tried to send arguments the actor cannot take."""
 
 
 class TaskyardActor(dramatiq.Actor[Any, Any]):
@@ -40,19 +40,11 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
                 f"{self.actor_name} takes keyword arguments only (got {len(args)} positional)"
             )
         kwargs = dict(kwargs or {})
-        schema: type[marshmallow.Schema] | None = self.options.get("schema")
-        if schema is not None:
-            errors = _schema(schema, marshmallow.RAISE).validate(kwargs)
-            if errors:
-                raise InvalidArguments(f"{self.actor_name}: invalid arguments: {errors}")
+        self.check_arguments(kwargs)
         message = super().message_with_options(kwargs=kwargs, **options)
         if not self.options.get("tenant_scoped"):
             return message
-        tenant_id = kwargs.get("tenant_id")
-        if not isinstance(tenant_id, int) or isinstance(tenant_id, bool) or tenant_id < 1:
-            raise InvalidArguments(
-                f"{self.actor_name} needs tenant_id, a positive integer (got {tenant_id!r})"
-            )
+        tenant_id = kwargs["tenant_id"]
         routing = find_middleware(self.broker, TenantRouting)
         queue = routing.queue_for(tenant_id) if routing else f"tenant.{tenant_id}"
         return message.copy(queue_name=queue)
@@ -116,18 +108,36 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         # would only make it warn that no result backend is installed.
         return None
 
-    def _validated(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def check_arguments(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments as the actor takes them, or `InvalidArguments` saying what is wrong.
+
+        The one check of an actor's arguments: `send()` runs it before anything
+        is recorded or published, and the worker runs it again on what arrives,
+        before the actor's code, with the same schema and the same strictness
+        (an argument the schema does not know is refused on both sides).
+        """
+        if self.options.get("tenant_scoped") and not valid_tenant_id(kwargs.get("tenant_id")):
+            raise InvalidArguments(
+                f"{self.actor_name} needs tenant_id, a positive integer "
+                f"(got {kwargs.get('tenant_id')!r})"
+            )
         schema: type[marshmallow.Schema] | None = self.options.get("schema")
         if schema is None:
+            try:
+                _signature(self.fn).bind(**kwargs)
+            except TypeError as exc:
+                raise InvalidArguments(f"{self.actor_name}: invalid arguments: {exc}") from None
             return kwargs
-        # Old and new workers run side by side: arguments this code does not
-        # know are dropped, not refused.
-        lenient = _schema(schema, marshmallow.EXCLUDE)
-        unknown = set(kwargs) - set(lenient.fields)
-        if unknown:
-            logger.info("%s ignores unknown arguments %s", self.actor_name, sorted(unknown))
-        loaded: dict[str, Any] = lenient.load(kwargs)
+        try:
+            loaded: dict[str, Any] = _schema(schema).load(kwargs)
+        except marshmallow.ValidationError as exc:
+            raise InvalidArguments(
+                f"{self.actor_name}: invalid arguments: {exc.messages}"
+            ) from None
         return loaded
+
+    def _validated(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self.check_arguments(kwargs)
 
     def send_many(
         self, kwargs_list: Sequence[dict[str, Any]], *, delay: timedelta | int | None = None
@@ -169,10 +179,13 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
 # Schema instances are stateless once built and safe to share between threads;
 # building one per message cost a tenth of a millisecond.
 @functools.cache
-def _schema(
-    schema: type[marshmallow.Schema], unknown: Literal["exclude", "raise"]
-) -> marshmallow.Schema:
-    return schema(unknown=unknown)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+@functools.cache
+def _schema(schema: type[marshmallow.Schema]) -> marshmallow.Schema:
+    return schema(unknown=marshmallow.RAISE)
 
 
 def taskyard_actor(

@@ -36,7 +36,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware
 from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQueueItem
 
-from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker, screen
+from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker
 from middleware.tenant_routing import TenantRouting
 
 # Queues started per pass of the loop: declaring 1,000 tenants' queues takes
@@ -353,7 +353,7 @@ class MultiplexingConsumer(ConsumerThread):
     def _on_message(
         self, link: _Link, queue_name: str, channel: Any, method: Any, _props: Any, body: bytes
     ) -> None:
-        verdict = screen(body, queue_name=queue_name, max_bytes=self.broker.max_message_bytes)
+        verdict = self.broker.admit(body, queue_name)
         if isinstance(verdict, Refusal):
             self.broker.report_poison(queue_name, body, verdict)
             link.reject(channel, method.delivery_tag)

@@ -7,11 +7,13 @@ import json
 import logging
 import threading
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any, TypedDict, TypeVar
 
 from dramatiq import Message, Worker
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,11 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import TENANT_DELETING, TENANT_DISABLED
 from middleware.context import MessageContext, current_context, enter_context, leave_context
 from middleware.outbox import Pending, publish_pending, write_held
-from middleware.retry_policy import Decision, RetryPolicy, attempt_of
-from middleware.tenant_routing import TenantMismatch, TenantRouting
+from middleware.retry_policy import Decision, RetryPolicy, attempt_of, outcome_of
+from middleware.tenant_routing import RouteRefused, TenantRouting
 from services import jobs
 from services.dead_letters import record_dead_letter
-from services.errors import TenantDisabled, UnknownTenant
+from services.errors import MessageIdTaken, TenantDisabled, UnknownTenant, valid_tenant_id
 
 # A result bigger than this is not kept on the job record (return ids, not data).
 MAX_RESULT_BYTES = 8_192
@@ -32,7 +34,8 @@ _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 # Failures that concern the tenant, not the job: the actor's give-up hook is not run.
 # A tenant mismatch names a tenant the message was not routed for: its hook would
 # change that other tenant's rows (mark its ingest items failed, notify it).
-_TENANT_ERRORS = (UnknownTenant, TenantDisabled, TenantMismatch)
+# A refused route or a taken message id names rows that are not this message's.
+_TENANT_ERRORS = (UnknownTenant, TenantDisabled, RouteRefused, MessageIdTaken)
 
 M = TypeVar("M", bound=Middleware)
 
@@ -159,7 +162,13 @@ class DbSession(Middleware):
         # A record already final is left alone: that is the "already finished" skip.
         try:
             with self.session_factory.begin() as session:
-                jobs.mark_skipped(session, message.message_id, reason="skipped before it ran")
+                jobs.mark_skipped(
+                    session,
+                    message.message_id,
+                    actor=message.actor_name,
+                    queue=q_name(message.queue_name),
+                    reason="skipped before it ran",
+                )
         except Exception:
             self.logger.warning("Could not mark %s skipped", message.message_id, exc_info=True)
 
@@ -172,10 +181,14 @@ class DbSession(Middleware):
         actor = broker.get_actor(message.actor_name)
         routing = find_middleware(broker, TenantRouting)
         tenant_scoped = bool(actor.options.get("tenant_scoped"))
+        # Checked again here (the consumer checked it for RabbitMQ): any broker, before
+        # the record is touched or any of the actor's code runs.
+        refused = routing.refusal(actor, message) if routing is not None else None
         record: JobFields = {
             "actor": message.actor_name,
-            "queue": message.queue_name.removesuffix(".DQ"),
-            "tenant_id": _tenant_id(message) if tenant_scoped else None,
+            "queue": q_name(message.queue_name),
+            # A refused message is credited to no tenant: it is not the named one's job.
+            "tenant_id": _tenant_id(message) if tenant_scoped and refused is None else None,
             "args": dict(message.kwargs),
             "attempt": attempt_of(message),
             "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
@@ -186,12 +199,13 @@ class DbSession(Middleware):
         try:
             try:
                 with session.begin():
+                    if refused is not None:
+                        raise RouteRefused(refused)
                     attempt = jobs.begin_attempt(session, message.message_id, **record)
                     run_it = attempt.run
                     if run_it:
-                        if tenant_scoped and routing is not None:
-                            tenant_id = routing.check_message(message)
-                            _require_active_tenant(tenant_id, attempt.tenant_status)
+                        if record["tenant_id"] is not None:
+                            _require_active_tenant(record["tenant_id"], attempt.tenant_status)
                         result = small_result(call(), self.logger)
                         jobs.mark_succeeded(
                             session,
@@ -229,17 +243,19 @@ class DbSession(Middleware):
         record: JobFields,
         exc: BaseException,
     ) -> None:
-        if isinstance(exc, TenantMismatch):
-            # Not attributed to the tenant the message names: it is not that tenant's job.
-            record = record.copy()
-            record["tenant_id"] = None
+        dead_letter_id = message.message_id
+        if isinstance(exc, MessageIdTaken):
+            # The id is another job's: its record is left alone (the guarded upsert below
+            # changes nothing) and this message's dead letter gets an id of its own.
+            dead_letter_id = str(uuid.uuid4())
         policy = find_middleware(broker, RetryPolicy)
         decision = (
             policy.decide(broker, message, exc)
             if policy is not None
             else Decision(retry=False, delay_ms=0, reason="failed")
         )
-        error = describe_error(exc)
+        outcome = outcome_of(decision, record["attempt"])
+        error = f"{describe_error(exc)} {outcome}" if outcome else describe_error(exc)
         pending: list[Pending] = []
         try:
             with session.begin():
@@ -249,7 +265,7 @@ class DbSession(Middleware):
                 if not decision.retry:
                     record_dead_letter(
                         session,
-                        message_id=message.message_id,
+                        message_id=dead_letter_id,
                         queue=record["queue"],
                         reason=decision.reason,
                         error=error,
@@ -299,7 +315,7 @@ def find_middleware(broker: Broker, kind: type[M]) -> M | None:
 
 def _tenant_id(message: Message[Any]) -> int | None:
     value = message.kwargs.get("tenant_id")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if valid_tenant_id(value) else None
 
 
 def _require_active_tenant(tenant_id: int, status: str | None) -> None:

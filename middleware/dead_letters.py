@@ -6,6 +6,7 @@ import json
 import logging
 import traceback
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from dramatiq.broker import Broker, MessageProxy
@@ -17,14 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from middleware.db_session import describe_error
 from middleware.retry_policy import attempt_of
 from services.dead_letters import record_dead_letter
+from services.errors import valid_tenant_id
+
+# Refusals whose message is kept whole, so it can be requeued once a worker knows its
+# actor (a deploy in progress).  Any other refused body is kept as evidence only: a
+# body on the wrong queue or naming another tenant is not work to hand back to anyone.
+REQUEUEABLE_REFUSALS = frozenset({"unknown_actor"})
 
 # A refused body up to this size is read (as JSON only) for its id, actor and tenant.
 MAX_PEEK_BYTES = 1024 * 1024
-
-
-def _tenant_id(kwargs: Any) -> int | None:
-    value = kwargs.get("tenant_id") if isinstance(kwargs, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _peek(body: bytes) -> dict[str, Any]:
@@ -46,16 +48,33 @@ class DeadLetters(Middleware):
     decoded), because RabbitMQ's dead-letter queues drop messages after 7 days.
     """
 
-    def __init__(self, *, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        tenant_of_queue: Callable[[str], int | None] = lambda queue_name: None,
+    ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
         self.session_factory = session_factory
+        self.tenant_of_queue = tenant_of_queue
+
+    def tenant_of(self, message: MessageProxy) -> int | None:
+        """The tenant a nacked message is credited to: the one it names, if on that one's queue.
+
+        A message that names one tenant on another's queue (or on the system
+        queue) is nobody's: crediting the named tenant would let traffic on one
+        queue write into another tenant's dead-letter list.
+        """
+        named = message.kwargs.get("tenant_id")
+        on_queue = self.tenant_of_queue(message.queue_name)
+        return named if valid_tenant_id(named) and named == on_queue else None
 
     def before_nack(self, broker: Broker, message: MessageProxy) -> None:
         """Keep a nacked message that has no dead letter yet; never stops the nack."""
         exc: BaseException | None = getattr(message, "_exception", None)
         unknown_actor = isinstance(exc, ActorNotFound)
         reason = "unknown_actor" if unknown_actor else "failed"
-        tenant_id = _tenant_id(message.kwargs)
+        tenant_id = self.tenant_of(message)
         extra = {"message_id": message.message_id, "actor": message.actor_name}
         try:
             with self.session_factory.begin() as session:
@@ -94,7 +113,10 @@ class DeadLetters(Middleware):
             )
 
     def record_poison(self, queue: str, body: bytes, reason: str, error: str) -> None:
-        """Keep a body the consumer refused (for the broker's `on_poison`); never raises."""
+        """Keep a body the consumer refused (for the broker's `on_poison`); never raises.
+
+        Credited to no tenant and kept under a new id, whatever the body claims.
+        """
         peeked = _peek(body)
         claimed = peeked.get("message_id")
         actor = peeked.get("actor_name")
@@ -104,21 +126,22 @@ class DeadLetters(Middleware):
             "traceback": None,
             "attempts": 0,
             "actor": actor if isinstance(actor, str) else None,
-            "tenant_id": _tenant_id(peeked.get("kwargs")),
+            # A refused body is credited to no tenant, whatever it claims: it was not
+            # routed by Taskyard, so nothing says which tenant (if any) sent it.
+            "tenant_id": None,
             "raw_body": body,
+            # Only a body the consumer decoded and found well formed (its queue, its
+            # fields) can be requeued; it goes back to the queue it arrived on.
+            "message": peeked if reason in REQUEUEABLE_REFUSALS else None,
         }
-        usable = isinstance(claimed, str) and 0 < len(claimed) <= 64 and claimed.isprintable()
-        message_id = claimed if usable else None
+        # Kept under an id of its own: the id a refused body claims is untrusted, and
+        # using it would let a crafted body squat another job's dead letter.
+        message_id = str(uuid.uuid4())
+        if isinstance(claimed, str) and claimed:
+            error = f"{error} (the body claims message id {claimed[:64]!r})"
         try:
             with self.session_factory.begin() as session:
-                kept = message_id is not None and record_dead_letter(
-                    session, message_id=message_id, error=error, replace=False, **fields
-                )
-                if not kept:
-                    if message_id is not None:
-                        error = f"{error} (its message id {message_id!r} was already taken)"
-                    message_id = str(uuid.uuid4())
-                    record_dead_letter(session, message_id=message_id, error=error, **fields)
+                record_dead_letter(session, message_id=message_id, error=error, **fields)
         except Exception:
             self.logger.error(
                 "Could not keep a refused message (%s) from %s; it goes only to RabbitMQ's %s, "

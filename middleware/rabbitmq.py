@@ -52,6 +52,10 @@ class Refusal:
     error: str
 
 
+# Why a decoded message may not run on the queue it arrived on (None: it may).
+RouteCheck = Callable[[Message[Any]], Refusal | None]
+
+
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -144,7 +148,7 @@ class ScreeningConsumer(_RabbitmqConsumer):
             raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
         if method is None:
             return None
-        verdict = screen(body, queue_name=self.queue_name, max_bytes=self.broker.max_message_bytes)
+        verdict = self.broker.admit(body, self.queue_name)
         if isinstance(verdict, Refusal):
             self.broker.report_poison(self.queue_name, body, verdict)
             self._nack(method.delivery_tag)  # type: ignore[no-untyped-call]
@@ -169,12 +173,14 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_poison: OnPoison | None = None,
+        route_check: RouteCheck | None = None,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.max_message_bytes = max_message_bytes
         self.on_poison = on_poison
+        self.route_check = route_check
         self.publish_timeout = publish_timeout
         self._publisher: Publisher | None = None
         self._publisher_lock = threading.Lock()
@@ -270,6 +276,19 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         if self._publisher is not None and self._publisher.pid == os.getpid():
             self._publisher.close(timeout=self.publish_timeout)
         super().close()
+
+    def admit(self, body: bytes, queue_name: str) -> Message[Any] | Refusal:
+        """The message in a delivered body, or why it is refused before it becomes a job.
+
+        Screens the bytes (`screen`), then asks `route_check` whether the
+        message may run on the queue it arrived on: a refused message never
+        reaches a worker thread, a middleware hook or the database.
+        """
+        verdict = screen(body, queue_name=queue_name, max_bytes=self.max_message_bytes)
+        if isinstance(verdict, Refusal) or self.route_check is None:
+            return verdict
+        refusal = self.route_check(verdict)
+        return verdict if refusal is None else refusal
 
     @property
     def consumer_class(self) -> type[ScreeningConsumer]:

@@ -51,6 +51,21 @@ class Decision:
     reason: str
 
 
+def outcome_of(decision: Decision, attempt: int) -> str:
+    """What became of a failed attempt, for its error text: the one place that says so.
+
+    Errors say what happened, never what happens next: a transient error's
+    text would otherwise promise a retry on the attempt that gave up.
+    """
+    if decision.retry:
+        return f"[attempt {attempt} failed; retrying in {decision.delay_ms / 1000:.1f} s]"
+    if decision.reason == "max_attempts_exceeded":
+        return f"[attempt {attempt} was the last; gave up: max_attempts_exceeded]"
+    if decision.reason == "record_failed":
+        return f"[attempt {attempt} failed and could not be recorded]"
+    return ""
+
+
 def _sqlstate(exc: BaseException) -> str | None:
     orig = getattr(exc, "orig", None)
     return getattr(orig, "pgcode", None)

@@ -7,18 +7,20 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dramatiq import Message, Worker
+from dramatiq import Actor, Message, Worker
 from dramatiq.broker import Broker
+from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
-from services.errors import PermanentError
+from middleware.rabbitmq import Refusal
+from services.errors import PermanentError, valid_tenant_id
 
 
-class TenantMismatch(PermanentError):
-    """A message's `tenant_id` does not match the queue it arrived on."""
+class RouteRefused(PermanentError):
+    """A message may not run where it arrived (`Refusal.reason`: wrong queue, tenant, actor)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, reason="tenant_mismatch")
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.error, reason=refusal.reason)
 
 
 class TenantRouting(Middleware):
@@ -58,26 +60,68 @@ class TenantRouting(Middleware):
         """The queue of one tenant."""
         return f"{self.queue_prefix}tenant.{tenant_id}"
 
-    def check_message(self, message: Message[Any]) -> int:
-        """The message's tenant id, refusing one that arrived on another tenant's queue."""
-        tenant_id = message.kwargs.get("tenant_id")
-        if not isinstance(tenant_id, int) or isinstance(tenant_id, bool) or tenant_id < 1:
-            raise TenantMismatch(f"tenant_id must be a positive integer, got {tenant_id!r}")
-        queue = message.queue_name.removesuffix(".DQ")
-        if queue != self.queue_for(tenant_id):
-            raise TenantMismatch(
-                f"message for tenant {tenant_id} arrived on queue {queue!r}; it was not "
-                "sent through Taskyard's routing, so it is refused"
+    def refusal(self, actor: Actor[Any, Any] | None, message: Message[Any]) -> Refusal | None:
+        """Why `message` may not run on the queue it arrived on; None when it may.
+
+        The one rule of where an actor runs, checked by the consumer before a
+        body becomes a job and again by the engine before any of the actor's
+        code: a tenant-scoped actor only from the queue of the tenant it names,
+        any other actor (the system actors: tenant deletion, the locker's
+        re-encryption, retention, the scheduler's tick) only from the queue it
+        was declared on.  Taskyard's actors take keyword arguments only, and
+        `tenant_id` must be a positive integer, as `send()` requires.
+        """
+        queue = q_name(message.queue_name)
+        name = message.actor_name
+        if actor is None:
+            return Refusal(
+                "unknown_actor",
+                f"no actor named {name!r} on this worker (message on {queue!r}); deploy the "
+                "code that declares it, then requeue the dead letter",
             )
-        return tenant_id
+        if "tenant_scoped" in actor.options and message.args:
+            return Refusal(
+                "invalid_arguments",
+                f"{name} takes keyword arguments only (got {len(message.args)} positional)",
+            )
+        if not actor.options.get("tenant_scoped"):
+            if queue != actor.queue_name:
+                return Refusal(
+                    "wrong_queue",
+                    f"{name} runs only from queue {actor.queue_name!r}, not from {queue!r}; "
+                    "refused before it ran",
+                )
+            return None
+        tenant_id = message.kwargs.get("tenant_id")
+        if not valid_tenant_id(tenant_id):
+            return Refusal(
+                "invalid_arguments",
+                f"{name} needs tenant_id, a positive integer (got {tenant_id!r})",
+            )
+        if queue != self.queue_for(tenant_id):
+            return Refusal(
+                "tenant_mismatch",
+                f"{name} for tenant {tenant_id} arrived on queue {queue!r}, not on "
+                f"{self.queue_for(tenant_id)!r}; it was not sent through Taskyard's routing, so "
+                "it runs for no tenant",
+            )
+        return None
+
+    def check_message(self, actor: Actor[Any, Any] | None, message: Message[Any]) -> None:
+        """Raise `RouteRefused` unless `message` may run on the queue it arrived on."""
+        refusal = self.refusal(actor, message)
+        if refusal is not None:
+            raise RouteRefused(refusal)
 
     def tenant_of_queue(self, queue_name: str) -> int | None:
         """The tenant whose queue (or delay queue) this is; None for any other queue."""
         head = f"{self.queue_prefix}tenant."
-        rest = queue_name.removesuffix(".DQ")
-        if not rest.startswith(head) or not rest[len(head) :].isdigit():
+        rest = q_name(queue_name)
+        digits = rest[len(head) :]
+        # ASCII only: str.isdigit() and int() also take the digits of other scripts.
+        if not rest.startswith(head) or not (digits.isascii() and digits.isdigit()):
             return None
-        return int(rest[len(head) :])
+        return int(digits)
 
     def still_served(self, queue_name: str) -> bool:
         """Whether a queue RabbitMQ deleted should be declared and consumed again.

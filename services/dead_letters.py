@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from sqlalchemy import ColumnElement, delete, func, null, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -88,7 +89,9 @@ def record_dead_letter(
     """Keep a dead letter, or refresh one requeued since; True when written.
 
     With `replace=False`, a current (not requeued) dead letter with the same id
-    is left as it is: whoever recorded it first knew more.
+    is left as it is: whoever recorded it first knew more.  An id already held
+    by another job's dead letter (another queue, actor or tenant) leaves that
+    one untouched; this one is kept under a fresh id, its error naming the id.
     """
     raw = raw_body.encode("utf-8", "replace") if isinstance(raw_body, str) else raw_body
     raw_text = None if raw is None else raw[:MAX_RAW_BODY_BYTES].decode("utf-8", "replace")
@@ -114,15 +117,46 @@ def record_dead_letter(
     }
     dialect = session.get_bind().dialect.name
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(DeadLetter)
+    job = session.execute(
+        select(Job.queue, Job.actor, Job.tenant_id).where(Job.message_id == row["message_id"])
+    ).first()
+    if job is not None and tuple(job) != (row["queue"], row["actor"], row["tenant_id"]):
+        # The id is another job's: this dead letter must not take its place.
+        return _keep_apart(session, insert, row, "belongs to another job")
     stmt = insert.values(**row)
     refreshed = {name: stmt.excluded[name] for name in row if name != "message_id"}
+    # A dead letter belongs to the job (queue, actor, tenant) that made it: a message
+    # reusing its id is never merged into it.
+    same_job = and_(
+        DeadLetter.queue == stmt.excluded.queue,
+        DeadLetter.actor.is_not_distinct_from(stmt.excluded.actor),
+        DeadLetter.tenant_id.is_not_distinct_from(stmt.excluded.tenant_id),
+    )
     upsert = stmt.on_conflict_do_update(
         index_elements=[DeadLetter.message_id],
         # The row stands for the latest dead-lettering, so it is dated anew.
         set_={**refreshed, "created_at": func.now()},
-        where=None if replace else DeadLetter.requeued_at.is_not(None),
+        where=same_job if replace else and_(same_job, DeadLetter.requeued_at.is_not(None)),
     )
-    return session.execute(upsert.returning(DeadLetter.message_id)).first() is not None
+    if session.execute(upsert.returning(DeadLetter.message_id)).first() is not None:
+        return True
+    held = session.execute(
+        select(DeadLetter.queue, DeadLetter.actor, DeadLetter.tenant_id).where(
+            DeadLetter.message_id == row["message_id"]
+        )
+    ).first()
+    if held is None or tuple(held) == (row["queue"], row["actor"], row["tenant_id"]):
+        return False  # the same job's current dead letter, kept (replace=False)
+    return _keep_apart(session, insert, row, "belongs to another job's dead letter")
+
+
+def _keep_apart(session: Session, insert: Any, row: dict[str, Any], why: str) -> bool:
+    """Keep a dead letter under an id of its own, its error naming the id it came with."""
+    claimed = row["message_id"]
+    note = f"(its message id {claimed!r} {why}, left unchanged)"
+    error = _fit(f"{row['error']} {note}" if row["error"] else note, MAX_ERROR_LENGTH)
+    session.execute(insert.values(**(row | {"message_id": str(uuid.uuid4()), "error": error})))
+    return True
 
 
 def _conditions(flt: DeadLetterFilter) -> list[ColumnElement[bool]]:
@@ -176,10 +210,11 @@ def dead_letter_info(dl: DeadLetter) -> DeadLetterInfo:
     }
 
 
-def _for_requeue(message: dict[str, Any]) -> dict[str, Any]:
+def _for_requeue(dead: DeadLetter, message: dict[str, Any]) -> dict[str, Any]:
     options = {k: v for k, v in dict(message.get("options") or {}).items() if k != "eta"}
-    queue = str(message["queue_name"]).removesuffix(".DQ").removesuffix(".XQ")
-    return {**message, "queue_name": queue, "options": options | {"retries": 0}}
+    # Back to the queue it was dead-lettered from, whatever its body says: a requeue
+    # never moves a message onto another queue (another tenant's).
+    return {**message, "queue_name": dead.queue, "options": options | {"retries": 0}}
 
 
 def _take_one(session: Session, message_id: str) -> DeadLetter:
@@ -238,16 +273,25 @@ def take_for_requeue(
     now = dt.datetime.now(dt.UTC)
     for dead in taken:
         dead.requeued_at = now
+    # Each dead letter's own job record goes back to queued: the record of its id
+    # with its queue, actor and tenant (a dead letter never resets another job's).
+    owners = {(d.message_id, d.queue, d.actor, d.tenant_id) for d in taken}
+    found = session.execute(
+        select(Job.message_id, Job.queue, Job.actor, Job.tenant_id).where(
+            Job.message_id.in_([dead.message_id for dead in taken])
+        )
+    )
+    own = [row.message_id for row in found if tuple(row) in owners]
     # A job that succeeded is never run again; its requeued message is skipped.
     session.execute(
         update(Job)
-        .where(Job.message_id.in_([dead.message_id for dead in taken]))
+        .where(Job.message_id.in_(own))
         .where(Job.status != JOB_SUCCEEDED)
         .values(status=JOB_QUEUED, attempts=0, finished_at=None)
         .execution_options(synchronize_session=False)
     )
     session.flush()
-    return [_for_requeue(dead.message) for dead in taken if dead.message is not None]
+    return [_for_requeue(dead, dead.message) for dead in taken if dead.message is not None]
 
 
 def purge_dead_letters(session: Session, flt: DeadLetterFilter) -> int:

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeGuard
+
+# tenant ids are PostgreSQL bigints.
+MAX_TENANT_ID = 2**63 - 1
+
+
+def valid_tenant_id(value: Any) -> TypeGuard[int]:
+    """Whether `value` can name a tenant: a positive 64-bit integer, not a bool or a string."""
+    return type(value) is int and 0 < value <= MAX_TENANT_ID
+
 
 class TaskyardError(Exception):
     """Base of every error Taskyard raises on purpose."""
@@ -28,6 +38,25 @@ class ValidationFailed(PermanentError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="invalid_input")
+
+
+class InvalidArguments(PermanentError, ValueError):
+    """An actor's arguments do not fit its schema: refused at send, dead-lettered at a worker."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="invalid_arguments")
+
+
+class MessageIdTaken(PermanentError):
+    """A message carries the id of another job (another tenant, actor or queue): never merged."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(
+            f"message id {message_id!r} belongs to another job (another tenant, actor or queue); "
+            "this message is refused and that job is left as it was",
+            reason="message_id_taken",
+        )
+        self.message_id = message_id
 
 
 class NotFound(PermanentError):

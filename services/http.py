@@ -148,8 +148,7 @@ def _check_api_status(response: requests.Response, safe_url: str, now: dt.dateti
         asks = f" (wait {wait:g} s)" if wait is not None else ""
         what = "is rate limiting us" if rate_limited else "is failing"
         raise FetchFailed(
-            f"GET {safe_url} answered {status} {response.reason}{asks}; "
-            f"the server {what}, the request will be retried",
+            f"GET {safe_url} answered {status} {response.reason}{asks}; the server {what}",
             retry_after=wait,
         )
     if status == 404:
@@ -201,7 +200,7 @@ def _check_status(response: requests.Response, safe_url: str) -> None:
         wait = f" (server asks to wait {retry_after:g} s)" if retry_after is not None else ""
         raise FetchFailed(
             f"GET {safe_url} answered {status} {response.reason}{wait}; "
-            "the server is busy or failing, the fetch will be retried",
+            "the server is busy or failing",
             retry_after=retry_after,
         )
     raise FetchRefused(
@@ -251,11 +250,10 @@ def _raise_for_request_error(
     if isinstance(exc, requests.exceptions.Timeout) or _wraps_read_timeout(exc):
         raise FetchFailed(
             f"GET {safe_url} timed out (connect {limits.connect_timeout:g} s, "
-            f"read {limits.read_timeout:g} s); the fetch will be retried"
+            f"read {limits.read_timeout:g} s)"
         ) from exc
     raise FetchFailed(
-        f"GET {safe_url} failed ({type(exc).__name__}); "
-        "check that the host is reachable, the fetch will be retried"
+        f"GET {safe_url} failed ({type(exc).__name__}); check that the host is reachable"
     ) from exc
 
 

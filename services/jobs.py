@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     Select,
     Table,
+    and_,
     bindparam,
     delete,
     func,
@@ -33,7 +34,7 @@ from db.models import (
     Job,
     Tenant,
 )
-from services.errors import NotFound
+from services.errors import MessageIdTaken, NotFound
 
 # Errors are kept for reading, not for storing whole payloads.
 MAX_ERROR_LENGTH = 4_000
@@ -77,14 +78,40 @@ def _upsert_unless_final(
     """Insert the record with `fields` and `changes`, or apply `changes` unless it is final.
 
     A record already final (a commit that went through although its
-    acknowledgement did not) is never changed by a later delivery.
+    acknowledgement did not) is never changed by a later delivery, nor is
+    another job's record (the fields name another tenant, actor or queue).
     """
     stmt = _insert(session).values(message_id=message_id, **fields, **changes)
     return stmt.on_conflict_do_update(
         index_elements=[Job.message_id],
         set_=changes,
-        where=Job.status.not_in(JOB_FINAL_STATES),
+        where=and_(Job.status.not_in(JOB_FINAL_STATES), _same_job(Job.__table__, stmt.excluded)),
     )
+
+
+def _same_job(jobs: Any, new: Any) -> Any:
+    """The record found by a message's id belongs to the same job: tenant, actor and queue.
+
+    Message ids travel in logs and webhook headers; a message that reuses one
+    on another queue, for another actor or tenant, must never take that
+    job's record over.
+    """
+    return and_(
+        jobs.c.actor == new.actor,
+        jobs.c.queue == new.queue,
+        jobs.c.tenant_id.is_not_distinct_from(new.tenant_id),
+    )
+
+
+def _check_owner(
+    session: Session, message_id: str, *, actor: str, queue: str, tenant_id: int | None
+) -> None:
+    """Raise `MessageIdTaken` when the record of `message_id` belongs to another job."""
+    held = session.execute(
+        select(Job.actor, Job.queue, Job.tenant_id).where(Job.message_id == message_id)
+    ).first()
+    if held is not None and tuple(held) != (actor, queue, tenant_id):
+        raise MessageIdTaken(message_id)
 
 
 class Attempt(NamedTuple):
@@ -131,7 +158,7 @@ def _build_begin(dialect: str) -> Any:
             "started_at": stmt.excluded.started_at,
             "updated_at": func.now(),
         },
-        where=jobs.c.status.not_in(_final_states()),
+        where=and_(jobs.c.status.not_in(_final_states()), _same_job(jobs, stmt.excluded)),
     ).returning(jobs.c.message_id, tenant_status)
 
 
@@ -170,7 +197,9 @@ def begin_attempt(
 
     One statement, one round trip: the upsert locks the row until the
     message's transaction ends, so a redelivered copy of a message waits here
-    and then sees that the first copy succeeded.
+    and then sees that the first copy succeeded.  Raises `MessageIdTaken` when
+    the id is another job's (another tenant, actor or queue): that record is
+    neither changed nor run.
     """
     params = {
         "message_id": message_id,
@@ -184,7 +213,8 @@ def begin_attempt(
     }
     row = _BEGIN.execute(session, params).first()
     if row is None:
-        # The record is final; its tenant does not matter any more.
+        # The record is final, or another job's (`MessageIdTaken`).
+        _check_owner(session, message_id, actor=actor, queue=queue, tenant_id=tenant_id)
         return Attempt(run=False, tenant_status=None)
     _message_id, tenant_status = tuple(row)
     return Attempt(run=True, tenant_status=tenant_status)
@@ -227,11 +257,19 @@ def rehearse(session: Session) -> None:
     mark_succeeded(session, message_id, attempt=1, result=None)
 
 
-def mark_skipped(session: Session, message_id: str, *, reason: str) -> None:
-    """Record that a message was dropped before it ran (a stale scheduler tick, say)."""
+def mark_skipped(session: Session, message_id: str, *, actor: str, queue: str, reason: str) -> None:
+    """Record that a message was dropped before it ran (a stale scheduler tick, say).
+
+    Only the record of the same actor on the same queue: an id reused elsewhere changes nothing.
+    """
     session.execute(
         update(Job)
-        .where(Job.message_id == message_id, Job.status.not_in(JOB_FINAL_STATES))
+        .where(
+            Job.message_id == message_id,
+            Job.status.not_in(JOB_FINAL_STATES),
+            Job.actor == actor,
+            Job.queue == queue,
+        )
         .values(status=JOB_SKIPPED, finished_at=dt.datetime.now(dt.UTC), error=reason)
     )
 

@@ -107,7 +107,7 @@ def test_last_failed_attempt_is_kept_as_max_attempts_exceeded(
     assert "still down" in (row.traceback or "")
 
 
-def test_arguments_the_schema_rejects_are_kept_as_invalid_input(
+def test_arguments_the_schema_rejects_are_kept_as_invalid_arguments(
     stub: StubBroker, sessions: sessionmaker[Session]
 ) -> None:
     class Args(marshmallow.Schema):
@@ -120,7 +120,7 @@ def test_arguments_the_schema_rejects_are_kept_as_invalid_input(
     stub.enqueue(message)
     stub.join(QUEUE, fail_fast=False, timeout=10_000)
 
-    assert dead_letter(sessions, message.message_id).reason == "invalid_input"
+    assert dead_letter(sessions, message.message_id).reason == "invalid_arguments"
 
 
 def test_message_for_an_unknown_actor_is_kept_when_nacked(
@@ -154,7 +154,7 @@ def test_nack_with_the_database_away_is_logged_and_goes_on(
     assert "goes only to RabbitMQ's tenant.1.XQ" in caplog.text
 
 
-def test_refused_body_is_kept_raw_under_its_own_or_a_new_id(
+def test_refused_body_is_kept_raw_under_a_new_id_and_credited_to_no_tenant(
     sessions: sessionmaker[Session],
 ) -> None:
     middleware = DeadLetters(session_factory=sessions)
@@ -166,10 +166,13 @@ def test_refused_body_is_kept_raw_under_its_own_or_a_new_id(
 
     with sessions() as session:
         rows = list(session.scalars(select(DeadLetter)))
-    by_id = {row.message_id: row for row in rows}
-    assert len(rows) == 3 and by_id["m-1"].raw_body == claimed
-    assert (by_id["m-1"].actor, by_id["m-1"].tenant_id, by_id["m-1"].attempts) == ("a", 1, 0)
-    assert sum("already taken" in (row.error or "") for row in rows) == 1
+    # The claimed id is untrusted: never the key (it could squat another job's dead letter)
+    assert len(rows) == 3 and "m-1" not in {row.message_id for row in rows}
+    claiming = [row for row in rows if row.raw_body == claimed]
+    assert len(claiming) == 2
+    assert all("claims message id 'm-1'" in (row.error or "") for row in claiming)
+    # The body names tenant 1, but nothing routed it there: it is nobody's
+    assert {(row.actor, row.tenant_id, row.attempts) for row in claiming} == {("a", None, 0)}
     assert all(row.message is None and row.reason == "undecodable" for row in rows)
 
 

@@ -6,9 +6,10 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Job
+from db.models import DeadLetter, Job
 from services import jobs
 from services.dead_letters import (
     MAX_RAW_BODY_BYTES,
@@ -105,10 +106,48 @@ def test_replace_false_leaves_a_current_row_alone(sqlite_session: Session) -> No
         error="later",
         traceback=None,
         attempts=1,
+        actor="ingest",
+        tenant_id=1,
         replace=False,
     )
     assert written is False
     assert get_dead_letter(sqlite_session, "m1").reason == "fetch_refused"
+
+
+@pytest.mark.parametrize("replace", [True, False])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"tenant_id": 2, "actor": "ingest", "queue": QUEUE},
+        {"tenant_id": None, "actor": "ingest", "queue": QUEUE},
+        {"tenant_id": 1, "actor": "delete_tenant", "queue": QUEUE},
+        {"tenant_id": 1, "actor": "ingest", "queue": "other.queue"},
+    ],
+)
+def test_another_jobs_dead_letter_is_never_merged_into(
+    sqlite_session: Session, other: dict[str, Any], replace: bool
+) -> None:
+    # Given tenant 1's dead letter m1
+    dead(sqlite_session, "m1", reason="fetch_refused")
+    before = dead_letter_info(get_dead_letter(sqlite_session, "m1"))
+    # When a message of another tenant, actor or queue that reuses the id is dead-lettered
+    written = record_dead_letter(
+        sqlite_session,
+        message_id="m1",
+        reason="crafted",
+        error="boom",
+        traceback=None,
+        attempts=1,
+        message={"message_id": "m1"},
+        replace=replace,
+        **other,
+    )
+    # Then m1 is unchanged, and the other is kept under an id of its own that says why
+    assert written is True
+    assert dead_letter_info(get_dead_letter(sqlite_session, "m1")) == before
+    others = [d for d in sqlite_session.scalars(select(DeadLetter)) if d.message_id != "m1"]
+    assert [(d.reason, d.tenant_id) for d in others] == [("crafted", other["tenant_id"])]
+    assert "'m1' belongs to another job" in (others[0].error or "")
 
 
 def test_raw_body_is_kept_as_text_and_cut_at_the_limit(sqlite_session: Session) -> None:
