@@ -18,7 +18,7 @@ from middleware.frozen_heap import FrozenHeap
 from middleware.heartbeat import Heartbeat
 from middleware.metrics import Metrics
 from middleware.outbox import Outbox
-from middleware.rabbitmq import TaskyardRabbitmqBroker
+from middleware.rabbitmq import DEFAULT_MAX_ETA_AHEAD_MS, TaskyardRabbitmqBroker
 from services.tenants import served_tenant_ids
 from settings import Settings, load_settings
 
@@ -109,6 +109,11 @@ def build_broker(settings: Settings) -> Broker:
         # Every delivery is checked against the actor it names before it becomes a job.
         rabbitmq.route_check = lambda message: routing.refusal(
             rabbitmq.actors.get(message.actor_name), message
+        )
+        # A delay queue's eta is never further out than the outbox's threshold (and
+        # clock skew between hosts); anything longer waits in the outbox.
+        rabbitmq.max_eta_ahead_ms = max(
+            DEFAULT_MAX_ETA_AHEAD_MS, int(settings.broker_delay_max_seconds * 1000) + 300_000
         )
         broker = rabbitmq
     return broker

@@ -94,6 +94,14 @@ def jobs_retry(ctx: click.Context, message_id: str, as_json: bool) -> None:
         [again] = requeue(ctx, message_id=message_id)
         info = {"retried": message_id, "message_id": again, "how": "requeued"}
     else:
+        if job["args"].get("tenant_id") != job["tenant_id"]:
+            # A record refused for its route keeps the arguments it came with, which
+            # may name another tenant: sending them would run it as that tenant.
+            raise CommandFailed(
+                f"job {message_id} names tenant {job['args'].get('tenant_id')!r} in its "
+                f"arguments but belongs to tenant {job['tenant_id']!r}: it is not retried; "
+                "send a new job for the right tenant instead"
+            )
         broker = ctx.ensure_object(State).load_broker()
         message = broker.get_actor(job["actor"]).send_with_options(kwargs=job["args"])
         info = {"retried": message_id, "message_id": message.message_id, "how": "sent"}

@@ -38,6 +38,8 @@ _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _TENANT_ERRORS = (UnknownTenant, TenantDisabled, RouteRefused, MessageIdTaken)
 
 M = TypeVar("M", bound=Middleware)
+# Set on an exception whose message the engine kept as a dead letter (the id kept under).
+KEPT_AS_DEAD_LETTER = "taskyard_dead_letter_id"
 
 
 class JobFields(TypedDict):
@@ -303,6 +305,9 @@ class DbSession(Middleware):
                 "Could not record the failure of %s %s", message.actor_name, message.message_id
             )
         else:
+            if not decision.retry:
+                # DeadLetters.before_nack keeps only what no one kept before it.
+                setattr(exc, KEPT_AS_DEAD_LETTER, dead_letter_id)
             publish_pending(broker, pending)
 
 

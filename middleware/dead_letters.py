@@ -15,7 +15,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware
 from sqlalchemy.orm import Session, sessionmaker
 
-from middleware.db_session import describe_error
+from middleware.db_session import KEPT_AS_DEAD_LETTER, describe_error
 from middleware.retry_policy import attempt_of
 from services.dead_letters import record_dead_letter
 from services.errors import valid_tenant_id
@@ -72,6 +72,8 @@ class DeadLetters(Middleware):
     def before_nack(self, broker: Broker, message: MessageProxy) -> None:
         """Keep a nacked message that has no dead letter yet; never stops the nack."""
         exc: BaseException | None = getattr(message, "_exception", None)
+        if exc is not None and getattr(exc, KEPT_AS_DEAD_LETTER, None) is not None:
+            return  # kept by the engine with the failure, under the id it chose
         unknown_actor = isinstance(exc, ActorNotFound)
         reason = "unknown_actor" if unknown_actor else "failed"
         tenant_id = self.tenant_of(message)

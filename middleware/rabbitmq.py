@@ -81,6 +81,53 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def _count(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda value: type(value) is int and low <= value <= high
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 64
+
+
+_DAY_MS = 24 * 60 * 60 * 1000
+# The message options a body may carry, each with its check: the ones Taskyard's
+# engine, Dramatiq's worker and periodiq read.  The options are untrusted input
+# that decides how a message is run (how often, how long, with what priority), so
+# anything else is refused: Dramatiq would read `throws` as an exception class and
+# crash the thread, a bad `broker_priority` would break the publisher.
+MESSAGE_OPTIONS: dict[str, Callable[[Any], bool]] = {
+    "retries": _count(0, 1_000),
+    "eta": _count(0, 2**53),
+    "max_attempts": _count(1, 100),
+    "min_backoff": _count(0, _DAY_MS),
+    "max_backoff": _count(0, _DAY_MS),
+    "time_limit": _count(1, _DAY_MS),
+    "broker_priority": _count(0, 255),
+    "scheduled_at": _text,
+    "taskyard_schedule_id": _count(1, 2**63 - 1),
+    "taskyard_slot": _text,
+}
+# How far ahead a delay queue's eta may be: longer delays wait in the outbox, so
+# only a crafted body has one further out (Dramatiq would hold it unacknowledged
+# until RabbitMQ's consumer_timeout closed the channel every tenant shares).
+DEFAULT_MAX_ETA_AHEAD_MS = 60 * 60 * 1000
+
+
+def _options_problem(options: dict[str, Any], queue_name: str, max_eta_ahead_ms: int) -> str | None:
+    for name, value in options.items():
+        check = MESSAGE_OPTIONS.get(name)
+        if check is None:
+            return f"option {name!r} is not one Taskyard takes ({', '.join(MESSAGE_OPTIONS)})"
+        if not check(value):
+            return f"option {name!r} has a value out of its type or range: {value!r}"[:300]
+    if "eta" in options:
+        if not queue_name.endswith(".DQ"):
+            return "option 'eta' on a queue that is not a delay queue"
+        if options["eta"] > current_millis() + max_eta_ahead_ms:
+            return f"option 'eta' is more than {max_eta_ahead_ms // 1000} s ahead"
+    return None
+
+
 def _shape_problem(data: Any) -> str | None:
     if not isinstance(data, dict):
         return f"a JSON {type(data).__name__}, not a message object"
@@ -102,7 +149,13 @@ def _shape_problem(data: Any) -> str | None:
     return None
 
 
-def screen(body: bytes, *, queue_name: str, max_bytes: int) -> Message[Any] | Refusal:
+def screen(
+    body: bytes,
+    *,
+    queue_name: str,
+    max_bytes: int,
+    max_eta_ahead_ms: int = DEFAULT_MAX_ETA_AHEAD_MS,
+) -> Message[Any] | Refusal:
     """The message in `body`, or why it is refused; nothing but JSON is ever decoded."""
     if len(body) > max_bytes:
         return Refusal("too_large", f"body of {len(body)} bytes is over the limit of {max_bytes}")
@@ -119,6 +172,9 @@ def screen(body: bytes, *, queue_name: str, max_bytes: int) -> Message[Any] | Re
         return Refusal(
             "queue_mismatch", f"message for queue {data['queue_name']!r} arrived on {queue_name!r}"
         )
+    options_problem = _options_problem(data["options"], queue_name, max_eta_ahead_ms)
+    if options_problem is not None:
+        return Refusal("invalid_options", options_problem)
     data["args"] = tuple(data["args"])
     return Message(**data)
 
@@ -181,6 +237,7 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         self.max_message_bytes = max_message_bytes
         self.on_poison = on_poison
         self.route_check = route_check
+        self.max_eta_ahead_ms = DEFAULT_MAX_ETA_AHEAD_MS
         self.publish_timeout = publish_timeout
         self._publisher: Publisher | None = None
         self._publisher_lock = threading.Lock()
@@ -284,7 +341,12 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         message may run on the queue it arrived on: a refused message never
         reaches a worker thread, a middleware hook or the database.
         """
-        verdict = screen(body, queue_name=queue_name, max_bytes=self.max_message_bytes)
+        verdict = screen(
+            body,
+            queue_name=queue_name,
+            max_bytes=self.max_message_bytes,
+            max_eta_ahead_ms=self.max_eta_ahead_ms,
+        )
         if isinstance(verdict, Refusal) or self.route_check is None:
             return verdict
         refusal = self.route_check(verdict)

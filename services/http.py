@@ -57,20 +57,26 @@ class FetchLimits:
         )
 
 
+# The longest wait a Retry-After header can ask for.
+MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
+
+
 def parse_retry_after(value: str | None, *, now: dt.datetime) -> float | None:
     """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), or None."""
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    # ASCII digits only ("²".isdigit() is true too), and never longer than a day:
+    # the server's number is untrusted input that decides how long a job waits.
+    if text.isascii() and text.isdigit():
+        return float(min(int(text[:12]), MAX_RETRY_AFTER_SECONDS))
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER_SECONDS)
 
 
 def fetch_json(http: requests.Session, url: str, limits: FetchLimits) -> Any:

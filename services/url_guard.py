@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import ipaddress
 import socket
 from typing import Any
@@ -92,15 +93,14 @@ def _resolve(host: str, port: int, safe_url: str) -> list[IPAddress]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchFailed(
-            f"{safe_url}: host {host!r} does not resolve ({exc}); "
-            "check the host name, the request will be retried"
+            f"{safe_url}: host {host!r} does not resolve ({exc}); check the host name"
         ) from exc
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         text = str(sockaddr[0]).partition("%")[0]  # drop an IPv6 zone (fe80::1%eth0)
         addresses.append(ipaddress.ip_address(text))
     if not addresses:
-        raise FetchFailed(f"{safe_url}: host {host!r} has no address; the request will be retried")
+        raise FetchFailed(f"{safe_url}: host {host!r} has no address; check its DNS records")
     return addresses
 
 
@@ -165,9 +165,15 @@ class PublicOnlyAdapter(HTTPAdapter):
         }
 
 
+_NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+
+
 def public_only_session(*, allow_private: bool) -> requests.Session:
     """An HTTP session for outbound calls: peer-checked unless private addresses are allowed."""
     session = requests.Session()
+    # One session serves every tenant's calls in a process: a cookie one tenant's
+    # server set must never travel with another tenant's request.
+    session.cookies.set_policy(_NO_COOKIES)
     if not allow_private:
         adapter = PublicOnlyAdapter()
         session.mount("http://", adapter)

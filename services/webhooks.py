@@ -191,11 +191,12 @@ def deliver(
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now=now)
     except requests.exceptions.RequestException as exc:
         raise WebhookFailed(
-            f"POST {safe_url} ({event}) failed ({type(exc).__name__}); it will be retried"
+            f"POST {safe_url} ({event}) failed ({type(exc).__name__}); "
+            "check that the receiver is up"
         ) from exc
     if status == 429 or status >= 500:
         raise WebhookFailed(
-            f"POST {safe_url} ({event}) answered {status}; it will be retried",
+            f"POST {safe_url} ({event}) answered {status}; the receiver is busy or failing",
             retry_after=retry_after,
         )
     if not 200 <= status < 300:
