@@ -95,7 +95,7 @@ def poison_body(case: str, queue: str, tenant_id: int) -> bytes:
         ("too_large", "too_large"),
         ("wrong_queue", "queue_mismatch"),
         ("unknown_actor", "unknown_actor"),
-        ("schema", "invalid_input"),
+        ("schema", "invalid_arguments"),
     ],
 )
 def test_poison_message_is_kept_and_the_worker_goes_on(
@@ -128,7 +128,7 @@ def test_poison_message_is_kept_and_the_worker_goes_on(
     if case == "too_large":
         assert "over the limit" in (row.error or "")
     if case == "schema":
-        assert "source_url" in (row.error or "") and "ValidationError" in (row.traceback or "")
+        assert "source_url" in (row.error or "") and "InvalidArguments" in (row.traceback or "")
         assert wait_for(lambda: job_of(sessions, row.message_id, "dead"), what="dead job")
 
     # And the worker goes on: an ordinary ingest on the same queue succeeds

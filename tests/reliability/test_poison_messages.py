@@ -143,10 +143,11 @@ def test_poison_messages_are_dead_lettered_with_reasons_and_the_worker_goes_on(
     found = wait_for(all_kept, timeout=30, what="five dead letters")
     reasons = {reason: len(rows) for reason, rows in found.items()}
     print("dead letters by reason:", reasons)
-    assert reasons == {"undecodable": 2, "unknown_actor": 1, "invalid_input": 1, "too_large": 1}
-    assert [row["message_id"] for row in found["unknown_actor"]] == [unknown_id]
-    assert [row["message_id"] for row in found["invalid_input"]] == [invalid_id]
-    assert "source_url" in found["invalid_input"][0]["error"]
+    assert reasons == {"undecodable": 2, "unknown_actor": 1, "invalid_arguments": 1, "too_large": 1}
+    # A refused body is kept under a new id; its error names the id it claimed
+    assert [unknown_id in row["error"] for row in found["unknown_actor"]] == [True]
+    assert [row["message_id"] for row in found["invalid_arguments"]] == [invalid_id]
+    assert "source_url" in found["invalid_arguments"][0]["error"]
     assert (
         str(TEN_MB) in found["too_large"][0]["error"]
         or "over the limit" in (found["too_large"][0]["error"])

@@ -32,6 +32,7 @@ from services.locker import set_secret
 from services.tenants import create_tenant
 from settings import Settings
 from tests.reliability.kill_support import Rig, open_rig
+from tests.security.support import letters_of, tenant_rows
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -70,44 +71,11 @@ def publish(rig: Rig, actor: str, kwargs: dict[str, Any]) -> str:
     return message_id
 
 
-def tenant_rows(rig: Rig, tenant_id: int) -> dict[str, list[str]]:
-    """Every row of a tenant, as JSON text, in every table that has a `tenant_id` column."""
-    with rig.engine.connect() as conn:
-        tables = conn.scalars(
-            text(
-                "SELECT table_name FROM information_schema.columns WHERE table_schema ="
-                " 'public' AND column_name = 'tenant_id' ORDER BY table_name"
-            )
-        ).all()
-        rows = {
-            table: sorted(
-                conn.scalars(
-                    text(f'SELECT row_to_json(t)::text FROM "{table}" t WHERE tenant_id = :id'),
-                    {"id": tenant_id},
-                )
-            )
-            for table in tables
-        }
-        rows["tenants"] = list(
-            conn.scalars(
-                text("SELECT row_to_json(t)::text FROM tenants t WHERE id = :id"), {"id": tenant_id}
-            )
-        )
-    return rows
-
-
 def dead_letter(rig: Rig, message_id: str) -> dict[str, Any] | None:
-    """The dead letter of one message, when there is one."""
-    with rig.engine.connect() as conn:
-        row = (
-            conn.execute(
-                text("SELECT reason, error, tenant_id FROM dead_letters WHERE message_id = :m"),
-                {"m": message_id},
-            )
-            .mappings()
-            .one_or_none()
-        )
-    return dict(row) if row is not None else None
+    """The one dead letter of a message (a refused body's is kept under a new id naming it)."""
+    letters = letters_of(rig, message_id)
+    assert len(letters) <= 1, letters
+    return letters[0] if letters else None
 
 
 def test_crafted_messages_on_a_queue_cannot_touch_another_tenant(

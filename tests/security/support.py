@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,7 @@ def publish(broker_url: str, queue: str, messages: list[dict[str, Any]]) -> list
     return [str(message["message_id"]) for message in messages]
 
 
-def tenant_rows(rig: Rig, tenant_id: int, message_ids: list[str] = ()) -> dict[str, list[str]]:
+def tenant_rows(rig: Rig, tenant_id: int, message_ids: Sequence[str] = ()) -> dict[str, list[str]]:
     """Every row of a tenant as JSON text: each table with a `tenant_id`, its tenant row,
     and the job records and dead letters of `message_ids` whatever tenant they name."""
     with rig.engine.connect() as conn:
