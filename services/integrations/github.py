@@ -24,6 +24,8 @@ DEFAULT_TOKEN_KEY = "github.token"
 PER_PAGE = 100
 # A guard against a server whose Link headers never end: 1,000 pages of 100.
 MAX_PAGES = 1_000
+# Items of one list kept at most (members or repositories): a bound on the sync's memory.
+MAX_ITEMS = 50_000
 # GitHub's rule for organisation logins: letters, digits and single hyphens.
 ORG_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$"
 
@@ -177,6 +179,14 @@ def _fetch_all(
             raise PermanentError(
                 f"GET {safe_url} returned a JSON {type(answer.body).__name__}, expected a "
                 "list; check base_url points at the GitHub REST API",
+                reason="invalid_response",
+            )
+        if len(answer.body) > PER_PAGE or len(items) + len(answer.body) > MAX_ITEMS:
+            # Every item is kept until the last page: an answer this long would fill
+            # the worker's memory, and every tenant's jobs in flight would die with it.
+            raise PermanentError(
+                f"GET {safe_url}: {len(answer.body)} items on page {page} after {len(items)}, "
+                f"over {PER_PAGE} a page or {MAX_ITEMS} in all; check base_url",
                 reason="invalid_response",
             )
         for position, raw in enumerate(answer.body):

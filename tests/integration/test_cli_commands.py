@@ -289,3 +289,29 @@ def test_jobs_list_since_filters_by_age(make_tenant: Callable[[str], int]) -> No
 
     assert as_json(recent) == []
     assert bad.returncode == 2 and "neither an age" in bad.stderr
+
+
+def test_jobs_retry_refuses_a_record_whose_arguments_name_another_tenant(
+    make_tenant: Callable[[str], int], sessions: sessionmaker[Session]
+) -> None:
+    # Given a dead record credited to no tenant (refused for its route), whose arguments
+    # name a real tenant, and no dead letter (purged)
+    victim = make_tenant("cli-retry-victim")
+    message_id = f"refused-{victim}"
+    with sessions.begin() as session:
+        session.add(
+            Job(
+                message_id=message_id,
+                tenant_id=None,
+                actor="ingest_resources",
+                queue="elsewhere",
+                args={"tenant_id": victim, "source_url": "https://feeds.example/x.json"},
+                status="dead",
+                attempts=1,
+            )
+        )
+    # When an operator retries it, then it is refused, and nothing is sent as the victim
+    refused = taskyard("jobs", "retry", message_id)
+    assert f"names tenant {victim}" in assert_one_line_error(refused, 1)
+    with sessions() as session:
+        assert session.query(Job).filter(Job.tenant_id == victim).count() == 0

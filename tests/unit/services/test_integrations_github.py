@@ -309,3 +309,26 @@ def test_wrong_token_is_permanent_without_showing_it(
         sync(sqlite_session, integration, http)
 
     assert TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize(("page_size", "members", "cap"), [(101, 101, 10_000), (2, 5, 3)])
+def test_a_list_too_long_to_keep_in_memory_is_refused_and_changes_nothing(
+    sqlite_session: Session,
+    integration: Integration,
+    github: FakeGithub,
+    http: requests.Session,
+    monkeypatch: pytest.MonkeyPatch,
+    page_size: int,
+    members: int,
+    cap: int,
+) -> None:
+    # Given a server answering pages over 100 items, or more items in all than the cap
+    monkeypatch.setattr("services.integrations.github.MAX_ITEMS", cap)
+    github.page_size = page_size
+    github.lists["members"] = [member(n, f"m{n}") for n in range(1, members + 1)]
+    # When the integration syncs, then it is refused before it keeps them all
+    with pytest.raises(PermanentError, match="over 100 a page or") as caught:
+        sync(sqlite_session, integration, http)
+    assert caught.value.reason == "invalid_response"
+    # And nothing was written
+    assert rows(sqlite_session) == ({}, {})
