@@ -32,7 +32,8 @@ class Settings:
     # Tenants this worker serves; empty means every active tenant.
     tenants: tuple[int, ...] = ()
     # How often a worker looks for new tenants to serve (the promise is 60 s).
-    tenant_refresh_seconds: float = 30.0
+    # Within a second: a new tenant's first job starts about a second after its send.
+    tenant_refresh_seconds: float = 1.0
     # How often a worker writes its heartbeat row (`taskyard workers`, `taskyard health`).
     heartbeat_seconds: float = 10.0
     # Attempts a job gets in all (the first and its retries) unless its actor says otherwise.

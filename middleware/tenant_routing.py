@@ -177,12 +177,24 @@ class TenantRouting(Middleware):
         self._stop.set()
 
     def _refresh_loop(self, broker: Broker) -> None:
+        failing = False
         while not self._stop.wait(self.refresh_seconds):
             try:
                 added = self.declare_tenant_queues(broker)
-            except Exception:
-                # The database may be briefly away; the next round tries again.
-                self.logger.warning("Could not refresh the tenant list", exc_info=True)
+            except Exception as exc:
+                # The database may be away for a while; the next round tries again.  One
+                # line when that starts, not one a second.
+                if not failing:
+                    self.logger.warning(
+                        "Could not refresh the tenant list (%s: %s); retrying every %g s",
+                        type(exc).__name__,
+                        str(exc).splitlines()[0][:300] if str(exc) else "",
+                        self.refresh_seconds,
+                    )
+                failing = True
                 continue
+            if failing:
+                self.logger.info("Refreshing the tenant list again")
+                failing = False
             if added:
                 self.logger.info("Now serving %d new tenant queue(s)", added)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import brokers
 from actors import ingest_resources
-from db.models import Job, Tenant
+from db.models import DeadLetter, Job, Tenant
 from services.tenants import set_tenant_status
 from settings import Settings
 from tests.support import WorkerProcess, wait_for
@@ -108,12 +108,16 @@ def test_message_crafted_onto_another_tenants_queue_is_refused(
     # When it is delivered
     brokers.broker.enqueue(crafted)
 
-    # Then it is dead-lettered without running for either tenant
-    wait_for(lambda: job_status(sessions, crafted.message_id) == "dead", what="refusal")
-    with sessions() as session:
-        job = session.get(Job, crafted.message_id)
-        assert job is not None
-        assert "arrived on queue" in (job.error or "")
+    # Then it is refused before it becomes a job: a dead letter of no tenant names it
+    def refusal() -> DeadLetter | None:
+        with sessions() as session:
+            query = select(DeadLetter).where(DeadLetter.error.contains(crafted.message_id))
+            return session.scalars(query).first()
+
+    letter = wait_for(refusal, what="refusal")
+    assert (letter.reason, letter.tenant_id) == ("tenant_mismatch", None)
+    assert "arrived on queue" in (letter.error or "")
+    assert job_status(sessions, crafted.message_id) is None
 
 
 @pytest.fixture
@@ -160,3 +164,30 @@ def test_pinned_worker_serves_only_its_tenants(
     assert ready_count(settings, pinned.tenant_queue(tenant_b)) == 1
     # Stopped now, so that it does not declare its queue again once the fixture deletes it.
     assert pinned_worker.stop() == 0
+
+
+def test_a_new_tenants_first_job_starts_within_two_seconds_with_default_settings(
+    start_worker: Callable[..., WorkerProcess],
+    make_tenant: Callable[[str], int],
+    sessions: sessionmaker[Session],
+    pinned: Settings,
+    feed_url: str,
+) -> None:
+    # Given a worker with the default tenant refresh, running before the tenant exists
+    default = Settings().tenant_refresh_seconds
+    start_worker(
+        TASKYARD_QUEUE_PREFIX=pinned.queue_prefix, TASKYARD_TENANT_REFRESH_SECONDS=str(default)
+    )
+    tenant_id = make_tenant("first-job")
+
+    # When the new tenant's first job is sent
+    message = ingest_resources.message(tenant_id=tenant_id, source_url=feed_url)
+    brokers.broker.enqueue(dataclasses.replace(message, queue_name=pinned.tenant_queue(tenant_id)))
+
+    # Then it starts within two seconds of its send (it waited 30 s and more before)
+    wait_for(lambda: job_status(sessions, message.message_id) == "succeeded", what="first job")
+    with sessions() as session:
+        job = session.get(Job, message.message_id)
+        assert job is not None and job.started_at is not None and job.enqueued_at is not None
+        waited = (job.started_at - job.enqueued_at).total_seconds()
+    assert waited <= 2.0, waited
