@@ -11,13 +11,14 @@ from typing import Any, cast
 
 import dramatiq
 import marshmallow
+import sqlalchemy.exc
 from dramatiq import Message
 
 from middleware.context import current_context, current_message, current_session
 from middleware.db_session import DbSession, find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
-from services.errors import InvalidArguments, valid_tenant_id
+from services.errors import InvalidArguments, SendFailed, valid_tenant_id
 from services.job_control import is_cancel_requested
 
 logger = logging.getLogger(__name__)
@@ -165,8 +166,13 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         # Imported here: actors.transaction imports this module.
         from actors.transaction import taskyard_transaction
 
-        with taskyard_transaction(self.broker):
-            return [self._send_message(message, delay) for message in messages]
+        try:
+            with taskyard_transaction(self.broker):
+                return [self._send_message(message, delay) for message in messages]
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            # As send(): no PostgreSQL, no send (nothing was published).
+            first = messages[0].message_id if messages else "(none)"
+            raise SendFailed(self.actor_name, first, exc, more=len(messages) - 1) from exc
 
     def _send_message(self, message: Message[Any], delay: int | None) -> Message[Any]:
         ctx, outbox = current_context(), find_outbox(self.broker)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy.exc
 from dramatiq import Message, Worker
@@ -19,13 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JOB_DEAD, Tenant
 from middleware.context import HeldSend, MessageContext
+from middleware.outbox_clearer import OutboxClearer
 from middleware.outbox_rows import outbox_row, queued_job, send_engine
 from middleware.outbox_sweeper import SweeperThread, sweep_due
-from middleware.publisher import wait_all
 from middleware.rabbitmq import TaskyardRabbitmqBroker, publish_all
 from services import outbox
-from services.errors import UnknownTenant
-from services.job_control import QueuedJob, forget_queued, record_queued
+from services.errors import SendFailed, UnknownTenant
+from services.job_control import QueuedJob, record_queued
 
 # The database is away: a send goes out anyway and its record is made on arrival.
 _DB_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
@@ -73,80 +71,37 @@ class Outbox(Middleware):
         # The send path's one-statement writes run on Core connections of this engine.
         self.sends = send_engine(session_factory.kw["bind"])
         self.sweeper: SweeperThread | None = None
+        # Deletes the rows of confirmed publishes, in batches, on a thread of its own.
+        self.clearer = OutboxClearer(self.sends)
 
     def is_long(self, delay: int | None) -> bool:
         """Whether a delay (ms) is too long for RabbitMQ's delay queue."""
         return delay is not None and delay > self.delay_max_seconds * 1000
 
     def send(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
-        """Record a send made outside any transaction as queued, and publish it (or park it).
+        """Record a send made outside any transaction, durably, then hand it to the publisher.
 
-        On RabbitMQ the publish is handed over first and the record written while
-        it is in flight, so a send costs one round trip, not two; it returns once
-        both are done.  A message for an unknown tenant is then cancelled if not
-        yet on the wire; a copy that got out finds its record dead and is skipped.
-        If PostgreSQL is unreachable the message is published anyway, with a
-        warning: the worker creates its record when it arrives.  A long delay
-        then falls back to RabbitMQ's delay queue: churn, but no loss.
+        The job's record and its outbox row commit together in PostgreSQL
+        (synchronously): from then on the job is not lost, whatever happens to
+        this process or to RabbitMQ.  The publisher takes the message from
+        there, on its own thread; its confirm deletes the row, and a row left
+        behind (RabbitMQ away, the process killed) is published by the sweeper.
+        Raises `UnknownTenant` (the job is recorded dead) and `SendFailed` when
+        PostgreSQL cannot take the send; nothing is published then.
         """
         job = queued_job(broker, message)
-        if self.is_long(delay) and self._park(job, message, delay):
-            return
-        in_flight = None
-        if isinstance(broker, TaskyardRabbitmqBroker):
-            message, in_flight = broker.enqueue_async(message, delay=delay)
-            # Yield the GIL: the publisher thread, just woken, puts the message on
-            # the wire before this thread builds the record.  The publish starts
-            # about 0.45 ms after send() is called instead of 0.77 (probes at 200/s).
-            time.sleep(0)
-        try:
-            with self.sends.connect() as connection:
-                status = record_queued(connection, [job]).get(job["message_id"])
-        except _DB_DOWN as exc:
-            self._warn_unrecorded(exc, message)
-            status = None
-        except BaseException:
-            if in_flight is not None:
-                in_flight.cancel()
-            raise
-        if status == JOB_DEAD and job["tenant_id"] is not None:
-            if in_flight is not None:
-                in_flight.cancel()
-            raise UnknownTenant(job["tenant_id"])
-        try:
-            if in_flight is not None:
-                wait_all([in_flight], cast(TaskyardRabbitmqBroker, broker).publish_timeout)
-                broker.emit_after("enqueue", message, delay)
-            else:
-                broker.enqueue(message, delay=delay)
-        except Exception:
-            # No "queued" record for a message that may not exist; had it gone out
-            # after all (a lost confirm), its worker would make the record again.
-            with contextlib.suppress(Exception), self.sends.connect() as connection:
-                forget_queued(connection, job["message_id"])
-            raise
-
-    def _park(self, job: QueuedJob, message: Message[Any], delay: int | None) -> bool:
-        """Write a long-delayed send's record and outbox row; False if the database is away."""
+        row = self._row(job, message, delay)
         try:
             with self.session_factory.begin() as session:
                 status = record_queued(session, [job]).get(job["message_id"])
-                if status != JOB_DEAD:
-                    outbox.add_messages(session, [self._row(job, message, delay)])
+                ids = outbox.add_messages(session, [row]) if status != JOB_DEAD else {}
         except _DB_DOWN as exc:
-            self._warn_unrecorded(exc, message)
-            return False
+            raise SendFailed(message.actor_name, message.message_id, exc) from exc
         if status == JOB_DEAD and job["tenant_id"] is not None:
             raise UnknownTenant(job["tenant_id"])
-        return True
-
-    def _warn_unrecorded(self, exc: Exception, message: Message[Any]) -> None:
-        self.logger.warning(
-            "Database unreachable (%s); %s published without its queued record",
-            exc.__class__.__name__,
-            message.message_id,
-            extra={"message_id": message.message_id, "actor": message.actor_name},
-        )
+        if message.message_id in ids and not self.is_long(delay):
+            body = row["body"].encode()
+            self.publish(broker, [Pending(message, delay, ids[message.message_id], body)])
 
     def hold(
         self, broker: Broker, ctx: MessageContext, message: Message[Any], delay: int | None
@@ -181,7 +136,30 @@ class Outbox(Middleware):
         ]
 
     def publish(self, broker: Broker, pending: Sequence[Pending]) -> None:
-        """Publish what a committed transaction wrote, then delete its rows in one statement."""
+        """Hand what a committed transaction wrote to the publisher; nobody waits for it.
+
+        On RabbitMQ each confirm deletes its row (in batches, by the clearer);
+        a failed publish leaves its row for the sweeper.  Any other broker (the
+        in-process one) publishes at once, and the rows go in one statement.
+        """
+        if not pending:
+            return
+        if not isinstance(broker, TaskyardRabbitmqBroker):
+            self._publish_now(broker, pending)
+            return
+        clearer = self.clearer
+        failures: list[BaseException] = []
+        for item in pending:
+            try:
+                _, future = broker.enqueue_async(item.message, delay=item.delay, body=item.body)
+            except Exception as exc:  # the publisher could not even take it: the row waits
+                failures.append(exc)
+                continue
+            clearer.watch(item.row_id, future)
+        if failures:
+            clearer.failed(len(failures), failures[-1])
+
+    def _publish_now(self, broker: Broker, pending: Sequence[Pending]) -> None:
         published: list[int] = []
         outcomes = publish_all(
             broker,
@@ -191,11 +169,11 @@ class Outbox(Middleware):
         for item, error in zip(pending, outcomes, strict=True):
             if error is None:
                 published.append(item.row_id)
-            else:
-                logged = item.message.message_id
-                self.logger.error(
-                    "Could not publish %s (%s); the sweeper will", logged, error, exc_info=error
-                )
+        failed = [error for error in outcomes if error is not None]
+        if failed:
+            self.logger.error(
+                "Could not publish %d message(s) (%s); the sweeper will", len(failed), failed[-1]
+            )
         try:
             with self.sends.connect() as connection:
                 outbox.delete_messages(connection, published)

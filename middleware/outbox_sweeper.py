@@ -87,12 +87,26 @@ class SweeperThread:
             self._thread = None
 
     def _loop(self, broker: Broker) -> None:
+        failing: str | None = None
         while not self._stop.wait(self.poll_seconds):
             try:
                 swept = sweep_due(broker, self.session_factory, batch_size=self.batch_size)
-            except Exception:
-                # The database or RabbitMQ may be briefly away; the next round tries again.
-                logger.warning("Could not sweep the outbox", exc_info=True)
+            except Exception as exc:
+                # The database or RabbitMQ may be away for a while; the next round tries
+                # again.  One line when it starts failing (or fails otherwise), not one a
+                # second: an outage must not fill the disk with the same traceback.
+                why = type(exc).__name__
+                if why != failing:
+                    logger.warning(
+                        "Could not sweep the outbox (%s: %s); retrying every %g s",
+                        why,
+                        exc,
+                        self.poll_seconds,
+                    )
+                failing = why
                 continue
+            if failing is not None:
+                logger.info("Sweeping the outbox again")
+                failing = None
             if swept:
                 logger.info("Published %d message(s) from the outbox", swept)

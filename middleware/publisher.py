@@ -40,6 +40,8 @@ from dramatiq.errors import BrokerConnectionError
 
 # A queue's declaration arguments (the broker's, so that both declare alike).
 QueueArguments = Callable[[str], dict[str, Any]]
+# The longest wait between two connection attempts while RabbitMQ is away.
+MAX_RECONNECT_SECONDS = 5.0
 # RabbitMQ keeps a dead-lettered message this long in a .XQ queue (Dramatiq's value).
 DEAD_MESSAGE_TTL_MS = 86400000 * 7
 
@@ -162,7 +164,7 @@ class Publisher:
             except Exception:
                 self.logger.debug("Publisher connection already gone", exc_info=True)
         thread.join(max(0.1, deadline - time.monotonic()))
-        self._fail_all(PublishFailed("the publisher closed before RabbitMQ confirmed"))
+        self._fail_all("the publisher closed before RabbitMQ confirmed")
 
     @property
     def in_flight(self) -> int:
@@ -215,7 +217,12 @@ class Publisher:
             self._channel = None
             self._requeue_unconfirmed()
             if not self._closing.is_set():
-                time.sleep(self.reconnect_seconds)
+                # Doubling while RabbitMQ stays away (each failed attempt logs a few
+                # lines of pika's own), up to MAX_RECONNECT_SECONDS.
+                errors = min(self._connect_errors, 16)
+                time.sleep(
+                    min(self.reconnect_seconds * 2 ** max(0, errors - 1), MAX_RECONNECT_SECONDS)
+                )
 
     def _release_ioloop(self) -> None:
         # The ioloop keeps a socket pair for add_callback_threadsafe until closed.
@@ -239,10 +246,8 @@ class Publisher:
             # never taken by RabbitMQ (or, after a lost confirm, may have been: the
             # job record makes such a copy skip).
             self._fail_all(
-                PublishFailed(
-                    f"cannot connect to RabbitMQ ({type(error).__name__}: {error}) after "
-                    f"{self._connect_errors} attempts; is it running and reachable?"
-                )
+                f"cannot connect to RabbitMQ ({type(error).__name__}: {error}) after "
+                f"{self._connect_errors} attempts; is it running and reachable?"
             )
         connection.ioloop.stop()
 
@@ -327,15 +332,28 @@ class Publisher:
         item.attempts += 1
         item.returned = None
         self._next_tag += 1
+        priority = item.priority
+        if priority is not None and not (type(priority) is int and 0 <= priority <= 255):
+            # pika would fail to encode the frame on this thread, and with it every
+            # message waiting behind this one: this one fails alone, before it is sent.
+            self._next_tag -= 1
+            _settle(
+                item.future,
+                PublishFailed(
+                    f"message {item.message_id}: broker_priority {priority!r} is not 0-255"
+                ),
+            )
+            return
+        properties = pika.BasicProperties(
+            delivery_mode=2, priority=priority, message_id=item.message_id
+        )
         self._unconfirmed[self._next_tag] = item
         self._by_message_id[item.message_id] = item
         channel.basic_publish(
             exchange="",
             routing_key=item.routing_key,
             body=item.body,
-            properties=pika.BasicProperties(
-                delivery_mode=2, priority=item.priority, message_id=item.message_id
-            ),
+            properties=properties,
             mandatory=True,
         )
 
@@ -405,11 +423,13 @@ class Publisher:
             else:
                 self._incoming.appendleft(item)
         if self._closing.is_set():
-            self._fail_all(PublishFailed("the publisher closed before RabbitMQ confirmed"))
+            self._fail_all("the publisher closed before RabbitMQ confirmed")
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_all(self, why: str) -> None:
+        # An exception object of its own for each message: one shared by many futures
+        # grows its traceback by a few frames every time a waiter re-raises it.
         while self._incoming:
-            _settle(self._incoming.popleft().future, error)
+            _settle(self._incoming.popleft().future, PublishFailed(why))
 
 
 def wait_all(futures: Iterable[Future[None]], timeout: float) -> None:

@@ -59,6 +59,24 @@ class MessageIdTaken(PermanentError):
         self.message_id = message_id
 
 
+class SendFailed(TaskyardError):
+    """PostgreSQL could not record a send: nothing was sent, and the caller may try again.
+
+    A send is durable once it commits in PostgreSQL, so without PostgreSQL
+    there is no send; RabbitMQ being away, by contrast, only delays the job.
+    """
+
+    def __init__(self, actor: str, message_id: str, cause: BaseException, *, more: int = 0) -> None:
+        others = f" (and {more} more)" if more else ""
+        super().__init__(
+            f"could not record the send of {actor} {message_id}{others} in PostgreSQL "
+            f"({type(cause).__name__}); nothing was sent: send it again once the database "
+            "answers"
+        )
+        self.actor = actor
+        self.message_id = message_id
+
+
 class NotFound(PermanentError):
     """A row the message names does not exist (for this tenant)."""
 

@@ -16,7 +16,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
-    delete,
     exists,
     literal_column,
     null,
@@ -141,14 +140,6 @@ def _batch_insert(dialect: str) -> Any:
         .on_conflict_do_nothing(index_elements=[Job.message_id])
         .returning(Job.message_id, Job.status)
     )
-
-
-def forget_queued(session: Executor, message_id: str) -> bool:
-    """Delete the record of a send that failed to publish, unless a worker has begun it."""
-    result = session.execute(
-        delete(Job).where(Job.message_id == message_id, Job.status == JOB_QUEUED)
-    )
-    return bool(getattr(result, "rowcount", 0))
 
 
 def cancel_job(session: Session, message_id: str) -> str:

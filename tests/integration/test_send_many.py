@@ -17,6 +17,7 @@ from actors.base import InvalidArguments, TaskyardActor, taskyard_actor
 from db.models import JOB_QUEUED, Job
 from services.errors import UnknownTenant
 from settings import Settings
+from tests.support import queue_state, wait_for
 
 
 class Args(Schema):
@@ -39,11 +40,9 @@ def side_broker(settings: Settings) -> Iterator[tuple[Any, TaskyardActor, Settin
 
 
 def _queue_count(settings: Settings, name: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        return int(connection.channel().queue_declare(name, passive=True).method.message_count)
-    finally:
-        connection.close()
+    """Messages ready in a queue (0 while the publisher has not declared it yet)."""
+    state = queue_state(settings.broker_url, name)
+    return 0 if state is None else state[0]
 
 
 def _delete_queues(settings: Settings, name: str) -> None:
@@ -66,7 +65,8 @@ def test_send_many_records_and_publishes_every_message(
         sent = probe.send_many([{"tenant_id": tenant_id, "n": n} for n in range(500)])
 
         assert len({m.message_id for m in sent}) == 500
-        assert _queue_count(side, queue) == 500
+        # Durable when send_many returns; published by the publisher's thread right after
+        wait_for(lambda: _queue_count(side, queue) == 500, what="500 messages in the queue")
         with sessions() as session:
             statuses = session.execute(
                 select(Job.status, func.count())

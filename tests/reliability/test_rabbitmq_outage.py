@@ -1,4 +1,4 @@
-"""RabbitMQ stopped for 20 s under load: producers see a clear error or succeed, workers reconnect.
+"""RabbitMQ stopped for 20 s under load: every send returns and runs once, workers reconnect.
 
 A private node (`start_rabbit_node`) is halted and started again on the same
 port with its data, so its durable queues and persistent messages come back.
@@ -9,7 +9,9 @@ ingest) 20 times a second throughout; a real worker and a real scheduler
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -21,12 +23,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
 
 import brokers
 from actors import process_resource, scheduler_tick
-from db.models import Ingest, IngestItem, Job, Resource
+from actors.base import taskyard_actor
+from db.models import Ingest, IngestItem, Job, OutboxMessage, Resource
 from middleware.db_session import find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
@@ -243,10 +246,10 @@ def test_rabbitmq_outage_loses_nothing_and_the_worker_reconnects_by_itself(
         f"{log.slowest:.1f}s; consuming again {consumed_after:.1f}s after the restart; "
         f"ticks the scheduler could not send {scheduler.log().count(TICK_DROPPED)}"
     )
-    # Every send either returned (and succeeded) or raised a clear error
-    assert log.raised, "no send failed: the outage did not hit the producer"
-    assert all(error for _, error in log.raised)
-    assert set(raised_outcomes) <= {"no record", "succeeded"}, raised_outcomes
+    # Every send returned, promptly (durable in PostgreSQL, not waiting for RabbitMQ),
+    # and succeeded
+    assert not log.raised, log.raised[:5]
+    assert log.slowest < 5.0
     assert all(found.get(m) == "succeeded" for m in returned)
     # None lost, and each effect once: the succeeded jobs are exactly the processed items
     done = {args[m] for m, status in found.items() if status == "succeeded"}
@@ -257,3 +260,108 @@ def test_rabbitmq_outage_loses_nothing_and_the_worker_reconnects_by_itself(
     # The worker saw the outage, and settled what it finished meanwhile without an error
     assert "Consumer encountered a connection error" in worker.log()
     assert "Unhandled error during post_process_message" not in worker.log()
+
+
+# The issue's sizes: sends while the node is down, and the bound on what they may log.
+SENDS_DURING_OUTAGE = 5_000
+BULK_DURING_OUTAGE = 200
+PRODUCER_LOG_LIMIT_BYTES = 100 * 1024
+
+
+def test_sends_during_an_outage_return_log_little_and_run_once_when_rabbitmq_is_back(
+    node: RabbitNode,
+    database: Engine,
+    reliability_database: str,
+    settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a worker on the node, serving a tenant with an ingest of pending items
+    total = SENDS_DURING_OUTAGE + BULK_DURING_OUTAGE
+    tenant_id, ingest_id = new_ingest(database, items=total, name="mq-durable")
+    prefix = f"q{uuid.uuid4().hex[:8]}."
+    env = worker_env(
+        BROKER_URL=node.url,
+        DATABASE_URL=reliability_database,
+        TASKYARD_QUEUE_PREFIX=prefix,
+        TASKYARD_TENANTS=str(tenant_id),
+    )
+    worker = WorkerProcess(tmp_path / "worker.log", env, threads=8)
+    producer = brokers.build_broker(
+        dataclasses.replace(
+            settings, broker_url=node.url, database_url=reliability_database, queue_prefix=prefix
+        )
+    )
+    outbox, routing = find_outbox(producer), find_middleware(producer, TenantRouting)
+    assert outbox is not None and routing is not None
+    # process_resource itself, declared on the producer's broker (its routing, its database)
+    options = dict(process_resource.options)
+    actor = taskyard_actor(
+        name=process_resource.actor_name,
+        broker=producer,
+        tenant_scoped=options.pop("tenant_scoped"),
+        **options,
+    )(process_resource.fn)
+    queue = routing.queue_for(tenant_id)
+    sent: list[str] = []
+
+    def processed() -> int:
+        with Session(database) as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(IngestItem)
+                    .where(IngestItem.ingest_id == ingest_id, IngestItem.status == "processed")
+                )
+                or 0
+            )
+
+    try:
+        worker.wait_ready()
+        # When the node is down, and the producer sends 5,000 jobs one by one and 200 in bulk
+        node.halt()
+        halted = time.monotonic()
+        with caplog.at_level(logging.INFO):
+            for n in range(SENDS_DURING_OUTAGE):
+                message = resource_message(tenant_id, ingest_id, n, queue)
+                outbox.send(producer, message, None)
+                sent.append(message.message_id)
+            bulk = [
+                resource_message(tenant_id, ingest_id, n, queue).kwargs
+                for n in range(SENDS_DURING_OUTAGE, total)
+            ]
+            sent += [m.message_id for m in actor.send_many(bulk)]
+            sending = time.monotonic() - halted
+            # (the producer's publisher gives up on them meanwhile, and says so)
+            time.sleep(max(0.0, OUTAGE_SECONDS - sending))
+            logged = len(caplog.text.encode())
+        node.start()
+        # Then every send returned, and the producer logged little about the outage
+        assert len(sent) == total
+        print(
+            f"\n{total} sends during the outage took {sending:.1f}s; the producer logged "
+            f"{logged} bytes"
+        )
+        assert logged < PRODUCER_LOG_LIMIT_BYTES, caplog.text[-3000:]
+        # And once RabbitMQ is back, every job runs: the sweeper publishes what waited
+        wait_for(lambda: processed() == total, timeout=120, what="every job to run")
+    finally:
+        worker.stop()
+        producer.close()
+        for engine in (outbox.session_factory.kw["bind"], outbox.sends):
+            engine.dispose()
+    # Exactly once: every job succeeded, each item processed once, no row left in the outbox
+    with Session(database) as session:
+        statuses = collections.Counter(
+            session.scalars(select(Job.status).where(Job.message_id.in_(sent)))
+        )
+        resources = session.scalar(
+            select(func.count()).select_from(Resource).where(Resource.tenant_id == tenant_id)
+        )
+        ingest = session.get(Ingest, ingest_id)
+        left = session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.queue == queue)
+        )
+    assert statuses == {"succeeded": total}
+    assert resources == total and ingest is not None and ingest.processed == total
+    assert left == 0

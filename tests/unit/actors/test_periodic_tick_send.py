@@ -1,4 +1,5 @@
-"""A periodic tick that cannot be published: logged and dropped, so periodiq keeps running."""
+"""A send RabbitMQ cannot take waits in the outbox; one PostgreSQL cannot record raises,
+except periodiq's tick, which is logged and dropped so that periodiq keeps running."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from typing import Any
 import pytest
 from dramatiq import Message
 from periodiq import cron
+from sqlalchemy import select
 
 from actors.base import taskyard_actor
 from brokers import build_broker
 from db.migrate import upgrade_to_head
+from db.models import OutboxMessage
+from middleware.outbox import find_outbox
+from services.errors import SendFailed
 from settings import Settings
 
 
@@ -35,30 +40,54 @@ def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     broker.close()
 
 
-def test_a_tick_periodiq_cannot_publish_is_logged_not_raised(
+def outbox_rows(broker: Any) -> list[str]:
+    """The message ids waiting in the outbox."""
+    outbox = find_outbox(broker)
+    assert outbox is not None
+    with outbox.session_factory() as session:
+        return list(session.scalars(select(OutboxMessage.message_id)))
+
+
+def test_a_send_rabbitmq_cannot_take_returns_and_waits_in_the_outbox(
     broker: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a periodic actor, as periodiq's scheduler sends it
+    # Given a periodic actor (as periodiq's scheduler sends it) and a plain one
     ticker = taskyard_actor(
         name="ticker", broker=broker, tenant_scoped=False, periodic=cron("* * * * *")
     )(lambda: None)
+    plain = taskyard_actor(name="plain", broker=broker, tenant_scoped=False)(lambda: None)
 
-    # When its tick cannot be published, periodiq's call returns (periodiq exits on a raise)
+    # When their publishes fail, every send returns: it is durable in PostgreSQL
+    with caplog.at_level(logging.ERROR, logger="Outbox"):
+        tick = ticker.send_with_options(scheduled_at="2026-11-23T12:00:00+00:00")
+        sent = plain.send()
+
+    # Then both wait in the outbox for the sweeper, and the failures are logged
+    assert sorted(outbox_rows(broker)) == sorted([tick.message_id, sent.message_id])
+    assert "Could not publish 1 message(s) (cannot connect to RabbitMQ)" in caplog.text
+
+
+def test_a_tick_postgresql_cannot_record_is_logged_not_raised(
+    broker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a periodic actor and a plain one, and PostgreSQL (here SQLite) gone
+    ticker = taskyard_actor(
+        name="ticker", broker=broker, tenant_scoped=False, periodic=cron("* * * * *")
+    )(lambda: None)
+    plain = taskyard_actor(name="plain", broker=broker, tenant_scoped=False)(lambda: None)
+    outbox = find_outbox(broker)
+    assert outbox is not None
+    outbox.session_factory.kw["bind"].dispose()
+    Path(outbox.session_factory.kw["bind"].url.database).unlink()
+    Path(outbox.session_factory.kw["bind"].url.database).mkdir()
+
+    # When periodiq sends its tick, the call returns (periodiq exits on a raise)
     with caplog.at_level(logging.ERROR, logger="actors.base"):
         ticker.send_with_options(scheduled_at="2026-11-23T12:00:00+00:00")
 
     # Then the failure is logged with the tick's time and the way out
     assert "Could not send the ticker tick scheduled at 2026-11-23T12:00:00+00:00" in caplog.text
-    assert "BrokerDown" in caplog.text and "next tick catches up" in caplog.text
-
-
-def test_any_other_send_that_cannot_be_published_still_raises(broker: Any) -> None:
-    # A producer's own send of the same actor, or a non-periodic one, must see the error
-    ticker = taskyard_actor(
-        name="ticker", broker=broker, tenant_scoped=False, periodic=cron("* * * * *")
-    )(lambda: None)
-    plain = taskyard_actor(name="plain", broker=broker, tenant_scoped=False)(lambda: None)
-    with pytest.raises(BrokerDown):
-        ticker.send()
-    with pytest.raises(BrokerDown):
-        plain.send_with_options(scheduled_at="2026-11-23T12:00:00+00:00")
+    assert "SendFailed" in caplog.text and "next tick catches up" in caplog.text
+    # And a producer's own send raises the documented error
+    with pytest.raises(SendFailed, match="nothing was sent"):
+        plain.send()

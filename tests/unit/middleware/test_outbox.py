@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,14 @@ from typing import Any
 import pytest
 from dramatiq import Message
 from sqlalchemy import create_engine, select
+from sqlalchemy.orm import sessionmaker
 
 from actors.transaction import taskyard_transaction
 from db.models import Job
 from middleware import current_session
+from middleware.db_session import DbSession, find_middleware
 from middleware.outbox import Outbox, sweep_outbox
-from services.errors import PermanentError, UnknownTenant
+from services.errors import PermanentError, SendFailed, UnknownTenant
 from services.tenants import create_tenant
 from tests.unit.middleware.outbox_harness import Harness, outbox_harness, spy_on_publish
 
@@ -27,7 +28,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         yield harness
 
 
-def test_send_records_the_job_as_queued_before_it_is_published(
+def test_send_commits_the_job_and_its_outbox_row_before_it_is_published(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     actor = harness.declare("noop", lambda tenant_id: None)
@@ -36,7 +37,9 @@ def test_send_records_the_job_as_queued_before_it_is_published(
     message = actor.send(tenant_id=1)
     harness.drain()
 
-    assert seen == [("noop", ("queued", False))]
+    # Durable before RabbitMQ sees it: the record queued, the outbox row there
+    assert seen == [("noop", ("queued", True))]
+    assert harness.outbox_rows() == []
     job = harness.job(message.message_id)
     assert job is not None and (job.status, job.attempts, job.tenant_id) == ("succeeded", 1, 1)
     assert job.enqueued_at is not None and job.queue == harness.settings.tenant_queue(1)
@@ -56,20 +59,22 @@ def test_send_to_an_unknown_tenant_is_refused_and_recorded_dead(harness: Harness
     assert harness.waiting(harness.settings.tenant_queue(99)) == 0
 
 
-def test_send_while_the_database_is_away_publishes_and_the_worker_records_it(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_send_while_the_database_is_away_raises_and_publishes_nothing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     actor = harness.declare("noop_db_away", lambda tenant_id: None)
     away = create_engine("sqlite:////nonexistent-dir/taskyard.sqlite3")
-    monkeypatch.setattr(harness.outbox, "sends", away)
+    monkeypatch.setattr(harness.outbox, "session_factory", sessionmaker(away))
+    db = find_middleware(harness.broker, DbSession)
+    assert db is not None
+    monkeypatch.setattr(db, "session_factory", sessionmaker(away))
 
-    with caplog.at_level(logging.WARNING, logger="Outbox"):
-        message = actor.send(tenant_id=1)
-    harness.drain()
+    with pytest.raises(SendFailed, match="nothing was sent: send it again"):
+        actor.send(tenant_id=1)
+    with pytest.raises(SendFailed, match=r"\(and 1 more\)"):
+        actor.send_many([{"tenant_id": 1}, {"tenant_id": 1}])
 
-    assert "published without its queued record" in caplog.text
-    job = harness.job(message.message_id)
-    assert job is not None and job.status == "succeeded"
+    assert harness.waiting(harness.settings.tenant_queue(1)) == 0
 
 
 def test_actor_sends_are_written_to_the_outbox_in_its_transaction_and_removed_after(
@@ -85,7 +90,7 @@ def test_actor_sends_are_written_to_the_outbox_in_its_transaction_and_removed_af
     harness.drain()
 
     # When the child was published, its record and outbox row had committed with the parent.
-    assert seen == [("parent", ("queued", False)), ("child", ("queued", True))]
+    assert seen == [("parent", ("queued", True)), ("child", ("queued", True))]
     assert harness.outbox_rows() == []
     assert harness.tenant_names() == ["acme", "from-parent"]
 
@@ -171,7 +176,7 @@ def test_send_to_an_unknown_tenant_inside_a_transaction_is_refused_at_once(
     assert harness.outbox_rows() == []
 
 
-def test_send_that_cannot_be_published_fails_and_leaves_no_record(
+def test_send_rabbitmq_cannot_take_returns_and_runs_once_the_sweeper_publishes_it(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     actor = harness.declare("unpublishable", lambda tenant_id: None)
@@ -179,9 +184,15 @@ def test_send_that_cannot_be_published_fails_and_leaves_no_record(
     def rabbitmq_away(message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         raise ConnectionError("RabbitMQ is away")
 
+    # When RabbitMQ cannot take the message, send() returns all the same
     monkeypatch.setattr(harness.broker, "enqueue", rabbitmq_away)
-    with pytest.raises(ConnectionError):
-        actor.send(tenant_id=1)
+    message = actor.send(tenant_id=1)
+    monkeypatch.undo()
 
-    with harness.sessions() as session:
-        assert session.scalars(select(Job)).all() == []
+    # Then the job waits, queued, with its outbox row; the sweeper publishes it, and it runs
+    assert harness.status(message.message_id) == "queued"
+    assert [row.message_id for row in harness.outbox_rows()] == [message.message_id]
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    assert sweep_outbox(harness.broker, now=later) == 1
+    harness.drain()
+    assert harness.status(message.message_id) == "succeeded" and harness.outbox_rows() == []

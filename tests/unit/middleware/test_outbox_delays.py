@@ -107,7 +107,6 @@ def test_a_retry_rabbitmq_refuses_waits_in_the_outbox_instead_of_being_lost(
         if len(calls) == 1:
             raise TransientError("try again")
 
-    message = harness.declare("flaky_refused", flaky).send(tenant_id=1)
     publish = harness.broker.enqueue
 
     def refuse_retries(retried: Any, *, delay: int | None = None) -> Any:
@@ -115,7 +114,9 @@ def test_a_retry_rabbitmq_refuses_waits_in_the_outbox_instead_of_being_lost(
             raise ConnectionClosed(OSError("memory alarm: publishing blocked"))  # type: ignore[no-untyped-call]
         return publish(retried, delay=delay)
 
+    # (Refusing before the send: the worker may fail the first attempt before send() returns.)
     monkeypatch.setattr(harness.broker, "enqueue", refuse_retries)
+    message = harness.declare("flaky_refused", flaky).send(tenant_id=1)
     harness.drain()
 
     # The message was acknowledged, but its retry is kept: parked for the sweeper.

@@ -13,7 +13,6 @@ from services.errors import NotFound, PermanentError
 from services.job_control import (
     QueuedJob,
     cancel_job,
-    forget_queued,
     is_cancel_requested,
     record_queued,
 )
@@ -98,13 +97,3 @@ def test_cancelling_an_unknown_job_is_not_found(sqlite_session: Session) -> None
     with pytest.raises(NotFound):
         cancel_job(sqlite_session, "no-such-message")
     assert not is_cancel_requested(sqlite_session, "no-such-message")
-
-
-def test_forgetting_a_send_removes_only_a_record_no_worker_has_begun(
-    sqlite_session: Session, tenant: Tenant
-) -> None:
-    record_queued(sqlite_session, [queued("a", tenant.id), queued("b", tenant.id)])
-    set_status(sqlite_session, "b", "succeeded")
-
-    assert [forget_queued(sqlite_session, m) for m in ("a", "b")] == [True, False]
-    assert sqlite_session.scalars(select(Job.message_id)).all() == ["b"]
