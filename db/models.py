@@ -147,6 +147,10 @@ class Job(Base):
     args: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default=JOB_QUEUED)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Starts of a redelivered copy (RabbitMQ's redelivered flag): a worker died with it
+    # running, or with it unacknowledged. Counted apart from attempts, which a crash
+    # rolls back, so that a message that kills its worker is dead-lettered in the end.
+    deliveries: Mapped[int] = mapped_column(server_default=text("0"))
     enqueued_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]

@@ -25,7 +25,13 @@ from middleware.retry_policy import Decision, RetryPolicy, attempt_of, outcome_o
 from middleware.tenant_routing import RouteRefused, TenantRouting
 from services import jobs
 from services.dead_letters import record_dead_letter
-from services.errors import MessageIdTaken, TenantDisabled, UnknownTenant, valid_tenant_id
+from services.errors import (
+    MessageIdTaken,
+    PermanentError,
+    TenantDisabled,
+    UnknownTenant,
+    valid_tenant_id,
+)
 
 # A result bigger than this is not kept on the job record (return ids, not data).
 MAX_RESULT_BYTES = 8_192
@@ -186,6 +192,7 @@ class DbSession(Middleware):
         # Checked again here (the consumer checked it for RabbitMQ): any broker, before
         # the record is touched or any of the actor's code runs.
         refused = routing.refusal(actor, message) if routing is not None else None
+        policy = find_middleware(broker, RetryPolicy)
         record: JobFields = {
             "actor": message.actor_name,
             "queue": q_name(message.queue_name),
@@ -203,6 +210,11 @@ class DbSession(Middleware):
                 with session.begin():
                     if refused is not None:
                         raise RouteRefused(refused)
+                    allowed = policy.attempts_allowed(broker, message) if policy else None
+                    if allowed is not None and record["attempt"] > allowed:
+                        raise AttemptsSpent(allowed)
+                    if allowed is not None and getattr(message, "redelivered", False):
+                        self._check_crashes(message, record, allowed)
                     attempt = jobs.begin_attempt(session, message.message_id, **record)
                     run_it = attempt.run
                     if run_it:
@@ -237,6 +249,27 @@ class DbSession(Middleware):
             leave_context(token)
             session.close()
 
+    def _check_crashes(self, message: Message[Any], record: JobFields, allowed: int) -> None:
+        """Count this start of a redelivered copy; refuse it once the runs would pass `allowed`.
+
+        RabbitMQ redelivers what a worker held when it died, so a message whose
+        processing kills its process (the OOM killer, a segfault) would come
+        back for ever.  Each redelivered start is counted, committed before the
+        actor runs; with the failed attempts before it, they may not exceed the
+        actor's attempts (as Sidekiq Pro's super_fetch counts poison pills).
+        A copy only prefetched by the dead worker is counted too, once.
+        """
+        with self.session_factory.kw["bind"].connect() as connection:
+            crashes = jobs.count_redelivery(
+                connection,
+                message.message_id,
+                actor=record["actor"],
+                queue=record["queue"],
+                tenant_id=record["tenant_id"],
+            )
+        if crashes is not None and record["attempt"] - 1 + crashes >= allowed:
+            raise WorkerCrashed(crashes)
+
     def _record_failure(
         self,
         broker: Broker,
@@ -246,6 +279,9 @@ class DbSession(Middleware):
         exc: BaseException,
     ) -> None:
         dead_letter_id = message.message_id
+        if isinstance(exc, AttemptsSpent):
+            # The deliveries after the last attempt only came back to be recorded.
+            record = record | {"attempt": exc.attempts}
         if isinstance(exc, MessageIdTaken):
             # The id is another job's: its record is left alone (the guarded upsert below
             # changes nothing) and this message's dead letter gets an id of its own.
@@ -287,17 +323,19 @@ class DbSession(Middleware):
                     ctx = current_context()
                     if ctx is not None:
                         pending = write_held(broker, session, ctx)
-        except (OperationalError, InterfaceError):
+        except (OperationalError, InterfaceError) as db_error:
             # The database is away: never let the message vanish into RabbitMQ's
-            # expiring dead-letter queue; try it again once the record can be written.
+            # expiring dead-letter queue; try it again once the record can be written,
+            # with a growing backoff (and no run of its actor past its attempts).
+            retry = policy.unrecorded(broker, message) if policy is not None else decision
             self.logger.warning(
-                "Could not record the failure of %s %s; it will be retried",
+                "Could not record the failure of %s %s (%s); retrying in %.1f s",
                 message.actor_name,
                 message.message_id,
-                exc_info=True,
+                describe_error(db_error).splitlines()[0][:300],
+                retry.delay_ms / 1000,
+                extra={"message_id": message.message_id, "actor": message.actor_name},
             )
-            if policy is not None and not decision.retry:
-                policy.override(message, Decision(True, policy.min_backoff_ms, "record_failed"))
         except Exception:
             # The database refused the record itself (bad data): retrying would
             # loop for ever; the decision stands and DeadLetters keeps what it can.
@@ -309,6 +347,30 @@ class DbSession(Middleware):
                 # DeadLetters.before_nack keeps only what no one kept before it.
                 setattr(exc, KEPT_AS_DEAD_LETTER, dead_letter_id)
             publish_pending(broker, pending)
+
+
+class AttemptsSpent(PermanentError):
+    """A message back after its last attempt, whose failure could not be recorded then."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"its {attempts} attempt(s) were spent while the database was away; recorded "
+            "dead now, its actor not run again: requeue it to run it once more",
+            reason="max_attempts_exceeded",
+        )
+        self.attempts = attempts
+
+
+class WorkerCrashed(PermanentError):
+    """A message whose workers died while it ran, as often as its attempts allow."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__(
+            f"its worker died {crashes} time(s) with it running or held (killed, out of "
+            "memory, a crash in native code); dead-lettered so that it kills no more "
+            "workers: find the cause, then requeue it",
+            reason="worker_crashed",
+        )
 
 
 def find_middleware(broker: Broker, kind: type[M]) -> M | None:

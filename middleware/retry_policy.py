@@ -149,6 +149,32 @@ class RetryPolicy(Middleware):
             self._decisions[message.message_id] = decision
         return decision
 
+    def attempts_allowed(self, broker: Broker, message: Message[Any] | MessageProxy) -> int:
+        """How many times `message`'s actor may run: its option, its actor's, or the default."""
+        return self._option(broker, message, "max_attempts", self.max_attempts)
+
+    def unrecorded(
+        self,
+        broker: Broker,
+        message: Message[Any] | MessageProxy,
+        *,
+        rand: Callable[[], float] = random.random,
+    ) -> Decision:
+        """Decide about a failure that could not be recorded (the database is away): retry.
+
+        The backoff grows with every such delivery, as any retry's does; the
+        message carries its attempt count on, so once its attempts are spent it
+        comes back only to be recorded dead, never to run its actor again.
+        """
+        attempt = attempt_of(message)
+        min_backoff = self._option(broker, message, "min_backoff", self.min_backoff_ms)
+        max_backoff = self._option(broker, message, "max_backoff", self.max_backoff_ms)
+        ceiling = min(max_backoff, min_backoff * 2 ** min(attempt - 1, 40))
+        # Half to all of the ceiling: a wait that grows even with the jitter.
+        decision = Decision(True, int(ceiling * (1 + rand()) / 2), "record_failed")
+        self.override(message, decision)
+        return decision
+
     def override(self, message: Message[Any] | MessageProxy, decision: Decision) -> None:
         """Replace the decision about `message` (used when its failure could not be recorded)."""
         with self._lock:

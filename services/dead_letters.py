@@ -287,7 +287,7 @@ def take_for_requeue(
         update(Job)
         .where(Job.message_id.in_(own))
         .where(Job.status != JOB_SUCCEEDED)
-        .values(status=JOB_QUEUED, attempts=0, finished_at=None)
+        .values(status=JOB_QUEUED, attempts=0, deliveries=0, finished_at=None)
         .execution_options(synchronize_session=False)
     )
     session.flush()

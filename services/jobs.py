@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, TypedDict, cast
 
 from sqlalchemy import (
     JSON,
+    Connection,
     Select,
     Table,
     and_,
@@ -255,6 +256,38 @@ def rehearse(session: Session) -> None:
         enqueued_at=None,
     )
     mark_succeeded(session, message_id, attempt=1, result=None)
+
+
+def count_redelivery(
+    connection: Connection,
+    message_id: str,
+    *,
+    actor: str,
+    queue: str,
+    tenant_id: int | None,
+) -> int | None:
+    """Count one start of a redelivered copy of the job, committed at once; the count so far.
+
+    Its own statement on its own connection, committed before the actor runs:
+    if the copy kills its worker too, the count survives the crash (an attempt
+    recorded in the job's transaction would be rolled back with it).  None
+    when the job has no record of its own, or a final one.
+    """
+    result = connection.execute(
+        update(Job)
+        .where(
+            Job.message_id == message_id,
+            Job.actor == actor,
+            Job.queue == queue,
+            Job.tenant_id.is_not_distinct_from(tenant_id),
+            Job.status.not_in(JOB_FINAL_STATES),
+        )
+        .values(deliveries=Job.deliveries + 1)
+        .returning(Job.deliveries)
+    )
+    found = result.scalar_one_or_none()
+    connection.commit()
+    return found
 
 
 def mark_skipped(session: Session, message_id: str, *, actor: str, queue: str, reason: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ def record_effect(
     if pause == "run" and first_arrival(signal_dir, key, "run"):
         logger.info("Holding %s while it runs", key)
         time.sleep(HOLD_SECONDS)
+
+
+KILL_SELF_ACTOR = "rel_kill_self"
+
+
+@taskyard_actor(name=KILL_SELF_ACTOR)
+def kill_self(tenant_id: int, signal_dir: str, key: str) -> None:
+    """Note the run in `<key>.runs`, then kill this worker process (a poison pill)."""
+    with (Path(signal_dir) / f"{key}.runs").open("a") as runs:
+        runs.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class HoldBeforeAck(Middleware):

@@ -57,7 +57,7 @@ def test_upgrade_to_head_creates_every_table_in_a_new_sqlite_file(
 ) -> None:
     head = upgrade_to_head(sqlite_url)
 
-    assert head == head_revision() == "0004_integrations"
+    assert head == head_revision() == "0005_deliveries"
     assert current_revision(sqlite_engine) == head
     assert set(inspect(sqlite_engine).get_table_names()) == TABLES | {"alembic_version"}
     check_schema(sqlite_engine)
@@ -87,7 +87,7 @@ def test_check_schema_raises_when_the_sqlite_database_is_empty(sqlite_engine: En
         check_schema(sqlite_engine)
 
     assert "taskyard migrate" in str(raised.value)
-    assert "'0004_integrations'" in str(raised.value)
+    assert "'0005_deliveries'" in str(raised.value)
 
 
 def test_check_schema_raises_after_a_downgrade_to_base(
