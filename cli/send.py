@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import click
 
-from cli.common import ID, CommandFailed, State, json_argument, json_option, main
+from cli.common import (
+    ID,
+    CommandFailed,
+    State,
+    json_argument,
+    json_option,
+    main,
+    shown_broker_url,
+)
 from cli.render import emit, value_printer
+from middleware.outbox import find_outbox
+
+# How long `send` waits for RabbitMQ to take the job before it says it has not (yet).
+PUBLISH_WAIT_SECONDS = 5.0
 
 
 @main.command()
@@ -42,12 +54,25 @@ def send(
     if actor not in scoped:
         raise CommandFailed(f"no tenant-scoped actor {actor!r}: send one of {', '.join(scoped)}")
     delay_ms = None if delay is None else int(delay * 1000)
+    outbox = find_outbox(broker)
+    failed_before = outbox.clearer.failed_total if outbox is not None else 0
     try:
         message = broker.get_actor(actor).send_with_options(
             kwargs={**args, "tenant_id": tenant_id}, delay=delay_ms
         )
     except InvalidArguments as exc:
         raise CommandFailed(f"{exc}: see the actor's arguments in the README") from exc
+    # The send is durable already; wait a moment for RabbitMQ to take it, to say if not.
+    if outbox is not None:
+        settled = outbox.clearer.flush(PUBLISH_WAIT_SECONDS)
+        if not settled or outbox.clearer.failed_total > failed_before:
+            settings = ctx.ensure_object(State).load_settings()
+            click.echo(
+                f"warning: RabbitMQ at {shown_broker_url(settings.broker_url)} has not taken "
+                f"job {message.message_id} yet; it is kept in PostgreSQL, and a worker's outbox "
+                "sweeper publishes it once RabbitMQ answers",
+                err=True,
+            )
     emit(
         {"message_id": message.message_id, "actor": actor, "tenant_id": tenant_id},
         as_json,

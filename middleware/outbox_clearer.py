@@ -55,6 +55,8 @@ class OutboxClearer:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self.deleted = 0
+        # Publishes that failed since this process started (their rows wait in the outbox).
+        self.failed_total = 0
 
     def watch(self, row_id: int, future: Future[None]) -> None:
         """Delete row `row_id` once `future` (its publish) succeeds; leave it if it fails."""
@@ -67,6 +69,7 @@ class OutboxClearer:
         """Count publishes that failed before they were handed over (their rows wait)."""
         with self._lock:
             self._failed += count
+            self.failed_total += count
             self._last_error = error
         self._ensure_thread()
         self._wake.set()
@@ -83,6 +86,7 @@ class OutboxClearer:
                 self._done.append(row_id)
             else:
                 self._failed += 1
+                self.failed_total += 1
                 self._last_error = error
             self._lock.notify_all()
         self._wake.set()

@@ -84,7 +84,9 @@ def test_send_to_an_unknown_tenant_fails() -> None:
     assert "987654321" in line and "taskyard tenant list" in line
 
 
-def test_send_with_the_broker_down_exits_3_naming_it(make_tenant: Callable[[str], int]) -> None:
+def test_send_with_the_broker_down_keeps_the_job_and_says_so(
+    make_tenant: Callable[[str], int],
+) -> None:
     tenant_id = str(make_tenant("cli-broker-down"))
     args = '{"source_url": "https://feeds.example/x.json"}'
 
@@ -98,11 +100,15 @@ def test_send_with_the_broker_down_exits_3_naming_it(make_tenant: Callable[[str]
         BROKER_URL=BROKER_DOWN_URL,
     )
 
-    line = assert_one_line_error(result, 3)
-    assert "cannot reach the broker at amqp://guest:***@127.0.0.1:1/%2F" in line
-    assert "s3cret-pw" not in line
-    # Nothing half-sent: no job record claims it is queued
-    assert as_json(taskyard("jobs", "list", "--tenant", tenant_id, "--json")) == []
+    # The send is durable in PostgreSQL: it succeeds, and says RabbitMQ has not taken it yet
+    assert result.returncode == 0, result.stderr
+    message_id = result.stdout.strip()
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "amqp://guest:***@127.0.0.1:1/%2F" in warning[0]
+    assert message_id in warning[0] and "s3cret-pw" not in result.stderr
+    # And the job waits, queued, for a worker's sweeper to publish it
+    [job] = as_json(taskyard("jobs", "list", "--tenant", tenant_id, "--json"))
+    assert (job["message_id"], job["status"]) == (message_id, "queued")
 
 
 def test_schedule_add_list_show_pause_resume_run_remove(
