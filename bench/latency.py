@@ -58,7 +58,7 @@ def run(systems: Sequence[System], *, count: int, runs: int, rate: float = 200) 
                 system.name,
                 "ms",
                 baseline="dramatiq" if system.name != "dramatiq" else None,
-                at_most=(2.0 if name == "p50" else 10.0) if is_taskyard else None,
+                at_most=(2.0 if name == "p50" else 5.0) if is_taskyard else None,
                 higher_is_better=False,
             )
     for run_no in range(runs):

@@ -36,8 +36,8 @@ def run(taskyard: Taskyard, dramatiq: BareDramatiq, *, count: int, runs: int) ->
         "taskyard",
         "msgs/s",
         baseline="dramatiq-confirms",
-        ratio_at_least=5.0,
-        note="and its job record",
+        ratio_at_least=2.0,
+        note="durable: its job record and outbox entry committed",
     )
     dc = Figure(SCENARIO, "actor.send() with confirms", "dramatiq-confirms", "msgs/s")
     dn = Figure(
@@ -54,7 +54,7 @@ def run(taskyard: Taskyard, dramatiq: BareDramatiq, *, count: int, runs: int) ->
         "confirms and records",
         "taskyard",
         "msgs/s",
-        at_least=4_500.0,
+        at_least=8_000.0,
         note="" if send_many else "not built: Taskyard has no bulk send API",
     )
     systems: Sequence[System] = (taskyard, dramatiq)

@@ -43,9 +43,10 @@ def _wait_recorded(taskyard: Taskyard, count: int, timeout: float = 30.0) -> Non
 def run(systems: Sequence[System], *, count: int, runs: int, two_processes: bool) -> list[Figure]:
     """Both job bodies on every system, `runs` times each, the systems back to back per run."""
     figures: list[Figure] = []
-    for kind, what, target in (
-        ("write_row", "DB-writing job", 1.0),
-        ("noop", "no-op job", 0.7),
+    # The engine issue's targets: one worker process, and two (None: reported, no target).
+    for kind, what, target, target_two in (
+        ("write_row", "DB-writing job", 0.9, 1.0),
+        ("noop", "no-op job", 0.7, None),
     ):
         by_system: dict[str, Figure] = {}
         for system in systems:
@@ -64,7 +65,7 @@ def run(systems: Sequence[System], *, count: int, runs: int, two_processes: bool
                 name,
                 "jobs/s",
                 baseline="dramatiq" if name == "taskyard" else None,
-                ratio_at_least=target if name == "taskyard" else None,
+                ratio_at_least=target_two if name == "taskyard" else None,
             )
             for name in ("taskyard", "dramatiq")
         }
