@@ -26,10 +26,11 @@ from middleware.tenant_routing import RouteRefused, TenantRouting
 from services import jobs
 from services.dead_letters import record_dead_letter
 from services.errors import (
+    AttemptsSpent,
     MessageIdTaken,
-    PermanentError,
     TenantDisabled,
     UnknownTenant,
+    WorkerCrashed,
     valid_tenant_id,
 )
 
@@ -347,30 +348,6 @@ class DbSession(Middleware):
                 # DeadLetters.before_nack keeps only what no one kept before it.
                 setattr(exc, KEPT_AS_DEAD_LETTER, dead_letter_id)
             publish_pending(broker, pending)
-
-
-class AttemptsSpent(PermanentError):
-    """A message back after its last attempt, whose failure could not be recorded then."""
-
-    def __init__(self, attempts: int) -> None:
-        super().__init__(
-            f"its {attempts} attempt(s) were spent while the database was away; recorded "
-            "dead now, its actor not run again: requeue it to run it once more",
-            reason="max_attempts_exceeded",
-        )
-        self.attempts = attempts
-
-
-class WorkerCrashed(PermanentError):
-    """A message whose workers died while it ran, as often as its attempts allow."""
-
-    def __init__(self, crashes: int) -> None:
-        super().__init__(
-            f"its worker died {crashes} time(s) with it running or held (killed, out of "
-            "memory, a crash in native code); dead-lettered so that it kills no more "
-            "workers: find the cause, then requeue it",
-            reason="worker_crashed",
-        )
 
 
 def find_middleware(broker: Broker, kind: type[M]) -> M | None:

@@ -61,8 +61,6 @@ def outcome_of(decision: Decision, attempt: int) -> str:
         return f"[attempt {attempt} failed; retrying in {decision.delay_ms / 1000:.1f} s]"
     if decision.reason == "max_attempts_exceeded":
         return f"[attempt {attempt} was the last; gave up: max_attempts_exceeded]"
-    if decision.reason == "record_failed":
-        return f"[attempt {attempt} failed and could not be recorded]"
     return ""
 
 

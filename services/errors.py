@@ -77,6 +77,30 @@ class SendFailed(TaskyardError):
         self.message_id = message_id
 
 
+class AttemptsSpent(PermanentError):
+    """A message back after its last attempt, whose failure could not be recorded then."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"its {attempts} attempt(s) were spent while the database was away; recorded "
+            "dead now, its actor not run again: requeue it to run it once more",
+            reason="max_attempts_exceeded",
+        )
+        self.attempts = attempts
+
+
+class WorkerCrashed(PermanentError):
+    """A message whose workers died while it ran, as often as its attempts allow."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__(
+            f"its worker died {crashes} time(s) with it running or held (killed, out of "
+            "memory, a crash in native code); dead-lettered so that it kills no more "
+            "workers: find the cause, then requeue it",
+            reason="worker_crashed",
+        )
+
+
 class NotFound(PermanentError):
     """A row the message names does not exist (for this tenant)."""
 
