@@ -62,6 +62,17 @@ def records_table(
     return table
 
 
+def duration(seconds: float) -> str:
+    """A duration for a person: 4.2s, 3m07s, 2h05m, 3d04h."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if whole >= size:
+            return f"{whole // size}{unit}{whole % size // sub_size:02d}{sub}"
+    return f"{whole // 60}m{whole % 60:02d}s"
+
+
 def value_printer(key: str) -> Callable[[Mapping[str, Any]], None]:
     """A renderer for `emit`: only the value of `key` (an id, say), on one line."""
 

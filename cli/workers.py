@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypedDict
 
 import click
@@ -12,10 +12,10 @@ import pika.exceptions
 from sqlalchemy import text
 
 from cli.common import EXIT_FAILED, State, json_option, main, run, shown_broker_url, shown_url
-from cli.render import emit, records_printer
+from cli.render import duration, emit, records_table, show
 from db.migrate import check_schema
 from db.session import make_engine
-from services.workers import STALE_AFTER_BEATS, last_scheduler_tick, list_workers
+from services.workers import WorkerInfo, last_scheduler_tick, list_workers, stale_window
 from settings import Settings
 
 # The scheduler ticks every minute; two minutes allows one late or lost tick.
@@ -24,8 +24,28 @@ SCHEDULER_FRESH_SECONDS = 120
 PROBE_TIMEOUT_SECONDS = 5
 
 
+WORKER_COLUMNS = (
+    "host", "pid", "kind", "queues", "threads", "in_progress", "heartbeat_at", "live",
+)  # fmt: skip
+RUNNING_COLUMNS = ("host", "pid", "thread", "actor", "message_id", "tenant_id", "running_for")
+
+
 def _stale_after(settings: Settings) -> dt.timedelta:
-    return dt.timedelta(seconds=settings.heartbeat_seconds * STALE_AFTER_BEATS)
+    return stale_window(settings.heartbeat_seconds)
+
+
+def _print_workers(infos: Sequence[WorkerInfo]) -> None:
+    """The workers, then what the threads of the live ones run, as of their last beat."""
+    running = [
+        {**job, "running_for": duration(job["running_seconds"])}
+        for info in infos
+        if info["live"]
+        for job in info["running"]
+    ]
+    tables = [records_table(f"workers ({len(infos)})", WORKER_COLUMNS, infos)]
+    if running:
+        tables.append(records_table(f"running now ({len(running)})", RUNNING_COLUMNS, running))
+    show(*tables)
 
 
 @main.command()
@@ -33,15 +53,18 @@ def _stale_after(settings: Settings) -> dt.timedelta:
 @json_option
 @click.pass_context
 def workers(ctx: click.Context, include_stale: bool, as_json: bool) -> None:
-    """List the live worker processes: host, pid, queues, threads, jobs in progress."""
+    """List the live worker processes: host, pid, queues, threads, and what each thread runs.
+
+    What runs comes from each worker's heartbeat (every TASKYARD_HEARTBEAT_SECONDS):
+    a job started less than one beat ago is not listed yet.
+    """
     stale_after = _stale_after(ctx.ensure_object(State).load_settings())
     now = dt.datetime.now(dt.UTC)
     infos = run(
         ctx,
         lambda s: list_workers(s, now=now, stale_after=stale_after, include_stale=include_stale),
     )
-    columns = ("host", "pid", "kind", "queues", "threads", "in_progress", "heartbeat_at", "live")
-    emit(infos, as_json, records_printer("workers", columns))
+    emit(infos, as_json, _print_workers)
 
 
 class Check(TypedDict):

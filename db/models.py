@@ -285,7 +285,8 @@ class Worker(Base):
     """A live (or lately live) worker process: what it serves and when it last said so.
 
     Each `dramatiq actors` process writes its row every few seconds; the
-    command line's `workers` and `health` read them.  Rows of processes that
+    command line's `workers`, `health` and `jobs` read them (a job is *running*
+    when a live row lists it, never by its own record).  Rows of processes that
     stopped are removed at shutdown, and ones that vanished are removed by the
     retention job once their heartbeat is old.
     """
@@ -301,6 +302,10 @@ class Worker(Base):
     queues: Mapped[list[Any]]
     threads: Mapped[int] = mapped_column(default=0)
     in_progress: Mapped[int] = mapped_column(default=0)
+    # What each of its threads runs, as of the last beat: a JSON list of objects
+    # (message_id, actor, queue, tenant_id, thread, thread_id, started_at), written by
+    # middleware/heartbeat.py and read by services/workers.running_jobs.
+    running: Mapped[list[Any]] = mapped_column(server_default=text("'[]'"))
     started_at: Mapped[dt.datetime]
     heartbeat_at: Mapped[dt.datetime]
 

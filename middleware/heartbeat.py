@@ -1,4 +1,8 @@
-"""Each worker process says every few seconds that it lives, what it serves, and how busy it is."""
+"""Each worker process says every few seconds that it lives, what it serves, and what it runs.
+
+The beat is the one place where "running" is written: which message each
+thread runs, since when. A job's own record is not written when it starts.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +19,23 @@ from dramatiq.worker import Worker
 from sqlalchemy.orm import Session, sessionmaker
 
 from middleware.consumer import is_delay_queue
-from services.workers import beat, remove_worker
+from services.errors import valid_tenant_id
+from services.workers import RunningEntry, beat, remove_worker
 
 
 class Heartbeat(Middleware):
     """Upserts this process's `workers` row every `interval_seconds`; deletes it at shutdown.
+
+    The row carries what each worker thread runs (`running`), tracked in memory
+    by the message hooks: one statement per beat, none per job. A job started
+    less than one beat ago is therefore not listed yet.
 
     A beat that fails (the database is away) is logged and the next one tries
     again: the worker keeps working, and `taskyard workers` sees it go stale.
     """
 
     def __init__(
-        self, *, session_factory: sessionmaker[Session], interval_seconds: float = 10.0
+        self, *, session_factory: sessionmaker[Session], interval_seconds: float = 2.0
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
         self.session_factory = session_factory
@@ -36,9 +45,9 @@ class Heartbeat(Middleware):
         self.started_at = dt.datetime.now(dt.UTC)
         self.worker_id = f"{self.host}:{self.pid}:{int(self.started_at.timestamp())}"
         self._lock = threading.Lock()
-        # Ids, not a counter: a skipped message reaches after_skip_message even
-        # when this middleware's before hook never saw it.
-        self._running: set[str] = set()
+        # By message id, not a counter: a skipped message reaches after_skip_message
+        # even when this middleware's before hook never saw it.
+        self._running: dict[str, RunningEntry] = {}
         self._worker: Worker | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -49,6 +58,12 @@ class Heartbeat(Middleware):
         with self._lock:
             return len(self._running)
 
+    def running(self) -> list[RunningEntry]:
+        """What this process's threads run now, the longest running first."""
+        with self._lock:
+            entries = list(self._running.values())
+        return sorted(entries, key=lambda entry: entry["started_at"])
+
     def queues(self) -> list[str]:
         """The queues this worker consumes (not their delay queues)."""
         worker = self._worker
@@ -58,6 +73,7 @@ class Heartbeat(Middleware):
     def beat_once(self) -> bool:
         """Write this process's row now; False (and a log line) when the database refused."""
         worker = self._worker
+        running = self.running()
         try:
             with self.session_factory.begin() as session:
                 beat(
@@ -67,7 +83,8 @@ class Heartbeat(Middleware):
                     pid=self.pid,
                     queues=self.queues(),
                     threads=worker.worker_threads if worker is not None else 0,
-                    in_progress=self.in_progress,
+                    in_progress=len(running),
+                    running=running,
                     started_at=self.started_at,
                     now=dt.datetime.now(dt.UTC),
                 )
@@ -99,9 +116,21 @@ class Heartbeat(Middleware):
             self.logger.warning("Could not delete the heartbeat row", exc_info=True)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        """Count the message as in progress."""
+        """Note the message as in progress on this thread (the next beat writes it)."""
+        kwargs = message.kwargs
+        tenant_id = kwargs.get("tenant_id") if isinstance(kwargs, dict) else None
+        thread = threading.current_thread()
+        entry: RunningEntry = {
+            "message_id": str(message.message_id),
+            "actor": str(message.actor_name),
+            "queue": str(message.queue_name),
+            "tenant_id": tenant_id if valid_tenant_id(tenant_id) else None,
+            "thread": thread.name,
+            "thread_id": thread.ident,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        }
         with self._lock:
-            self._running.add(message.message_id)
+            self._running[entry["message_id"]] = entry
 
     def after_process_message(
         self,
@@ -113,12 +142,12 @@ class Heartbeat(Middleware):
     ) -> None:
         """The message is no longer in progress."""
         with self._lock:
-            self._running.discard(message.message_id)
+            self._running.pop(str(message.message_id), None)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         """A skipped message is no longer in progress either."""
         with self._lock:
-            self._running.discard(message.message_id)
+            self._running.pop(str(message.message_id), None)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_seconds):

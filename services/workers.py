@@ -1,9 +1,13 @@
-"""Worker processes' heartbeat rows: written by each worker, read by `workers` and `health`."""
+"""Worker processes' heartbeat rows: written by each worker, read by `workers`, `health`, `jobs`.
+
+A row also says what each of the process's threads runs (`running`, as of its
+last beat): that, not the job's record, is where "running" comes from.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from sqlalchemy import delete, func, select
@@ -11,11 +15,44 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import JOB_SUCCEEDED, Job, Worker
+from services.errors import valid_tenant_id
 
 # A worker is live while its last heartbeat is younger than this many beats.
 STALE_AFTER_BEATS = 3
 # The actor whose successful runs show that the scheduler ticks (schedules.py sends it).
 SCHEDULER_TICK_ACTOR = "scheduler_tick"
+
+
+def stale_window(heartbeat_seconds: float) -> dt.timedelta:
+    """How long a worker stays live after its last beat, for a beat every `heartbeat_seconds`."""
+    return dt.timedelta(seconds=heartbeat_seconds * STALE_AFTER_BEATS)
+
+
+class RunningEntry(TypedDict):
+    """One message a worker thread runs, as the heartbeat writes it into `workers.running`."""
+
+    message_id: str
+    actor: str
+    queue: str
+    tenant_id: int | None
+    thread: str
+    thread_id: int | None
+    started_at: str
+
+
+class RunningJob(TypedDict):
+    """A job that a live worker's heartbeat says one of its threads runs now."""
+
+    message_id: str
+    actor: str
+    queue: str
+    tenant_id: int | None
+    worker_id: str
+    host: str
+    pid: int
+    thread: str
+    started_at: str
+    running_seconds: float
 
 
 class WorkerInfo(TypedDict):
@@ -32,6 +69,8 @@ class WorkerInfo(TypedDict):
     heartbeat_at: str
     age_seconds: float
     live: bool
+    # What its threads ran at its last beat.
+    running: list[RunningJob]
 
 
 def beat(
@@ -43,11 +82,15 @@ def beat(
     queues: Sequence[str],
     threads: int,
     in_progress: int,
+    running: Sequence[Mapping[str, Any]],
     started_at: dt.datetime,
     now: dt.datetime,
     kind: str = "worker",
 ) -> None:
-    """Insert or refresh the row of one worker process."""
+    """Insert or refresh the row of one worker process, with what its threads run (one statement).
+
+    `running` holds one object per message in flight (see `RunningEntry`).
+    """
     values: dict[str, Any] = {
         "worker_id": worker_id,
         "kind": kind,
@@ -56,12 +99,14 @@ def beat(
         "queues": list(queues),
         "threads": threads,
         "in_progress": in_progress,
+        "running": [dict(entry) for entry in running],
         "started_at": started_at,
         "heartbeat_at": now,
     }
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = insert(Worker).values(**values)
-    changed = {k: stmt.excluded[k] for k in ("queues", "threads", "in_progress", "heartbeat_at")}
+    refreshed = ("queues", "threads", "in_progress", "running", "heartbeat_at")
+    changed = {k: stmt.excluded[k] for k in refreshed}
     session.execute(stmt.on_conflict_do_update(index_elements=["worker_id"], set_=changed))
 
 
@@ -96,6 +141,7 @@ def worker_info(worker: Worker, *, now: dt.datetime, stale_after: dt.timedelta) 
         "heartbeat_at": _aware(worker.heartbeat_at).isoformat(),
         "age_seconds": round(age, 1),
         "live": age <= stale_after.total_seconds(),
+        "running": _running_of(worker, now=now),
     }
 
 
@@ -107,6 +153,92 @@ def list_workers(
     if not include_stale:
         query = query.where(Worker.heartbeat_at >= now - stale_after)
     return [worker_info(w, now=now, stale_after=stale_after) for w in session.scalars(query)]
+
+
+def _moment(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return _aware(dt.datetime.fromisoformat(value)).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _started(job: RunningJob) -> dt.datetime:
+    return dt.datetime.fromisoformat(job["started_at"])
+
+
+def _running_job(entry: object, worker: Worker, *, now: dt.datetime) -> RunningJob | None:
+    """One entry of a row's `running` list, or None when it is malformed (never raises)."""
+    if not isinstance(entry, dict):
+        return None
+    message_id, actor, queue = entry.get("message_id"), entry.get("actor"), entry.get("queue")
+    started = _moment(entry.get("started_at"))
+    if not (isinstance(message_id, str) and message_id and isinstance(actor, str) and actor):
+        return None
+    if started is None:
+        return None
+    tenant_id, thread = entry.get("tenant_id"), entry.get("thread")
+    return {
+        "message_id": message_id,
+        "actor": actor,
+        "queue": queue if isinstance(queue, str) else "",
+        "tenant_id": tenant_id if valid_tenant_id(tenant_id) else None,
+        "worker_id": worker.worker_id,
+        "host": worker.host,
+        "pid": worker.pid,
+        "thread": thread if isinstance(thread, str) else "",
+        "started_at": started.isoformat(),
+        # Another host's clock may run ahead of this one's.
+        "running_seconds": round(max(0.0, (now - started).total_seconds()), 1),
+    }
+
+
+def _running_of(worker: Worker, *, now: dt.datetime) -> list[RunningJob]:
+    """The well-formed entries of a row's `running` list, the longest running first."""
+    entries = worker.running if isinstance(worker.running, list) else []
+    found = [job for e in entries if (job := _running_job(e, worker, now=now)) is not None]
+    return sorted(found, key=lambda job: (_started(job), job["thread"]))
+
+
+def running_jobs(
+    session: Session,
+    *,
+    now: dt.datetime,
+    stale_after: dt.timedelta,
+    tenant_id: int | None = None,
+    actor: str | None = None,
+) -> list[RunningJob]:
+    """What the threads of live workers run now (by their last beat), the longest running first.
+
+    Live as in `list_workers`: a heartbeat fresher than `stale_after`. Malformed
+    entries are skipped. A job started less than one beat ago is not here yet.
+    """
+    query = select(Worker).where(Worker.heartbeat_at >= now - stale_after)
+    found = [
+        job
+        for worker in session.scalars(query)
+        for job in _running_of(worker, now=now)
+        if (tenant_id is None or job["tenant_id"] == tenant_id)
+        and (actor is None or job["actor"] == actor)
+    ]
+    return sorted(found, key=lambda j: (_started(j), j["host"], j["pid"], j["thread"]))
+
+
+def running_job(
+    session: Session, message_id: str, *, now: dt.datetime, stale_after: dt.timedelta
+) -> RunningJob | None:
+    """The live thread running `message_id` now, if a heartbeat says one does.
+
+    Two may (a redelivered copy starts while the row of the worker that died with
+    it has not gone stale yet): the latest start is the one that runs.
+    """
+    found = [
+        job
+        for job in running_jobs(session, now=now, stale_after=stale_after)
+        if job["message_id"] == message_id
+    ]
+    return max(found, key=_started, default=None)
 
 
 def last_scheduler_tick(session: Session) -> dt.datetime | None:

@@ -129,3 +129,22 @@ def test_check_schema_raises_when_the_database_does_not_exist(scratch_engine: En
 
     assert "taskyard migrate" in str(raised.value)
     assert str(scratch_engine.url.database) in str(raised.value)
+
+
+def test_0006_gives_workers_a_jsonb_running_list_that_defaults_to_empty(
+    scratch_url: str, scratch_engine: Engine
+) -> None:
+    upgrade_to_head(scratch_url)
+    with scratch_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO workers (worker_id, kind, host, pid, queues, threads,"
+                " in_progress, started_at, heartbeat_at)"
+                " VALUES ('w', 'worker', 'h', 1, '[]', 1, 0, now(), now())"
+            )
+        )
+        row = connection.execute(
+            text("SELECT running, jsonb_typeof(running) AS kind FROM workers")
+        ).one()
+
+    assert (row.running, row.kind) == ([], "array")

@@ -57,7 +57,7 @@ def test_upgrade_to_head_creates_every_table_in_a_new_sqlite_file(
 ) -> None:
     head = upgrade_to_head(sqlite_url)
 
-    assert head == head_revision() == "0005_deliveries"
+    assert head == head_revision() == "0006_running"
     assert current_revision(sqlite_engine) == head
     assert set(inspect(sqlite_engine).get_table_names()) == TABLES | {"alembic_version"}
     check_schema(sqlite_engine)
@@ -87,7 +87,7 @@ def test_check_schema_raises_when_the_sqlite_database_is_empty(sqlite_engine: En
         check_schema(sqlite_engine)
 
     assert "taskyard migrate" in str(raised.value)
-    assert "'0005_deliveries'" in str(raised.value)
+    assert "'0006_running'" in str(raised.value)
 
 
 def test_check_schema_raises_after_a_downgrade_to_base(
@@ -135,3 +135,24 @@ def test_alembic_config_keeps_a_percent_escaped_password_intact() -> None:
     config = alembic_config(url)
 
     assert config.get_main_option("sqlalchemy.url") == url
+
+
+def test_0006_gives_workers_a_running_list_that_defaults_to_empty_and_takes_it_back(
+    sqlite_url: str, sqlite_engine: Engine
+) -> None:
+    upgrade_to_head(sqlite_url)
+    with sqlite_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO workers (worker_id, kind, host, pid, queues, threads, in_progress,"
+                " started_at, heartbeat_at) VALUES ('w', 'worker', 'h', 1, '[]', 1, 0,"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        assert connection.scalar(text("SELECT running FROM workers")) == "[]"
+
+    command.downgrade(alembic_config(sqlite_url), "0005_deliveries")
+
+    columns = {c["name"] for c in inspect(sqlite_engine).get_columns("workers")}
+    assert "running" not in columns and "in_progress" in columns
+    assert upgrade_to_head(sqlite_url) == "0006_running"
