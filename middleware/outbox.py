@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import JOB_DEAD, Tenant
 from middleware.context import HeldSend, MessageContext
 from middleware.outbox_clearer import OutboxClearer
-from middleware.outbox_rows import outbox_row, queued_job, send_engine
+from middleware.outbox_rows import Send, outbox_row, queued_job, send_engine, write_sends
 from middleware.outbox_sweeper import SweeperThread, sweep_due
 from middleware.rabbitmq import TaskyardRabbitmqBroker, publish_all
+from middleware.runtime import runtime_of
 from services import outbox
 from services.errors import SendFailed, UnknownTenant
 from services.job_control import QueuedJob, record_queued
@@ -87,21 +88,28 @@ class Outbox(Middleware):
         there, on its own thread; its confirm deletes the row, and a row left
         behind (RabbitMQ away, the process killed) is published by the sweeper.
         Raises `UnknownTenant` (the job is recorded dead) and `SendFailed` when
-        PostgreSQL cannot take the send; nothing is published then.
+        PostgreSQL cannot take the send; nothing is published then.  A message
+        that has a record already is neither recorded nor published again.
         """
         job = queued_job(broker, message)
-        row = self._row(job, message, delay)
+        encoded = message.encode()
+        sends = [Send(job, encoded.decode(), self._wait_ms(delay))]
         try:
-            with self.session_factory.begin() as session:
-                status = record_queued(session, [job]).get(job["message_id"])
-                ids = outbox.add_messages(session, [row]) if status != JOB_DEAD else {}
+            if self.sends.dialect.name == "postgresql":
+                # One statement in autocommit: one round trip and one commit, no session.
+                with self.sends.connect() as connection:
+                    written = write_sends(connection, sends).get(message.message_id)
+            else:
+                with self.session_factory.begin() as session:
+                    written = write_sends(session, sends).get(message.message_id)
         except _DB_DOWN as exc:
             raise SendFailed(message.actor_name, message.message_id, exc) from exc
-        if status == JOB_DEAD and job["tenant_id"] is not None:
+        if written is None:
+            return  # the message has a record already: it was sent before, not again
+        if written.status == JOB_DEAD and job["tenant_id"] is not None:
             raise UnknownTenant(job["tenant_id"])
-        if message.message_id in ids and not self.is_long(delay):
-            body = row["body"].encode()
-            self.publish(broker, [Pending(message, delay, ids[message.message_id], body)])
+        if written.row_id is not None and not self.is_long(delay):
+            self.publish(broker, [Pending(message, delay, written.row_id, encoded)])
 
     def hold(
         self, broker: Broker, ctx: MessageContext, message: Message[Any], delay: int | None
@@ -124,16 +132,20 @@ class Outbox(Middleware):
         """Write held sends (records and outbox rows) in the transaction about to commit."""
         if not held:
             return []
-        found = [(queued_job(broker, h.message), h) for h in held]
-        statuses = record_queued(session, [job for job, _ in found])
-        kept = [(job, h) for job, h in found if statuses.get(job["message_id"]) != JOB_DEAD]
-        rows = [self._row(job, h.message, h.delay) for job, h in kept]
-        ids = outbox.add_messages(session, rows)
-        return [
-            Pending(h.message, h.delay, ids[h.message.message_id], row["body"].encode())
-            for (_, h), row in zip(kept, rows, strict=True)
-            if not self.is_long(h.delay)
-        ]
+        encoded = [h.message.encode() for h in held]
+        written = write_sends(
+            session,
+            [
+                Send(queued_job(broker, h.message), body.decode(), self._wait_ms(h.delay))
+                for h, body in zip(held, encoded, strict=True)
+            ],
+        )
+        pending = []
+        for h, body in zip(held, encoded, strict=True):
+            found = written.get(h.message.message_id)
+            if found is not None and found.row_id is not None and not self.is_long(h.delay):
+                pending.append(Pending(h.message, h.delay, found.row_id, body))
+        return pending
 
     def publish(self, broker: Broker, pending: Sequence[Pending]) -> None:
         """Hand what a committed transaction wrote to the publisher; nobody waits for it.
@@ -228,31 +240,19 @@ class Outbox(Middleware):
             self.sweeper.stop()
 
     def _row(self, job: QueuedJob, message: Message[Any], delay: int | None) -> outbox.OutboxRow:
+        return outbox_row(job, message, wait_ms=self._wait_ms(delay))
+
+    def _wait_ms(self, delay: int | None) -> int:
         # A parked row is due when its delay ends; any other row is the committing
         # thread's to publish, and the sweeper's only once its grace has passed.
         grace_ms = 0 if self.is_long(delay) else self.grace_seconds * 1000
-        return outbox_row(job, message, wait_ms=(delay or 0) + grace_ms)
+        return round((delay or 0) + grace_ms)
 
 
 def find_outbox(broker: Broker) -> Outbox | None:
-    """The broker's Outbox middleware, if installed."""
-    return next((m for m in broker.middleware if isinstance(m, Outbox)), None)
-
-
-def write_held(broker: Broker, session: Session, ctx: MessageContext) -> list[Pending]:
-    """Write a transaction's held sends, just before it commits; publish the result after."""
-    held, ctx.held = ctx.held, []
-    found = find_outbox(broker)
-    return found.write_held(broker, session, held) if found is not None else []
-
-
-def publish_pending(broker: Broker, pending: Sequence[Pending]) -> None:
-    """Publish what a committed transaction held."""
-    if not pending:
-        return
-    found = find_outbox(broker)
-    if found is not None:
-        found.publish(broker, pending)
+    """The outbox of the broker's runtime; None for a broker built without Taskyard's."""
+    runtime = runtime_of(broker)
+    return runtime.outbox if runtime is not None else None
 
 
 def sweep_outbox(broker: Broker, *, now: dt.datetime | None = None) -> int:

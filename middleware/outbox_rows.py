@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast
 
 from dramatiq import Message
 from dramatiq.broker import Broker
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Integer,
+    Table,
+    Text,
+    bindparam,
+    column,
+    create_engine,
+    event,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 
-from db.hot import PREPARE_OPTION
+from db.hot import PREPARE_OPTION, Executor, HotStatement, connection_of
+from db.models import JOB_DEAD, JOB_QUEUED, Job, OutboxMessage
 from db.session import refuse_closed_connection
-from services.job_control import QueuedJob
+from services import outbox
+from services.errors import UnknownTenant
+from services.job_control import (
+    QueuedJob,
+    queued_arrays,
+    queued_insert,
+    queued_insert_many,
+    record_queued,
+    text_array,
+)
 from services.outbox import OutboxRow
 
 # Message options a schedule's send carries; they end up on the job record.
@@ -47,22 +72,166 @@ def outbox_row(job: QueuedJob, message: Message[Any], *, wait_ms: float) -> Outb
     }
 
 
+class Send(NamedTuple):
+    """One message to record and, once recorded queued, to keep in the outbox."""
+
+    job: QueuedJob
+    # The message as Dramatiq encodes it (JSON text): the outbox row's body.
+    body: str
+    # How long from now the row is due: the sweeper's grace, or the message's long delay.
+    wait_ms: int
+
+
+class Written(NamedTuple):
+    """What `write_sends` made of one message whose record is new."""
+
+    # queued, or dead (a tenant that does not exist).
+    status: str
+    # Its outbox row, or None for a dead record (nothing to publish).
+    row_id: int | None
+
+
+def _one_statement(record: Any, rows_of: Callable[[Any], Any]) -> Any:
+    """`record` (the INSERT of job records), then an outbox row for each record it made queued.
+
+    `rows_of(job)` selects the outbox rows' values (message_id, tenant_id,
+    queue, body, publish_at) from the new records; their tenant and queue are
+    the records' own, so the two cannot disagree.  The statement returns each
+    new record's message id and status, and its outbox row's id (NULL: none).
+    """
+    jobs, box = cast(Table, Job.__table__), cast(Table, OutboxMessage.__table__)
+    job = record.returning(jobs.c.tenant_id, jobs.c.queue).cte("job")
+    queued = rows_of(job).where(job.c.status == literal_column(f"'{JOB_QUEUED}'"))
+    columns = ["message_id", "tenant_id", "queue", "body", "publish_at"]
+    rows = (
+        insert(box)
+        .from_select(columns, queued)
+        .returning(box.c.message_id, box.c.id)
+        .cte("outbox_row")
+    )
+    return select(job.c.message_id, job.c.status, rows.c.id).select_from(
+        job.outerjoin(rows, rows.c.message_id == job.c.message_id)
+    )
+
+
+def _build_send(dialect: str) -> Any:
+    """PostgreSQL: one send's record and, when it is queued, its outbox row, in one statement.
+
+    The record is `queued_insert` itself (unknown tenant: dead; existing record:
+    left alone), so the one statement decides exactly as the record alone does.
+    """
+
+    def rows_of(job: Any) -> Any:
+        body = bindparam("body", type_=Text())
+        due = bindparam("publish_at", type_=DateTime(timezone=True))
+        return select(job.c.message_id, job.c.tenant_id, job.c.queue, body, due)
+
+    return _one_statement(queued_insert(dialect), rows_of)
+
+
+def _build_send_many(dialect: str) -> Any:
+    """PostgreSQL: many sends' records and the outbox rows of the queued ones, in one statement.
+
+    The records are `queued_insert_many`; each outbox row is due `wait_ms`
+    after the statement's `now`.
+    """
+    held = (
+        func.unnest(
+            text_array("message_ids", Text()),
+            text_array("bodies", Text()),
+            text_array("waits_ms", Integer()),
+        )
+        .table_valued(
+            column("message_id", Text()), column("body", Text()), column("wait_ms", Integer())
+        )
+        .render_derived(name="held")
+    )
+    now = bindparam("now", type_=DateTime(timezone=True))
+    due = now + held.c.wait_ms * literal_column("INTERVAL '1 millisecond'")
+
+    def rows_of(job: Any) -> Any:
+        return select(job.c.message_id, job.c.tenant_id, job.c.queue, held.c.body, due).select_from(
+            job.join(held, held.c.message_id == job.c.message_id)
+        )
+
+    return _one_statement(queued_insert_many(dialect), rows_of)
+
+
+# Run for every send: see db.hot.
+_SEND = HotStatement(_build_send, json_params=["args"])
+_SEND_MANY = HotStatement(_build_send_many)
+
+
+def write_sends(executor: Executor, sends: Sequence[Send]) -> dict[str, Written]:
+    """Record sent messages, and write the outbox rows of those recorded queued.
+
+    Returns what was written for each message whose record is new: one whose
+    record existed already gets neither a record nor an outbox row (and is
+    not published again).  One statement on PostgreSQL, so a single send in
+    autocommit is one round trip and one commit; elsewhere (SQLite) the
+    records, then the rows, in the executor's transaction.
+    """
+    if not sends:
+        return {}
+    connection = connection_of(executor)
+    if connection.dialect.name != "postgresql":
+        return _write_apart(executor, sends)
+    now = dt.datetime.now(dt.UTC)
+    if len(sends) == 1:
+        job, body, wait_ms = sends[0]
+        error = f"UnknownTenant: {UnknownTenant(job['tenant_id'] or 0)}"
+        due = now + dt.timedelta(milliseconds=wait_ms)
+        params = {**job, "now": now, "error": error, "body": body, "publish_at": due}
+        result = _SEND.execute(connection, params)
+    else:
+        params = queued_arrays([send.job for send in sends], now)
+        params["bodies"] = [send.body for send in sends]
+        params["waits_ms"] = [send.wait_ms for send in sends]
+        result = _SEND_MANY.execute(connection, params)
+    written: dict[str, Written] = {}
+    for found in result:
+        message_id, status, row_id = tuple(found)
+        written[message_id] = Written(status, row_id)
+    return written
+
+
+def _write_apart(executor: Executor, sends: Sequence[Send]) -> dict[str, Written]:
+    statuses = record_queued(executor, [send.job for send in sends])
+    now = dt.datetime.now(dt.UTC)
+    rows: list[OutboxRow] = [
+        {
+            "message_id": job["message_id"],
+            "tenant_id": job["tenant_id"],
+            "queue": job["queue"],
+            "body": body,
+            "publish_at": now + dt.timedelta(milliseconds=wait_ms),
+        }
+        for job, body, wait_ms in sends
+        if statuses.get(job["message_id"]) == JOB_QUEUED
+    ]
+    ids = outbox.add_messages(executor, rows)
+    return {
+        message_id: Written(status, None if status == JOB_DEAD else ids[message_id])
+        for message_id, status in statuses.items()
+    }
+
+
 def send_engine(engine: Engine) -> Engine:
     """The engine of the send path's one-statement writes: autocommit, no pre-ping.
 
-    On PostgreSQL its commits are asynchronous (synchronous_commit off): a queued
-    record lost in a crash is recreated when the message arrives, and a lost
-    delete only makes a duplicate, which skips.  Actors' transactions stay durable.
-    Without pre-ping: a connection the server closed is replaced at checkout,
-    as in `db.session` (one poll(), no round trip).
+    Its commits are as durable as the database's own (synchronous_commit is
+    left to the server, `on` unless an operator chose otherwise): a send
+    returns once its record and outbox row are on disk, whatever happens to
+    the process or to RabbitMQ then.  Without pre-ping: a connection the
+    server closed is replaced at checkout, as in `db.session` (one poll(), no
+    round trip).
     """
     if engine.dialect.name != "postgresql":
         return engine.execution_options(isolation_level="AUTOCOMMIT")
-    options = {"connect_timeout": 5, "application_name": "taskyard-send"}
     sends = create_engine(
         engine.url,
         isolation_level="AUTOCOMMIT",
-        connect_args={**options, "options": "-c synchronous_commit=off"},
+        connect_args={"connect_timeout": 5, "application_name": "taskyard-send"},
         # Hot statements prepared or not, as on the engine it comes from.
         execution_options={
             PREPARE_OPTION: engine.get_execution_options().get(PREPARE_OPTION, False)

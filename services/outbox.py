@@ -24,7 +24,7 @@ class OutboxRow(TypedDict):
     publish_at: dt.datetime
 
 
-def add_messages(session: Session, rows: Sequence[OutboxRow]) -> dict[str, int]:
+def add_messages(session: Executor, rows: Sequence[OutboxRow]) -> dict[str, int]:
     """Write `rows` in one INSERT; returns each message id's outbox row id."""
     if not rows:
         return {}
