@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import machine_cpu
 from bench.env import REPO, BenchEnv, BenchError, machine, unreachable
+from bench.procstat import TICK
 from bench.report import Figure, render, write
 
 
@@ -91,6 +93,23 @@ def notes(sizes: Sizes, bulk_calls: int) -> list[str]:
         "Throughput counts from the first job's start to the last job's end as the worker "
         "saw them; the jobs are queued before the worker starts. Taskyard's last job record "
         "commits just after its body ends, a few ms not counted.",
+        "Machine-wide CPU per job is counted over each throughput run's own drain window "
+        "(the first job's start to the last job's end, as for its jobs/s): the CPU time "
+        "(user + system, /proc/<pid>/stat) of the system's worker processes (its command "
+        "and every process under it), of PostgreSQL (the postmaster and its children: "
+        "backends, walwriter, checkpointer, background writer; not client backends of "
+        "another database than the run's) and of the RabbitMQ node (beam.smp and the "
+        "processes under it), divided by the jobs; the parts' medians are in the figure's "
+        f"note. The harness reads /proc every {machine_cpu.INTERVAL * 1000:.0f} ms from "
+        "before the worker starts and interpolates each process's CPU at the window's ends; "
+        f"the kernel counts CPU in {1000 / TICK:.0f} ms ticks per process, so a short window "
+        "(a small run, a fast system) is the less precise. Not counted: the harness itself "
+        "(its readings take some 4-5 % of a core while each system runs), and the machine's other "
+        "servers (Redis, MariaDB, NATS, Mosquitto) and processes. These still share its "
+        "cores, and PostgreSQL's shared processes and the RabbitMQ node do work for any other "
+        "client they have in the window: background noise in these figures. procrastinate "
+        "uses no RabbitMQ: its RabbitMQ part is what the node did meanwhile for no one of "
+        "this run, a gauge of that noise.",
         f"Sizes: throughput {sizes.throughput:,} jobs per run; send {sizes.send:,} messages "
         f"(bulk: {bulk_calls} calls); latency {sizes.latency:,} probes at 200/s, after one "
         "unmeasured send that opens the producer's connections; fairness A's backlog "

@@ -7,7 +7,7 @@ database of its own, three ways:
 - `orm`: the statements built per call through the ORM (an upsert and an
   update on the mapped class), with the tenant read by a query of its own:
   how the worker did it before `db.hot`.
-- `hot`: `services.jobs.begin_attempt` and `mark_succeeded` with
+- `hot`: `services.jobs.finish` (the record's one statement) with
   `TASKYARD_DB_PREPARED_STATEMENTS=false`: compiled once, parsed and planned
   by PostgreSQL on every call.
 - `prepared`: the same as the worker runs them by default, prepared once per
@@ -75,11 +75,23 @@ def orm_job(session: Session, tenant_id: int) -> None:
 
 def hot_job(session: Session, tenant_id: int) -> None:
     """The job record as the worker writes it."""
-    message_id = str(uuid.uuid4())
-    record = _record(tenant_id)
-    attempt = jobs.begin_attempt(session, message_id, **record)  # type: ignore[arg-type]
-    assert attempt.run and attempt.tenant_status is not None
-    jobs.mark_succeeded(session, message_id, attempt=1, result=None)
+    now = dt.datetime.now(dt.UTC)
+    done = jobs.finish(
+        session,
+        {
+            "message_id": str(uuid.uuid4()),
+            "tenant_id": tenant_id,
+            "actor": "bench_noop",
+            "queue": f"tenant.{tenant_id}",
+            "args": {"tenant_id": tenant_id},
+            "attempts": 1,
+            "enqueued_at": now,
+            "started_at": now,
+            "finished_at": now,
+            "result": None,
+        },
+    )
+    assert done.written and done.tenant_status is not None
 
 
 @dataclass(frozen=True)

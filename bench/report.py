@@ -19,8 +19,10 @@ class Figure:
     values: list[float] = field(default_factory=list)
     # The system whose figure of the same scenario and run this one is divided by.
     baseline: str | None = None
-    # A target as a ratio to the baseline (`ratio_at_least`) or a bound on the value.
+    # A target as a ratio to the baseline (`ratio_at_least`, `ratio_at_most`) or a bound
+    # on the value.
     ratio_at_least: float | None = None
+    ratio_at_most: float | None = None
     at_most: float | None = None
     at_least: float | None = None
     higher_is_better: bool = True
@@ -69,6 +71,11 @@ def verdict(figure: Figure, figures: Sequence[Figure], *, smoke: bool) -> str:
         return (
             "met" if r >= figure.ratio_at_least else f"missed (target ≥ {figure.ratio_at_least}x)"
         )
+    if figure.ratio_at_most is not None:
+        r = ratio(figure, figures)
+        if r is None:
+            return "no baseline"
+        return "met" if r <= figure.ratio_at_most else f"missed (target ≤ {figure.ratio_at_most}x)"
     if figure.at_least is not None and figure.values:
         ok = figure.median >= figure.at_least
         return "met" if ok else f"missed (target ≥ {_fmt(figure.at_least)} {figure.unit})"

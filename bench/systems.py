@@ -47,6 +47,16 @@ class System(abc.ABC):
 
     stop_signal = signal.SIGTERM
 
+    def launch(self, tag: str, processes: int = 1, env: dict[str, str] | None = None) -> Worker:
+        """Start a worker's command and return at once (`start` also waits until it is ready)."""
+        return Worker(
+            self.env,
+            self.argv(processes),
+            env or {},
+            f"{self.name}-{tag}",
+            stop_signal=self.stop_signal,
+        )
+
     def start(
         self,
         tag: str,
@@ -59,13 +69,7 @@ class System(abc.ABC):
 
         Only a worker with nothing queued can settle: one draining a backlog is busy.
         """
-        worker = Worker(
-            self.env,
-            self.argv(processes),
-            env or {},
-            f"{self.name}-{tag}",
-            stop_signal=self.stop_signal,
-        )
+        worker = self.launch(tag, processes, env)
         worker.wait_ready(self.ready)
         if settle:
             worker.wait_settled()

@@ -1,34 +1,66 @@
 """Throughput: N jobs queued before the worker starts; jobs per second until all are done.
 
 The clock runs from the first job's start to the last job's end as the worker
-itself saw them (bench.bodies), so process start-up is not counted.
+itself saw them (bench.bodies), so process start-up is not counted.  Over the
+same window, the machine-wide CPU per job: the worker processes', PostgreSQL's
+and RabbitMQ's (bench.machine_cpu).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from bench import machine_cpu
 from bench.env import BenchError
 from bench.report import Figure
 from bench.systems import Procrastinate, System, Taskyard
 
 SCENARIO = "1-2. Throughput (one worker process, 8 threads)"
+CPU_SCENARIO = (
+    "1-2. Machine-wide CPU per job, over the throughput runs' drain windows "
+    "(worker processes + PostgreSQL + RabbitMQ)"
+)
+CPU_UNIT = "CPU ms/job"
 
 
-def measure(system: System, kind: str, count: int, *, processes: int = 1, tag: str) -> float:
-    """Jobs per second for `count` queued jobs of `kind`."""
+@dataclass(frozen=True)
+class Drained:
+    """One throughput run: its jobs/s and its machine-wide CPU per job, by part."""
+
+    rate: float
+    cpu_ms: dict[str, float]
+
+
+def measure(system: System, kind: str, count: int, *, processes: int = 1, tag: str) -> Drained:
+    """Jobs per second for `count` queued jobs of `kind`, and the CPU per job they took."""
     system.reset()
     system.send(kind, count)
-    worker = system.start(tag, processes=processes)
+    reader = machine_cpu.Reader(system.env.database)
+    # Sampling from before the worker starts: its first job may start before "ready".
+    sampler = machine_cpu.Sampler(reader)
+    sampler.start()
     try:
-        done = worker.wait_done(kind, count, timeout=30 + count / 20)
-        if isinstance(system, Taskyard):
-            _wait_recorded(system, count)
+        worker = system.launch(tag, processes=processes)
+        reader.watch(worker.proc.pid)
+        try:
+            worker.wait_ready(system.ready)
+            done = worker.wait_done(kind, count, timeout=30 + count / 20)
+            sampler.close()
+            if isinstance(system, Taskyard):
+                _wait_recorded(system, count)
+        finally:
+            worker.stop()
     finally:
-        worker.stop()
+        sampler.close()
     elapsed = done["last_end"] - done["first_start"]
-    return count / max(elapsed, 1e-6)
+    try:
+        samples = sampler.stop()
+        cpu = machine_cpu.window_cpu(samples, done["first_start"], done["last_end"], reader.born)
+    except (machine_cpu.SamplerError, ValueError) as exc:
+        raise BenchError(f"{system.name} {kind}: {exc}") from exc
+    return Drained(count / max(elapsed, 1e-6), machine_cpu.per_job_ms(cpu, count))
 
 
 def _wait_recorded(taskyard: Taskyard, count: int, timeout: float = 30.0) -> None:
@@ -40,44 +72,75 @@ def _wait_recorded(taskyard: Taskyard, count: int, timeout: float = 30.0) -> Non
         time.sleep(0.05)
 
 
+@dataclass
+class _Pair:
+    """A system's jobs/s and CPU per job figures of one job and worker count."""
+
+    rate: Figure
+    cpu: Figure
+    parts: dict[str, list[float]] = field(
+        default_factory=lambda: {part: [] for part in machine_cpu.PARTS}
+    )
+
+    def add(self, drained: Drained) -> None:
+        self.rate.values.append(drained.rate)
+        self.cpu.values.append(sum(drained.cpu_ms.values()))
+        for part, ms in drained.cpu_ms.items():
+            self.parts[part].append(ms)
+        self.cpu.note = machine_cpu.parts_note(self.parts)
+
+
+def _pair(what: str, name: str, *, rate_target: float | None, cpu_target: float | None) -> _Pair:
+    baseline = "dramatiq" if name != "dramatiq" else None
+    return _Pair(
+        Figure(SCENARIO, what, name, "jobs/s", baseline=baseline, ratio_at_least=rate_target),
+        Figure(
+            CPU_SCENARIO,
+            what,
+            name,
+            CPU_UNIT,
+            baseline=baseline,
+            ratio_at_most=cpu_target,
+            higher_is_better=False,
+        ),
+    )
+
+
 def run(systems: Sequence[System], *, count: int, runs: int, two_processes: bool) -> list[Figure]:
     """Both job bodies on every system, `runs` times each, the systems back to back per run."""
-    figures: list[Figure] = []
-    # The engine issue's targets: one worker process, and two (None: reported, no target).
-    for kind, what, target, target_two in (
-        ("write_row", "DB-writing job", 0.9, 1.0),
-        ("noop", "no-op job", 0.7, None),
+    rates: list[Figure] = []
+    cpus: list[Figure] = []
+    # The engine issue's targets: jobs/s with one worker process, and two (None: reported,
+    # no target); machine-wide CPU per job, one worker process.
+    for kind, what, target, target_two, cpu_target in (
+        ("write_row", "DB-writing job", 0.9, 1.0, None),
+        ("noop", "no-op job", 0.7, None, 2.0),
     ):
-        by_system: dict[str, Figure] = {}
-        for system in systems:
-            by_system[system.name] = Figure(
-                SCENARIO,
+        one = {
+            system.name: _pair(
                 what,
                 system.name,
-                "jobs/s",
-                baseline="dramatiq" if system.name != "dramatiq" else None,
-                ratio_at_least=target if isinstance(system, Taskyard) else None,
+                rate_target=target if isinstance(system, Taskyard) else None,
+                cpu_target=cpu_target if isinstance(system, Taskyard) else None,
             )
+            for system in systems
+        }
         two = {
-            name: Figure(
-                SCENARIO,
+            name: _pair(
                 f"{what}, 2 worker processes",
                 name,
-                "jobs/s",
-                baseline="dramatiq" if name == "taskyard" else None,
-                ratio_at_least=target_two if name == "taskyard" else None,
+                rate_target=target_two if name == "taskyard" else None,
+                cpu_target=None,
             )
             for name in ("taskyard", "dramatiq")
         }
         for run_no in range(runs):
             for system in systems:
                 tag = f"{kind}-{run_no}"
-                by_system[system.name].values.append(measure(system, kind, count, tag=tag))
+                one[system.name].add(measure(system, kind, count, tag=tag))
                 if two_processes and system.name in two and not isinstance(system, Procrastinate):
-                    two[system.name].values.append(
-                        measure(system, kind, count, processes=2, tag=f"{tag}-p2")
-                    )
-        figures += list(by_system.values())
-        if two_processes:
-            figures += list(two.values())
-    return figures
+                    two[system.name].add(measure(system, kind, count, processes=2, tag=f"{tag}-p2"))
+        shown = [*one.values(), *(two.values() if two_processes else [])]
+        rates += [pair.rate for pair in shown]
+        cpus += [pair.cpu for pair in shown]
+    return rates + cpus

@@ -39,6 +39,9 @@ EXPECTED = [
     ("7. Scheduler", "200 schedules, 20 due", "taskyard"),
     *[("8. Memory", f"RSS after {n} jobs", s) for n in (20, 60) for s in ("taskyard", "dramatiq")],
 ]
+# Over the throughput runs' drain windows: worker processes, PostgreSQL and RabbitMQ together.
+CPU_TABLE = "1-2. Machine-wide CPU per job"
+SYSTEMS = ("taskyard", "dramatiq", "celery", "procrastinate")
 ROW = re.compile(r"^\| (?P<figure>[^|]+) \| (?P<system>[^|]+) \| (?P<median>[^|]+) \|")
 
 
@@ -104,6 +107,19 @@ def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
         assert matching, f"no figure {figure!r} of {system} in {scenario}:\n{report}"
         for row in matching:
             assert float(row[3].replace(",", "")) > 0, f"{row} is not a measurement"
+    # And the CPU per job table has both jobs of every system, with its parts named; a no-op
+    # window of 40 jobs can be shorter than the kernel's 10 ms tick (0.00), not both jobs'
+    cpu = [r for r in rows if r[0].startswith(CPU_TABLE)]
+    assert sorted((r[1].split(" (")[0], r[2]) for r in cpu) == sorted(
+        (job, system) for job in ("DB-writing job", "no-op job") for system in SYSTEMS
+    ), report
+    for system in SYSTEMS:
+        assert sum(float(r[3]) for r in cpu if r[2] == system) > 0, f"{system}: {cpu}"
+    assert all(
+        re.search(r"\(worker processes [\d.]+, PostgreSQL [\d.]+, RabbitMQ [\d.]+ ms", r[1])
+        for r in cpu
+    ), cpu
+    assert "- Machine-wide CPU per job is counted over each throughput run's own drain" in report
     # And it left no database behind
     assert _bench_databases() <= before
 

@@ -93,3 +93,36 @@ def test_render_shows_min_max_ratio_and_not_built() -> None:
     assert "| jobs | taskyard | 100 | 90.0-110 | jobs/s | 2.00x dramatiq | met |" in text
     assert "| bulk send (not built) | taskyard | — | not built |" in text
     assert "- CPU: 2 x test" in text and "- a note" in text
+
+
+def test_ratio_at_most_is_met_up_to_the_bound_and_missed_above_it() -> None:
+    # Given CPU per job figures, lower being better, with Taskyard's bound at 2x bare Dramatiq's
+    def cpu(taskyard: float) -> list[Figure]:
+        return [
+            Figure(
+                "C",
+                "no-op job",
+                "taskyard",
+                "CPU ms/job",
+                [taskyard],
+                baseline="dramatiq",
+                ratio_at_most=2.0,
+                higher_is_better=False,
+            ),
+            Figure("C", "no-op job", "dramatiq", "CPU ms/job", [0.5]),
+        ]
+
+    # Then exactly 2x is met, more is missed, and no baseline is said so
+    at_bound, above = cpu(1.0), cpu(1.1)
+    assert verdict(at_bound[0], at_bound, smoke=False) == "met"
+    assert verdict(above[0], above, smoke=False) == "missed (target ≤ 2.0x)"
+    assert verdict(above[0], above[:1], smoke=False) == "no baseline"
+    assert verdict(above[0], above, smoke=True) == ""
+    text = render(
+        above, machine={}, command="python -m bench", date="d", runs=1, smoke=False, notes=[]
+    )
+    assert "## C" in text
+    assert (
+        "| no-op job | taskyard | 1.10 | 1.10-1.10 | CPU ms/job | 2.20x dramatiq "
+        "| missed (target ≤ 2.0x) |" in text
+    )
