@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import dramatiq
 from dramatiq.broker import Broker
 from dramatiq.brokers.stub import StubBroker
@@ -19,7 +21,10 @@ from middleware.heartbeat import Heartbeat
 from middleware.metrics import Metrics
 from middleware.outbox import Outbox
 from middleware.rabbitmq import DEFAULT_MAX_ETA_AHEAD_MS, TaskyardRabbitmqBroker
-from services.tenants import served_tenant_ids
+from middleware.runtime import Runtime
+from middleware.worker_state import StateSnapshot, WorkerState
+from services.job_control import cancel_requests_since
+from services.tenants import served_tenant_ids, tenant_statuses
 from settings import Settings, load_settings
 
 # periodiq drops a tick older than this; the scheduler catches up on missed
@@ -27,23 +32,58 @@ from settings import Settings, load_settings
 TICK_SKIP_DELAY_SECONDS = 30
 
 
-def build_middleware(
-    settings: Settings, session_factory: sessionmaker[Session]
-) -> list[Middleware]:
-    """Every message's middleware, in execution order (after-hooks run in reverse)."""
+def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) -> Runtime:
+    """Taskyard's engine, built once: each part is handed the parts it uses.
+
+    Its middleware are listed in execution order (after-hooks run in reverse);
+    `middleware.runtime.ORDER` states the order's constraints, checked when
+    the runtime is attached to its broker.
+    """
 
     def list_tenants() -> list[int]:
         with session_factory() as session:
             return served_tenant_ids(session)
 
+    def read_state(since: dt.datetime | None) -> StateSnapshot:
+        with session_factory() as session:
+            return StateSnapshot(tenant_statuses(session), cancel_requests_since(session, since))
+
     engine = session_factory.kw["bind"]
+    state = WorkerState(read_state)
     routing = TenantRouting(
         queue_prefix=settings.queue_prefix,
         pinned=settings.tenants,
         refresh_seconds=settings.tenant_refresh_seconds,
         list_tenants=list_tenants,
+        state=state,
     )
-    return [
+    dead_letters = DeadLetters(
+        session_factory=session_factory, tenant_of_queue=routing.tenant_of_queue
+    )
+    # Records every send as a queued job; writes a transaction's sends to the outbox
+    # (published after the commit) and parks long delays there; its sweeper thread
+    # publishes what is due.  No message hooks: the engine and the policy call it.
+    outbox = Outbox(
+        session_factory=session_factory, delay_max_seconds=settings.broker_delay_max_seconds
+    )
+    # Decides about a failure (retry with backoff, or give up) and carries it out.
+    policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        min_backoff_ms=settings.min_backoff_ms,
+        max_backoff_ms=settings.max_backoff_ms,
+        outbox=outbox,
+    )
+    # Runs the actor and writes its record: one statement after the body.
+    engine_middleware = DbSession(
+        session_factory=session_factory,
+        check_schema=lambda: check_schema(engine),
+        state=state,
+        routing=routing,
+        policy=policy,
+        outbox=outbox,
+        group_commit_linger_seconds=settings.group_commit_linger_ms / 1000,
+    )
+    middleware: tuple[Middleware, ...] = (
         # Freezes the booted process's objects out of the full GC passes that stop every
         # job; first, so its after_worker_boot runs last, once everything has booted.
         FrozenHeap(),
@@ -61,50 +101,57 @@ def build_middleware(
         # Consumes every queue of a worker over one connection and thread, not one
         # each (1,000 tenants are 2,000 queues); only replaces the worker's consumers
         # at boot, and does nothing on the stub broker.
-        ConsumerMultiplexing(),
+        ConsumerMultiplexing(keep_queue=routing.still_served),
         # Keeps every message the worker nacks in the database (RabbitMQ's dead-letter
         # queue drops it after 7 days); early, so no later before_nack can skip it.
-        DeadLetters(session_factory=session_factory, tenant_of_queue=routing.tenant_of_queue),
+        dead_letters,
         # Writes this worker's `workers` row every few seconds (`taskyard workers`, `health`).
         Heartbeat(session_factory=session_factory, interval_seconds=settings.heartbeat_seconds),
         # Drops stale scheduler ticks before any session is opened for them.
         PeriodiqMiddleware(skip_delay=TICK_SKIP_DELAY_SECONDS),
         # Chooses the tenant's queue on send and the queues a worker serves.
         routing,
-        # Runs the actor in one transaction with its job record; needs the
-        # routing above to check the tenant, and the policy below to record
-        # whether a failure will be retried.
-        DbSession(session_factory=session_factory, check_schema=lambda: check_schema(engine)),
-        # Records every send as a queued job; writes a transaction's sends to the outbox
-        # (published after the commit) and parks long delays there; its sweeper thread
-        # publishes what is due.  No message hooks: DbSession and RetryPolicy call it.
-        Outbox(
-            session_factory=session_factory, delay_max_seconds=settings.broker_delay_max_seconds
-        ),
-        # Last, so its after-hook runs first: re-enqueues a retry or fails the message.
-        RetryPolicy(
-            max_attempts=settings.max_attempts,
-            min_backoff_ms=settings.min_backoff_ms,
-            max_backoff_ms=settings.max_backoff_ms,
-        ),
-    ]
+        # The engine: runs the actor, writes its record, records and acts on a failure.
+        engine_middleware,
+        # Its sweeper thread publishes what is due; its publisher, what was sent.
+        outbox,
+        # Last, so its after-hook runs first: acts on a failure the engine did not run.
+        policy,
+    )
+    return Runtime(
+        settings=settings,
+        session_factory=session_factory,
+        state=state,
+        routing=routing,
+        outbox=outbox,
+        policy=policy,
+        engine=engine_middleware,
+        dead_letters=dead_letters,
+        middleware=middleware,
+    )
+
+
+def build_middleware(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> list[Middleware]:
+    """Every message's middleware, in execution order (after-hooks run in reverse)."""
+    return list(build_runtime(settings, session_factory).middleware)
 
 
 def build_broker(settings: Settings) -> Broker:
     """A RabbitMQ broker with publisher confirms, or the in-process one for `stub://`."""
-    session_factory = make_session_factory(make_engine(settings))
-    middleware = build_middleware(settings, session_factory)
+    runtime = build_runtime(settings, make_session_factory(make_engine(settings)))
+    middleware = list(runtime.middleware)
     broker: Broker
     if settings.uses_stub_broker:
         broker = StubBroker(middleware=middleware)
     else:
-        dead_letters = next(m for m in middleware if isinstance(m, DeadLetters))
-        routing = next(m for m in middleware if isinstance(m, TenantRouting))
+        routing = runtime.routing
         rabbitmq = TaskyardRabbitmqBroker(
             url=settings.broker_url,
             confirm_delivery=True,
             middleware=middleware,
-            on_poison=dead_letters.record_poison,
+            on_poison=runtime.dead_letters.record_poison,
         )
         # Every delivery is checked against the actor it names before it becomes a job.
         rabbitmq.route_check = lambda message: routing.refusal(
@@ -116,6 +163,7 @@ def build_broker(settings: Settings) -> Broker:
             DEFAULT_MAX_ETA_AHEAD_MS, int(settings.broker_delay_max_seconds * 1000) + 300_000
         )
         broker = rabbitmq
+    runtime.attach(broker)
     return broker
 
 

@@ -34,8 +34,13 @@ class Settings:
     # How often a worker looks for new tenants to serve (the promise is 60 s).
     # Within a second: a new tenant's first job starts about a second after its send.
     tenant_refresh_seconds: float = 1.0
-    # How often a worker writes its heartbeat row (`taskyard workers`, `taskyard health`).
-    heartbeat_seconds: float = 10.0
+    # How often a worker writes its heartbeat row (`taskyard workers`, `taskyard health`),
+    # which also says what each of its threads runs: a job shows as running (`taskyard
+    # jobs`) at most this long after it started. One statement per beat, none per job.
+    heartbeat_seconds: float = 2.0
+    # How long the group commit waits for more finished jobs before it writes their
+    # records (0: it writes whatever finished while its last write ran, at once).
+    group_commit_linger_ms: int = 0
     # Attempts a job gets in all (the first and its retries) unless its actor says otherwise.
     max_attempts: int = 3
     min_backoff_ms: int = 1_000
@@ -227,6 +232,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _parse_positive_float,
             d.heartbeat_seconds,
             "a number of seconds",
+        ),
+        group_commit_linger_ms=_read(
+            env,
+            p + "GROUP_COMMIT_LINGER_MS",
+            _parse_int(0),
+            d.group_commit_linger_ms,
+            "milliseconds",
         ),
         max_attempts=_read(
             env, p + "MAX_ATTEMPTS", _parse_int(1), d.max_attempts, "a whole number >= 1"

@@ -15,9 +15,8 @@ import sqlalchemy.exc
 from dramatiq import Message
 
 from middleware.context import current_context, current_message, current_session
-from middleware.db_session import DbSession, find_middleware
-from middleware.outbox import find_outbox
-from middleware.tenant_routing import TenantRouting
+from middleware.outbox import Outbox
+from middleware.runtime import runtime_of
 from services.errors import InvalidArguments, SendFailed, valid_tenant_id
 from services.job_control import is_cancel_requested
 
@@ -46,8 +45,8 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         if not self.options.get("tenant_scoped"):
             return message
         tenant_id = kwargs["tenant_id"]
-        routing = find_middleware(self.broker, TenantRouting)
-        queue = routing.queue_for(tenant_id) if routing else f"tenant.{tenant_id}"
+        runtime = runtime_of(self.broker)
+        queue = runtime.routing.queue_for(tenant_id) if runtime else f"tenant.{tenant_id}"
         return message.copy(queue_name=queue)
 
     def send_with_options(
@@ -66,8 +65,8 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         if isinstance(delay, timedelta):
             delay = int(delay.total_seconds() * 1000)
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
-        ctx, outbox = current_context(), find_outbox(self.broker)
-        if outbox is None:  # a broker built without Taskyard's outbox: plain Dramatiq
+        ctx, outbox = current_context(), self._outbox()
+        if outbox is None:  # a broker built without Taskyard's runtime: plain Dramatiq
             return self.broker.enqueue(message, delay=delay)
         if ctx is None and PERIODIQ_OPTION in options and self.options.get("periodic"):
             self._send_tick(message, delay)
@@ -84,7 +83,7 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         top of a minute would stop all scheduling for good; the next tick
         catches up on the slots this one missed.
         """
-        outbox = find_outbox(self.broker)
+        outbox = self._outbox()
         assert outbox is not None
         try:
             outbox.send(self.broker, message, delay)
@@ -100,7 +99,8 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the actor: in the message's transaction when a worker runs it."""
-        db = find_middleware(self.broker, DbSession)
+        runtime = runtime_of(self.broker)
+        db = runtime.engine if runtime is not None else None
         message = db.incoming() if db is not None else None
         if db is None or message is None or message.actor_name != self.actor_name:
             return self.fn(*args, **self._validated(kwargs))
@@ -108,6 +108,10 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         # The result is on the job record; returning it to Dramatiq's worker
         # would only make it warn that no result backend is installed.
         return None
+
+    def _outbox(self) -> Outbox | None:
+        runtime = runtime_of(self.broker)
+        return runtime.outbox if runtime is not None else None
 
     def check_arguments(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The arguments as the actor takes them, or `InvalidArguments` saying what is wrong.
@@ -158,7 +162,7 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
                 raise InvalidArguments(f"message {index}: {exc}") from None
         if isinstance(delay, timedelta):
             delay = int(delay.total_seconds() * 1000)
-        outbox = find_outbox(self.broker)
+        outbox = self._outbox()
         if outbox is None:
             return [self.broker.enqueue(message, delay=delay) for message in messages]
         if current_context() is not None:
@@ -175,7 +179,7 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
             raise SendFailed(self.actor_name, first, exc, more=len(messages) - 1) from exc
 
     def _send_message(self, message: Message[Any], delay: int | None) -> Message[Any]:
-        ctx, outbox = current_context(), find_outbox(self.broker)
+        ctx, outbox = current_context(), self._outbox()
         if ctx is None or outbox is None:
             raise RuntimeError("_send_message needs a Taskyard transaction")
         outbox.hold(self.broker, ctx, message, delay)
@@ -203,8 +207,8 @@ def taskyard_actor(
 ) -> Callable[[Callable[..., Any]], TaskyardActor]:
     """Declare a Taskyard actor (on the global broker unless told); tenant-scoped ones route."""
     broker = broker or dramatiq.get_broker()
-    routing = find_middleware(broker, TenantRouting)
-    system_queue = routing.system_queue if routing else "taskyard.system"
+    runtime = runtime_of(broker)
+    system_queue = runtime.routing.system_queue if runtime else "taskyard.system"
     # Dramatiq logs any exception not listed in `throws` with a traceback;
     # the retry policy logs each failure once, at the right level.
     options.setdefault("throws", (Exception,))

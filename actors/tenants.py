@@ -12,7 +12,7 @@ from marshmallow import Schema, fields, validate
 
 import brokers
 from actors.base import taskyard_actor
-from middleware.db_session import DbSession, find_middleware
+from middleware.runtime import runtime_of
 from services import tenant_deletion
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,11 @@ def delete_tenant(
     max_batches: int | None = None,
 ) -> dict[str, int]:
     """Delete every row of the tenant in batches, its queues, then the tenant; rows per table."""
-    db = find_middleware(brokers.broker, DbSession)
-    if db is None:
-        raise RuntimeError("delete_tenant needs a broker with the DbSession middleware")
+    runtime = runtime_of(brokers.broker)
+    if runtime is None:
+        raise RuntimeError("delete_tenant needs a broker built by brokers.build_broker")
     counts = tenant_deletion.delete_tenant_data(
-        db.session_factory,
+        runtime.session_factory,
         tenant_id,
         delete_queues=delete_queues,
         queues=tenant_queue_names(tenant_id),

@@ -10,8 +10,8 @@ from dramatiq.broker import Broker
 from sqlalchemy.orm import Session
 
 from middleware.context import MessageContext, current_context, enter_context, leave_context
-from middleware.db_session import DbSession, find_middleware
-from middleware.outbox import Pending, publish_pending, write_held
+from middleware.outbox import Pending
+from middleware.runtime import runtime_of
 
 
 @contextmanager
@@ -23,9 +23,10 @@ def taskyard_transaction(broker: Broker | None = None) -> Iterator[Session]:
     so a rollback sends nothing and a crash after the commit loses nothing.
     """
     broker = broker or dramatiq.get_broker()
-    db = find_middleware(broker, DbSession)
-    if db is None:
-        raise RuntimeError("taskyard_transaction() needs a broker with the DbSession middleware")
+    runtime = runtime_of(broker)
+    if runtime is None:
+        raise RuntimeError("taskyard_transaction() needs a broker built by brokers.build_broker")
+    db = runtime.engine
     if current_context() is not None:
         raise RuntimeError("taskyard_transaction() cannot be nested in a running actor or another")
     session = db.session_factory()
@@ -35,8 +36,8 @@ def taskyard_transaction(broker: Broker | None = None) -> Iterator[Session]:
     try:
         with session.begin():
             yield session
-            pending = write_held(broker, session, ctx)
+            pending = db.write_held(broker, session, ctx)
     finally:
         leave_context(token)
         session.close()
-    publish_pending(broker, pending)
+    db.publish(broker, pending)

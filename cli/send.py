@@ -14,7 +14,7 @@ from cli.common import (
     shown_broker_url,
 )
 from cli.render import emit, value_printer
-from middleware.outbox import find_outbox
+from middleware.runtime import runtime_of
 
 # How long `send` waits for RabbitMQ to take the job before it says it has not (yet).
 PUBLISH_WAIT_SECONDS = 5.0
@@ -54,7 +54,8 @@ def send(
     if actor not in scoped:
         raise CommandFailed(f"no tenant-scoped actor {actor!r}: send one of {', '.join(scoped)}")
     delay_ms = None if delay is None else int(delay * 1000)
-    outbox = find_outbox(broker)
+    runtime = runtime_of(broker)
+    outbox = runtime.outbox if runtime is not None else None
     failed_before = outbox.clearer.failed_total if outbox is not None else 0
     try:
         message = broker.get_actor(actor).send_with_options(

@@ -337,13 +337,12 @@ def _verified(feed: FeedServer, signing_key: Any) -> list[dict[str, Any]]:
 
 def _wait_until_served(broker: Any, tenant_id: int) -> None:
     """Wait (at most a few seconds) for the worker to consume the new tenant's queue."""
-    from middleware.db_session import find_middleware
-    from middleware.tenant_routing import TenantRouting
+    from middleware.runtime import runtime_of
 
-    routing = find_middleware(broker, TenantRouting)
-    if routing is None:
+    runtime = runtime_of(broker)
+    if runtime is None:
         return
-    queue = routing.queue_for(tenant_id)
+    queue = runtime.routing.queue_for(tenant_id)
     deadline = time.monotonic() + 5
     while queue not in broker.get_declared_queues() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -37,7 +37,6 @@ from dramatiq.middleware import Middleware
 from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQueueItem
 
 from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker
-from middleware.tenant_routing import TenantRouting
 
 # Queues started per pass of the loop: declaring 1,000 tenants' queues takes
 # seconds, and the queues already consumed keep being served in between.
@@ -48,6 +47,12 @@ BOOT_WAIT_SECONDS = 3.0
 AMQP_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 
 
+# Dramatiq prefetches two messages per worker thread; a message also stays unacknowledged
+# while its record waits for the group commit, so each queue may hold this many times
+# more, or the threads would wait for deliveries while finished jobs wait for their acks.
+ACK_WAIT_PREFETCH_FACTOR = 4
+
+
 def is_delay_queue(queue_name: str) -> bool:
     """Whether `queue_name` is a delay queue (its messages carry an eta)."""
     return queue_name.endswith(".DQ")
@@ -55,6 +60,10 @@ def is_delay_queue(queue_name: str) -> bool:
 
 class _Delivery(MessageProxy):
     """A message and where it came from: the link and channel whose delivery tag it carries."""
+
+    # Its acknowledgement may wait for its record's group commit (`record_ticket`).
+    defers_ack = True
+    record_ticket: Any = None
 
     def __init__(self, link: _Link, channel_number: int, tag: int, redelivered: bool, message: Any):
         super().__init__(message)
@@ -295,8 +304,9 @@ class MultiplexingConsumer(ConsumerThread):
             except Exception:
                 self.logger.critical("Consumer encountered an unexpected error.", exc_info=True)
                 self._restart()
-        self._disconnect()
+        # Before the connection closes: the group commit's records, then their acks.
         self.broker.emit_before("consumer_thread_shutdown", self)
+        self._disconnect()
 
     def _serve_once(self) -> None:
         if self.consumer is None:
@@ -392,6 +402,12 @@ class MultiplexingConsumer(ConsumerThread):
         The message's own link knows whether its delivery can still be settled.
         """
         assert isinstance(message, _Delivery)
+        ticket = message.record_ticket
+        if ticket is not None and not message.failed:
+            # Acknowledged only once its record, in the group commit, is durable.
+            message.record_ticket = None
+            ticket.when_settled(functools.partial(self.post_process_message, message))
+            return
         event = "nack" if message.failed else "ack"
         self.broker.emit_before(event, message)
         if message.failed:
@@ -416,21 +432,22 @@ class MultiplexingConsumer(ConsumerThread):
 class ConsumerMultiplexing(Middleware):
     """Makes a worker consume all its queues with one `MultiplexingConsumer` (RabbitMQ only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_queue: Callable[[str], bool] = lambda queue_name: True) -> None:
         self.logger = logging.getLogger(type(self).__name__)
+        # Whether a queue RabbitMQ deleted is declared and consumed again (tenant routing's).
+        self.keep_queue = keep_queue
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Replace the worker's one-thread-per-queue consumers before the first one starts."""
         if not isinstance(broker, TaskyardRabbitmqBroker):
             return
-        routing = [m for m in broker.middleware if isinstance(m, TenantRouting)]
         consumer = MultiplexingConsumer(
             broker=broker,
             work_queue=worker.work_queue,
-            queue_prefetch=worker.queue_prefetch,
+            queue_prefetch=worker.queue_prefetch * ACK_WAIT_PREFETCH_FACTOR,
             delay_prefetch=worker.delay_prefetch,
             worker_timeout=worker.worker_timeout,
-            keep_queue=lambda queue_name: all(r.still_served(queue_name) for r in routing),
+            keep_queue=self.keep_queue,
         )
         worker._add_consumer = functools.partial(add_consumer, worker, consumer)  # type: ignore[method-assign]
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Message
@@ -18,18 +19,50 @@ class HeldSend:
     delay: int | None
 
 
-@dataclass
 class MessageContext:
     """What the running actor may reach: its message, its session, its held sends.
 
-    `message` is None in a producer's `taskyard_transaction()`.
+    `message` is None in a producer's `taskyard_transaction()`.  A worker's
+    context opens its session only when something asks for it (the actor,
+    a held send): a job that never does opens no transaction, and its record
+    joins the group commit instead.
     """
 
-    message: Message[Any] | None
-    session: Session
-    held: list[HeldSend] = field(default_factory=list)
-    # Tenants a held send named that this transaction has already found.
-    tenants_known: set[int] = field(default_factory=set)
+    __slots__ = ("_factory", "_session", "held", "message", "tenants_known")
+
+    def __init__(
+        self,
+        *,
+        message: Message[Any] | None,
+        session: Session | None = None,
+        session_factory: Callable[[], Session] | None = None,
+    ) -> None:
+        if session is None and session_factory is None:
+            raise ValueError("a MessageContext needs a session or a session factory")
+        self.message = message
+        self._session = session
+        self._factory = session_factory
+        self.held: list[HeldSend] = []
+        # Tenants a held send named that this transaction has already found.
+        self.tenants_known: set[int] = set()
+
+    @property
+    def session(self) -> Session:
+        """The message's session, opened (and its transaction begun) on first use."""
+        if self._session is None:
+            assert self._factory is not None
+            self._session = self._factory()
+        return self._session
+
+    @property
+    def opened(self) -> bool:
+        """Whether anything asked for the session (the job then commits its own transaction)."""
+        return self._session is not None
+
+    def close(self) -> None:
+        """Close the session, if one was opened."""
+        if self._session is not None:
+            self._session.close()
 
 
 _context: ContextVar[MessageContext | None] = ContextVar("taskyard_message", default=None)

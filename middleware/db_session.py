@@ -18,11 +18,13 @@ from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import TENANT_DELETING, TENANT_DISABLED
+from db.models import JOB_FINAL_STATES, TENANT_ACTIVE, TENANT_DELETING, TENANT_DISABLED
 from middleware.context import MessageContext, current_context, enter_context, leave_context
-from middleware.outbox import Pending, publish_pending, write_held
+from middleware.group_commit import GroupCommit
+from middleware.outbox import Outbox, Pending
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of, outcome_of
 from middleware.tenant_routing import RouteRefused, TenantRouting
+from middleware.worker_state import WorkerState
 from services import jobs
 from services.dead_letters import record_dead_letter
 from services.errors import (
@@ -45,6 +47,12 @@ _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _TENANT_ERRORS = (UnknownTenant, TenantDisabled, RouteRefused, MessageIdTaken)
 
 M = TypeVar("M", bound=Middleware)
+
+
+class _Finished(Exception):
+    """The job's record is final already (a duplicate copy, a cancelled job): do not run it."""
+
+
 # Set on an exception whose message the engine kept as a dead letter (the id kept under).
 KEPT_AS_DEAD_LETTER = "taskyard_dead_letter_id"
 
@@ -104,11 +112,34 @@ class DbSession(Middleware):
         *,
         session_factory: sessionmaker[Session],
         check_schema: Callable[[], None] | None = None,
+        state: WorkerState | None = None,
+        routing: TenantRouting | None = None,
+        policy: RetryPolicy | None = None,
+        outbox: Outbox | None = None,
+        group_commit_linger_seconds: float = 0.0,
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
         self.session_factory = session_factory
         self.check_schema = check_schema
+        self.state = state
+        # The records of jobs that opened no transaction, written in groups.
+        self.group = GroupCommit(
+            session_factory.kw["bind"], linger_seconds=group_commit_linger_seconds
+        )
+        # The parts of the engine this one uses, handed over when it is built.
+        self.routing = routing
+        self.policy = policy
+        self.outbox = outbox
         self._incoming = threading.local()
+
+    def before_consumer_thread_shutdown(self, broker: Broker, thread: Any) -> None:
+        """Write the records still waiting for the group commit, so their messages are acked."""
+        if not self.group.flush():
+            self.logger.warning("Stopping with job records unwritten; RabbitMQ redelivers them")
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        """Stop the group commit's writer."""
+        self.group.stop()
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Refuse to start against a database whose migrations are behind; then warm the pool."""
@@ -186,14 +217,22 @@ class DbSession(Middleware):
         return getattr(self._incoming, "message", None)
 
     def run(self, broker: Broker, message: Message[Any], call: Callable[[], Any]) -> Any:
-        """Run `call` in the message's transaction with its job record; publish held sends after."""
+        """Run `call` for `message` and write its record: one statement, after the body.
+
+        Nothing is written before the body: the record's final state is the
+        job's one statement.  A job that used its session (or sent messages)
+        writes it at the end of its own transaction, which it then commits;
+        a job that did neither hands it to the group commit, and its message
+        is acknowledged once that commit is durable.  A failure rolls the
+        transaction back and is recorded in a transaction of its own.
+        """
         actor = broker.get_actor(message.actor_name)
-        routing = find_middleware(broker, TenantRouting)
+        routing = self.routing
         tenant_scoped = bool(actor.options.get("tenant_scoped"))
         # Checked again here (the consumer checked it for RabbitMQ): any broker, before
         # the record is touched or any of the actor's code runs.
         refused = routing.refusal(actor, message) if routing is not None else None
-        policy = find_middleware(broker, RetryPolicy)
+        policy = self.policy
         record: JobFields = {
             "actor": message.actor_name,
             "queue": q_name(message.queue_name),
@@ -203,55 +242,132 @@ class DbSession(Middleware):
             "attempt": attempt_of(message),
             "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
         }
-        session = self.session_factory()
-        ctx = MessageContext(message=message, session=session)
+        ctx = MessageContext(message=message, session_factory=self.session_factory)
         token = enter_context(ctx)
         try:
             try:
-                with session.begin():
-                    if refused is not None:
-                        raise RouteRefused(refused)
-                    allowed = policy.attempts_allowed(broker, message) if policy else None
-                    if allowed is not None and record["attempt"] > allowed:
-                        raise AttemptsSpent(allowed)
-                    if allowed is not None and getattr(message, "redelivered", False):
-                        self._check_crashes(message, record, allowed)
-                    attempt = jobs.begin_attempt(session, message.message_id, **record)
-                    run_it = attempt.run
-                    if run_it:
-                        if record["tenant_id"] is not None:
-                            _require_active_tenant(record["tenant_id"], attempt.tenant_status)
-                        result = small_result(call(), self.logger)
-                        jobs.mark_succeeded(
-                            session,
-                            message.message_id,
-                            attempt=record["attempt"],
-                            result=result,
-                        )
-                        # Held sends become outbox rows of this same transaction.
-                        pending = write_held(broker, session, ctx)
-            except _PASS_THROUGH:
-                raise
-            except BaseException as exc:
-                ctx.held.clear()
-                self._record_failure(broker, message, session, record, exc)
-                raise
-            if not run_it:
+                if refused is not None:
+                    raise RouteRefused(refused)
+                allowed = policy.attempts_allowed(broker, message) if policy else None
+                if allowed is not None and record["attempt"] > allowed:
+                    raise AttemptsSpent(allowed)
+                redelivered = getattr(message, "redelivered", False)
+                if (
+                    allowed is not None
+                    and redelivered
+                    and self._check_crashes(message, record, allowed)
+                ):
+                    raise _Finished()
+                # Whether the process's state vouches for the tenant; if not, the record
+                # is written in a transaction of the job's own, which checks it.
+                vouched = self._check_state(message, record)
+                started_at = dt.datetime.now(dt.UTC)
+                result = small_result(call(), self.logger)
+                finished: jobs.FinishedJob = {
+                    "message_id": message.message_id,
+                    "tenant_id": record["tenant_id"],
+                    "actor": record["actor"],
+                    "queue": record["queue"],
+                    "args": record["args"],
+                    "attempts": record["attempt"],
+                    "enqueued_at": record["enqueued_at"],
+                    "started_at": started_at,
+                    "finished_at": dt.datetime.now(dt.UTC),
+                    "result": result,
+                }
+                if ctx.opened or ctx.held or not vouched:
+                    self._commit(broker, ctx, finished)
+                else:
+                    self._group_commit(message, finished)
+            except _Finished:
                 self.logger.info(
                     "%s %s already finished; skipped",
                     message.actor_name,
                     message.message_id,
                     extra={"message_id": message.message_id, "actor": message.actor_name},
                 )
-                raise SkipMessage("job already finished")
-            publish_pending(broker, pending)
+                raise SkipMessage("job already finished") from None
+            except _PASS_THROUGH:
+                raise
+            except BaseException as exc:
+                ctx.held.clear()
+                if ctx.opened:
+                    ctx.session.rollback()
+                self._record_failure(broker, message, ctx.session, record, exc)
+                raise
             return result
         finally:
             leave_context(token)
-            session.close()
+            ctx.close()
 
-    def _check_crashes(self, message: Message[Any], record: JobFields, allowed: int) -> None:
-        """Count this start of a redelivered copy; refuse it once the runs would pass `allowed`.
+    def _commit(self, broker: Broker, ctx: MessageContext, finished: jobs.FinishedJob) -> None:
+        """Write held sends and the record's final statement in the job's transaction; commit."""
+        session = ctx.session
+        pending = self.write_held(broker, session, ctx)
+        done = jobs.finish(session, finished)
+        if not done.written:
+            # A copy finished first (or the job was cancelled): this copy's writes never commit.
+            session.rollback()
+            jobs.check_owner(
+                session,
+                finished["message_id"],
+                actor=finished["actor"],
+                queue=finished["queue"],
+                tenant_id=finished["tenant_id"],
+            )
+            raise _Finished()
+        if finished["tenant_id"] is not None:
+            # Authoritative: the tenant's status read in the same statement.
+            _require_active_tenant(finished["tenant_id"], done.tenant_status)
+        session.commit()
+        self.publish(broker, pending)
+
+    def write_held(self, broker: Broker, session: Session, ctx: MessageContext) -> list[Pending]:
+        """Write the transaction's held sends (records and outbox rows), just before it commits."""
+        held, ctx.held = ctx.held, []
+        return self.outbox.write_held(broker, session, held) if self.outbox is not None else []
+
+    def publish(self, broker: Broker, pending: list[Pending]) -> None:
+        """Hand what a committed transaction held to the publisher."""
+        if pending and self.outbox is not None:
+            self.outbox.publish(broker, pending)
+
+    def _group_commit(self, message: Message[Any], finished: jobs.FinishedJob) -> None:
+        """Hand the record to the group commit; the message is acknowledged once it is durable."""
+        ticket = self.group.submit(finished)
+        if getattr(message, "defers_ack", False):
+            # The consumer acknowledges it when the ticket settles.
+            message.record_ticket = ticket  # type: ignore[attr-defined]
+        else:
+            # A broker that acknowledges at once (the in-process one): wait for the commit.
+            ticket.wait()
+            if not ticket.written:
+                raise _Finished()
+
+    def _check_state(self, message: Message[Any], record: JobFields) -> bool:
+        """Refuse, before its body, a job whose tenant is stopped or that was cancelled.
+
+        From the process's state (refreshed every second), not from the
+        database: the final statement checks the record again.  True when
+        the state vouches for the job's tenant (active at the last poll, or
+        no tenant): only then may its record join the group commit, whose
+        statement does not check the tenant.
+        """
+        state = self.state
+        if state is None:
+            return False
+        if state.cancel_requested(message.message_id):
+            raise _Finished()
+        tenant_id = record["tenant_id"]
+        if tenant_id is None:
+            return True
+        status = state.tenant_status(tenant_id)
+        if status in (TENANT_DISABLED, TENANT_DELETING):
+            raise TenantDisabled(tenant_id)
+        return status == TENANT_ACTIVE
+
+    def _check_crashes(self, message: Message[Any], record: JobFields, allowed: int) -> bool:
+        """Count this start of a redelivered copy; True when its job is final already.
 
         RabbitMQ redelivers what a worker held when it died, so a message whose
         processing kills its process (the OOM killer, a segfault) would come
@@ -259,6 +375,8 @@ class DbSession(Middleware):
         actor runs; with the failed attempts before it, they may not exceed the
         actor's attempts (as Sidekiq Pro's super_fetch counts poison pills).
         A copy only prefetched by the dead worker is counted too, once.
+        A redelivered copy also reads its record first: the worker that died
+        may have committed it, and then this copy does not run at all.
         """
         with self.session_factory.kw["bind"].connect() as connection:
             crashes = jobs.count_redelivery(
@@ -268,8 +386,13 @@ class DbSession(Middleware):
                 queue=record["queue"],
                 tenant_id=record["tenant_id"],
             )
+            if crashes is None and jobs.record_status(connection, message.message_id) in (
+                JOB_FINAL_STATES
+            ):
+                return True
         if crashes is not None and record["attempt"] - 1 + crashes >= allowed:
             raise WorkerCrashed(crashes)
+        return False
 
     def _record_failure(
         self,
@@ -287,7 +410,7 @@ class DbSession(Middleware):
             # The id is another job's: its record is left alone (the guarded upsert below
             # changes nothing) and this message's dead letter gets an id of its own.
             dead_letter_id = str(uuid.uuid4())
-        policy = find_middleware(broker, RetryPolicy)
+        policy = self.policy
         decision = (
             policy.decide(broker, message, exc)
             if policy is not None
@@ -323,18 +446,18 @@ class DbSession(Middleware):
                     # transaction and published once it commits, like any held send.
                     ctx = current_context()
                     if ctx is not None:
-                        pending = write_held(broker, session, ctx)
+                        pending = self.write_held(broker, session, ctx)
         except (OperationalError, InterfaceError) as db_error:
             # The database is away: never let the message vanish into RabbitMQ's
             # expiring dead-letter queue; try it again once the record can be written,
             # with a growing backoff (and no run of its actor past its attempts).
-            retry = policy.unrecorded(broker, message) if policy is not None else decision
+            decision = policy.unrecorded(broker, message) if policy is not None else decision
             self.logger.warning(
                 "Could not record the failure of %s %s (%s); retrying in %.1f s",
                 message.actor_name,
                 message.message_id,
                 describe_error(db_error).splitlines()[0][:300],
-                retry.delay_ms / 1000,
+                decision.delay_ms / 1000,
                 extra={"message_id": message.message_id, "actor": message.actor_name},
             )
         except Exception:
@@ -347,7 +470,11 @@ class DbSession(Middleware):
             if not decision.retry:
                 # DeadLetters.before_nack keeps only what no one kept before it.
                 setattr(exc, KEPT_AS_DEAD_LETTER, dead_letter_id)
-            publish_pending(broker, pending)
+            self.publish(broker, pending)
+        # The decision, as recorded, carried out here: the retry re-enqueued, or the
+        # message failed (the worker nacks it).
+        if policy is not None and isinstance(message, MessageProxy):
+            policy.act(broker, message, exc, decision)
 
 
 def find_middleware(broker: Broker, kind: type[M]) -> M | None:

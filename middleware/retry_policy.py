@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,11 @@ from dramatiq import Message
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
-from middleware.outbox import find_outbox
+from middleware.outbox import Outbox
 from services.errors import PermanentError, TransientError
 
+# Set on a message whose failure the policy has acted on (re-enqueued or failed).
+ACTED = "taskyard_failure_acted_on"
 # SQLSTATEs worth another attempt: serialization failure and deadlock.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
@@ -107,22 +108,28 @@ def decide(
 class RetryPolicy(Middleware):
     """Retries transient failures with backoff; dead-letters permanent ones and the last attempt.
 
-    The DB session middleware asks for the decision (to record it in the same
-    breath as the rollback); this middleware acts on it after the message.
+    The engine (`DbSession`) asks for the decision, records it, and has it
+    carried out (`act`) in the same place; the after-hook acts only for a
+    message the engine did not run.
     """
 
     # `throws` is read by Dramatiq's worker only to choose its log level; we log ourselves.
     actor_options = {"max_attempts", "min_backoff", "max_backoff", "throws"}
 
     def __init__(
-        self, *, max_attempts: int = 3, min_backoff_ms: int = 1_000, max_backoff_ms: int = 300_000
+        self,
+        *,
+        max_attempts: int = 3,
+        min_backoff_ms: int = 1_000,
+        max_backoff_ms: int = 300_000,
+        outbox: Outbox | None = None,
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
         self.max_attempts = max_attempts
         self.min_backoff_ms = min_backoff_ms
         self.max_backoff_ms = max_backoff_ms
-        self._decisions: dict[str, Decision] = {}
-        self._lock = threading.Lock()
+        # Where a long backoff waits, and a retry RabbitMQ refused.
+        self.outbox = outbox
 
     def _option(
         self, broker: Broker, message: Message[Any] | MessageProxy, name: str, default: int
@@ -135,17 +142,14 @@ class RetryPolicy(Middleware):
     def decide(
         self, broker: Broker, message: Message[Any] | MessageProxy, exc: BaseException
     ) -> Decision:
-        """Decide about a failed attempt of `message`, and remember it for after the message."""
-        decision = decide(
+        """Decide about a failed attempt of `message` (nothing is done yet: see `act`)."""
+        return decide(
             exc,
             attempt_of(message),
             max_attempts=self._option(broker, message, "max_attempts", self.max_attempts),
             min_backoff_ms=self._option(broker, message, "min_backoff", self.min_backoff_ms),
             max_backoff_ms=self._option(broker, message, "max_backoff", self.max_backoff_ms),
         )
-        with self._lock:
-            self._decisions[message.message_id] = decision
-        return decision
 
     def attempts_allowed(self, broker: Broker, message: Message[Any] | MessageProxy) -> int:
         """How many times `message`'s actor may run: its option, its actor's, or the default."""
@@ -169,14 +173,7 @@ class RetryPolicy(Middleware):
         max_backoff = self._option(broker, message, "max_backoff", self.max_backoff_ms)
         ceiling = min(max_backoff, min_backoff * 2 ** min(attempt - 1, 40))
         # Half to all of the ceiling: a wait that grows even with the jitter.
-        decision = Decision(True, int(ceiling * (1 + rand()) / 2), "record_failed")
-        self.override(message, decision)
-        return decision
-
-    def override(self, message: Message[Any] | MessageProxy, decision: Decision) -> None:
-        """Replace the decision about `message` (used when its failure could not be recorded)."""
-        with self._lock:
-            self._decisions[message.message_id] = decision
+        return Decision(True, int(ceiling * (1 + rand()) / 2), "record_failed")
 
     def _keep_unsent_retry(
         self,
@@ -187,7 +184,7 @@ class RetryPolicy(Middleware):
         error: Exception,
     ) -> None:
         """Park a retry that could not be published in the outbox; failing that, nack it."""
-        outbox = find_outbox(broker)
+        outbox = self.outbox
         if outbox is not None and outbox.park(broker, retried, delay):
             self.logger.warning(
                 "Could not publish the retry of %s %s (%s); it waits in the outbox",
@@ -204,25 +201,16 @@ class RetryPolicy(Middleware):
         )
         message.fail()
 
-    def after_process_message(
-        self,
-        broker: Broker,
-        message: MessageProxy,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
+    def act(
+        self, broker: Broker, message: MessageProxy, exception: BaseException, decision: Decision
     ) -> None:
-        """Re-enqueue a retried message with its delay, or fail it so RabbitMQ dead-letters it."""
-        with self._lock:
-            decision = self._decisions.pop(message.message_id, None)
-        if exception is None:
-            return
-        if decision is None:
-            if broker.get_actor(message.actor_name) is None:  # pragma: no cover
-                return
-            decision = self.decide(broker, message, exception)
-            with self._lock:
-                self._decisions.pop(message.message_id, None)
+        """Carry a decision out: re-enqueue the retry with its delay, or fail the message.
+
+        The engine calls this once it has recorded the failure, so the decision
+        is made and acted on in one place; a failed message is nacked by the
+        worker, and RabbitMQ dead-letters it.
+        """
+        setattr(message, ACTED, True)
         extra = {"message_id": message.message_id, "actor": message.actor_name}
         attempt = attempt_of(message)
         if decision.retry:
@@ -237,7 +225,7 @@ class RetryPolicy(Middleware):
                 extra=extra,
             )
             retried = message.copy(options={"retries": attempt})
-            outbox = find_outbox(broker)
+            outbox = self.outbox
             delay = decision.delay_ms or None
             try:
                 if outbox is not None:  # a long backoff waits in the outbox, not in worker memory
@@ -260,10 +248,20 @@ class RetryPolicy(Middleware):
         )
         message.fail()  # a MessageProxy: the worker nacks it, RabbitMQ dead-letters it
 
-    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        """Forget any decision about a skipped message."""
-        with self._lock:
-            self._decisions.pop(message.message_id, None)
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Act on a failure the engine did not (an actor that is not Taskyard's)."""
+        if exception is None or getattr(message, ACTED, False):
+            return
+        if broker.get_actor(message.actor_name) is None:  # pragma: no cover
+            return
+        self.act(broker, message, exception, self.decide(broker, message, exception))
 
 
 def attempt_of(message: Message[Any] | MessageProxy) -> int:

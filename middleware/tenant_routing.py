@@ -13,6 +13,7 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
 from middleware.rabbitmq import Refusal
+from middleware.worker_state import WorkerState
 from services.errors import PermanentError, valid_tenant_id
 
 
@@ -42,12 +43,15 @@ class TenantRouting(Middleware):
         pinned: Iterable[int] = (),
         refresh_seconds: float = 30.0,
         list_tenants: Callable[[], list[int]] | None = None,
+        state: WorkerState | None = None,
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
         self.queue_prefix = queue_prefix
         self.pinned = tuple(pinned)
         self.refresh_seconds = refresh_seconds
         self.list_tenants = list_tenants
+        # Tenant statuses and cancel requests, refreshed by the same loop (every worker).
+        self.state = state
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -144,6 +148,8 @@ class TenantRouting(Middleware):
         """The tenants whose queues this worker should consume."""
         if self.pinned:
             return list(self.pinned)
+        if self.state is not None and self.state.polled:
+            return self.state.served()
         if self.list_tenants is None:
             return []
         return self.list_tenants()
@@ -162,9 +168,14 @@ class TenantRouting(Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Serve the tenants' queues now, and look for new tenants in the background."""
+        if self.state is not None:
+            try:
+                self.state.refresh()
+            except Exception:
+                self.logger.warning("Could not read the tenants' state", exc_info=True)
         added = self.declare_tenant_queues(broker)
         self.logger.info("Serving %d tenant queue(s)", added)
-        if self.pinned or self.list_tenants is None:
+        if self.state is None and (self.pinned or self.list_tenants is None):
             return
         self._stop.clear()
         self._thread = threading.Thread(
@@ -180,7 +191,10 @@ class TenantRouting(Middleware):
         failing = False
         while not self._stop.wait(self.refresh_seconds):
             try:
-                added = self.declare_tenant_queues(broker)
+                if self.state is not None:
+                    self.state.refresh()
+                # A pinned worker serves its tenants' queues, whatever the poll says.
+                added = 0 if self.pinned else self.declare_tenant_queues(broker)
             except Exception as exc:
                 # The database may be away for a while; the next round tries again.  One
                 # line when that starts, not one a second.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any, NamedTuple, TypedDict, cast
 
@@ -24,12 +25,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from db.hot import HotStatement
+from db.hot import Executor, HotStatement
 from db.models import (
     JOB_DEAD,
     JOB_FINAL_STATES,
     JOB_RETRYING,
-    JOB_RUNNING,
     JOB_SKIPPED,
     JOB_SUCCEEDED,
     Job,
@@ -104,8 +104,8 @@ def _same_job(jobs: Any, new: Any) -> Any:
     )
 
 
-def _check_owner(
-    session: Session, message_id: str, *, actor: str, queue: str, tenant_id: int | None
+def check_owner(
+    session: Executor, message_id: str, *, actor: str, queue: str, tenant_id: int | None
 ) -> None:
     """Raise `MessageIdTaken` when the record of `message_id` belongs to another job."""
     held = session.execute(
@@ -115,13 +115,28 @@ def _check_owner(
         raise MessageIdTaken(message_id)
 
 
-class Attempt(NamedTuple):
-    """What starting an attempt found."""
+class Finish(NamedTuple):
+    """What a job's final statement found."""
 
-    # False: the record is final (succeeded, dead, cancelled, skipped); do not run it again.
-    run: bool
-    # The status of the record's tenant (None: no tenant, or no such tenant).
+    # False: the record was final already (a duplicate, or cancelled) or is another job's.
+    written: bool
+    # The status of the record's tenant, read in the same statement (None: no tenant, or gone).
     tenant_status: str | None
+
+
+class FinishedJob(TypedDict):
+    """A succeeded job's record as its final statement writes it."""
+
+    message_id: str
+    tenant_id: int | None
+    actor: str
+    queue: str
+    args: dict[str, Any]
+    attempts: int
+    enqueued_at: dt.datetime | None
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    result: dict[str, Any] | None
 
 
 def _final_states() -> list[Any]:
@@ -134,7 +149,16 @@ def _json(dialect: str) -> Any:
     return JSONB(none_as_null=True) if dialect == "postgresql" else JSON(none_as_null=True)
 
 
-def _build_begin(dialect: str) -> Any:
+def _build_finish(dialect: str) -> Any:
+    """The one statement of a succeeded job: its record, final, unless it was final already.
+
+    An upsert: the record written at send is updated (queued or retrying to
+    succeeded); a message with no record (sent around Taskyard's `send()`)
+    gets one.  The WHERE is the duplicate check: a record already final, or
+    another job's, is left alone and no row comes back.  The row lock it takes
+    makes a second copy running at the same moment wait here, then find the
+    record final once the first commits.
+    """
     jobs = cast(Table, Job.__table__)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(jobs).values(
@@ -144,9 +168,11 @@ def _build_begin(dialect: str) -> Any:
         queue=bindparam("queue"),
         args=bindparam("args", type_=_json(dialect)),
         enqueued_at=bindparam("enqueued_at"),
-        status=literal_column(f"'{JOB_RUNNING}'"),
+        status=literal_column(f"'{JOB_SUCCEEDED}'"),
         attempts=bindparam("attempts"),
         started_at=bindparam("started_at"),
+        finished_at=bindparam("finished_at"),
+        result=bindparam("result", type_=_json(dialect)),
     )
     tenant_status = (
         select(Tenant.status).where(Tenant.id == bindparam("tenant_id")).scalar_subquery()
@@ -154,84 +180,95 @@ def _build_begin(dialect: str) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=[jobs.c.message_id],
         set_={
-            "status": literal_column(f"'{JOB_RUNNING}'"),
+            "status": literal_column(f"'{JOB_SUCCEEDED}'"),
             "attempts": stmt.excluded.attempts,
             "started_at": stmt.excluded.started_at,
+            "finished_at": stmt.excluded.finished_at,
+            "result": stmt.excluded.result,
+            "error": null(),
             "updated_at": func.now(),
         },
         where=and_(jobs.c.status.not_in(_final_states()), _same_job(jobs, stmt.excluded)),
     ).returning(jobs.c.message_id, tenant_status)
 
 
-def _build_succeeded(dialect: str) -> Any:
-    jobs = cast(Table, Job.__table__)
-    return (
-        update(jobs)
-        .where(jobs.c.message_id == bindparam("job"))
-        .values(
-            status=literal_column(f"'{JOB_SUCCEEDED}'"),
-            attempts=bindparam("attempts"),
-            finished_at=bindparam("finished_at"),
-            # No result is SQL NULL, not JSON null, on every database.
-            result=bindparam("result", type_=_json(dialect)),
-            error=null(),
-        )
-    )
+_FINISH = HotStatement(_build_finish, json_params=["args", "result"])
 
 
-_BEGIN = HotStatement(_build_begin, json_params=["args"])
-_SUCCEEDED = HotStatement(_build_succeeded, json_params=["result"])
+def finish(session: Executor, job: FinishedJob) -> Finish:
+    """Write a succeeded job's final record: one statement, in the job's own transaction.
 
-
-def begin_attempt(
-    session: Session,
-    message_id: str,
-    *,
-    actor: str,
-    queue: str,
-    tenant_id: int | None,
-    args: dict[str, Any],
-    attempt: int,
-    enqueued_at: dt.datetime | None,
-) -> Attempt:
-    """Create or lock the record and mark it running; read its tenant's status with it.
-
-    One statement, one round trip: the upsert locks the row until the
-    message's transaction ends, so a redelivered copy of a message waits here
-    and then sees that the first copy succeeded.  Raises `MessageIdTaken` when
-    the id is another job's (another tenant, actor or queue): that record is
-    neither changed nor run.
+    Nothing is written before the job runs: this statement at the end of the
+    actor's transaction is the record's only one, and it is the duplicate
+    check too.  When the record is final already (a copy that finished
+    first, a cancelled job) or is another job's, nothing is written and
+    `written` is False: the caller rolls its transaction back, so the
+    copy's database writes never commit.
     """
-    params = {
-        "message_id": message_id,
-        "tenant_id": tenant_id,
-        "actor": actor,
-        "queue": queue,
-        "args": args,
-        "enqueued_at": enqueued_at,
-        "attempts": attempt,
-        "started_at": dt.datetime.now(dt.UTC),
-    }
-    row = _BEGIN.execute(session, params).first()
+    row = _FINISH.execute(session, dict(job)).first()
     if row is None:
-        # The record is final, or another job's (`MessageIdTaken`).
-        _check_owner(session, message_id, actor=actor, queue=queue, tenant_id=tenant_id)
-        return Attempt(run=False, tenant_status=None)
+        return Finish(written=False, tenant_status=None)
     _message_id, tenant_status = tuple(row)
-    return Attempt(run=True, tenant_status=tenant_status)
+    return Finish(written=True, tenant_status=tenant_status)
 
 
-def mark_succeeded(
-    session: Session, message_id: str, *, attempt: int, result: dict[str, Any] | None
-) -> None:
-    """Record success; commits with the actor's own writes."""
-    params = {
-        "job": message_id,
-        "attempts": attempt,
-        "finished_at": dt.datetime.now(dt.UTC),
-        "result": result,
-    }
-    _SUCCEEDED.execute(session, params)
+# The group commit's statement: the same upsert over arrays, one statement for many jobs.
+_FINISH_MANY_SQL = f"""
+INSERT INTO jobs AS j (message_id, tenant_id, actor, queue, args, enqueued_at, status,
+                       attempts, started_at, finished_at, result)
+SELECT u.message_id, u.tenant_id, u.actor, u.queue, u.args::jsonb, u.enqueued_at,
+       '{JOB_SUCCEEDED}', u.attempts, u.started_at, u.finished_at, u.result::jsonb
+FROM unnest(%(message_id)s::varchar[], %(tenant_id)s::bigint[], %(actor)s::varchar[],
+            %(queue)s::varchar[], %(args)s::text[], %(enqueued_at)s::timestamptz[],
+            %(attempts)s::integer[], %(started_at)s::timestamptz[],
+            %(finished_at)s::timestamptz[], %(result)s::text[])
+     AS u(message_id, tenant_id, actor, queue, args, enqueued_at, attempts, started_at,
+          finished_at, result)
+ON CONFLICT (message_id) DO UPDATE SET
+    status = '{JOB_SUCCEEDED}', attempts = excluded.attempts, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, result = excluded.result, error = NULL,
+    updated_at = now()
+WHERE j.status NOT IN ({", ".join(f"'{s}'" for s in sorted(JOB_FINAL_STATES))})
+  AND j.actor = excluded.actor AND j.queue = excluded.queue
+  AND j.tenant_id IS NOT DISTINCT FROM excluded.tenant_id
+RETURNING j.message_id
+"""
+_ARRAY_COLUMNS = tuple(FinishedJob.__annotations__)
+
+
+def finish_many(connection: Connection, finished: list[FinishedJob]) -> set[str]:
+    """Write many succeeded jobs' final records in one statement; the ids written.
+
+    The group commit of jobs that never opened a transaction of their own.
+    An id not returned was final already (a duplicate) or is another job's.
+    Two copies of one message in the same batch: the first is written, the
+    other counts as a duplicate (one upsert may not touch a row twice).
+    """
+    unique: dict[str, FinishedJob] = {}
+    for job in finished:
+        unique.setdefault(job["message_id"], job)
+    if not unique:
+        return set()
+    rows = list(unique.values())
+    if connection.dialect.name != "postgresql":
+        return {job["message_id"] for job in rows if finish(connection, job).written}
+    arrays: dict[str, list[Any]] = {name: [] for name in _ARRAY_COLUMNS}
+    for job in rows:
+        for name in _ARRAY_COLUMNS:
+            value: Any = job[name]  # type: ignore[literal-required]
+            if name in ("args", "result") and value is not None:
+                value = json.dumps(value)
+            arrays[name].append(value)
+    result = connection.exec_driver_sql(_FINISH_MANY_SQL, arrays)
+    return {message_id for (message_id,) in result.all()}
+
+
+def record_status(connection: Executor, message_id: str) -> str | None:
+    """The status of one job's record (None: no record)."""
+    status: str | None = connection.execute(
+        select(Job.status).where(Job.message_id == message_id)
+    ).scalar_one_or_none()
+    return status
 
 
 # What `rehearse`'s records (never committed) say they are.
@@ -239,23 +276,27 @@ REHEARSAL = "taskyard-rehearsal"
 
 
 def rehearse(session: Session) -> None:
-    """Run a job's record statements in the session's transaction, for the caller to roll back.
+    """Run a job's record statement in the session's transaction, for the caller to roll back.
 
-    Leaves the connection, the hot statements and the server's caches warm.  Each
+    Leaves the connection, the hot statement and the server's caches warm.  Each
     rehearsal has a message id of its own: open rehearsals never wait for each other.
     """
-    message_id = str(uuid.uuid4())
-    begin_attempt(
+    now = dt.datetime.now(dt.UTC)
+    finish(
         session,
-        message_id,
-        actor=REHEARSAL,
-        queue=REHEARSAL,
-        tenant_id=None,
-        args={},
-        attempt=1,
-        enqueued_at=None,
+        {
+            "message_id": str(uuid.uuid4()),
+            "tenant_id": None,
+            "actor": REHEARSAL,
+            "queue": REHEARSAL,
+            "args": {},
+            "attempts": 1,
+            "enqueued_at": None,
+            "started_at": now,
+            "finished_at": now,
+            "result": None,
+        },
     )
-    mark_succeeded(session, message_id, attempt=1, result=None)
 
 
 def count_redelivery(

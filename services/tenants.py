@@ -79,6 +79,13 @@ def served_tenant_ids(session: Session) -> list[int]:
     )
 
 
+def tenant_statuses(session: Session) -> dict[int, str]:
+    """Every tenant's status, by id (the worker's in-process state)."""
+    return {
+        tenant_id: status for tenant_id, status in session.execute(select(Tenant.id, Tenant.status))
+    }
+
+
 def set_tenant_status(session: Session, tenant_id: int, status: str) -> Tenant:
     """Enable or disable a tenant; a disabled tenant's messages are dead-lettered, not run."""
     if status not in (TENANT_ACTIVE, TENANT_DISABLED):

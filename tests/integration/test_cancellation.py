@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.base import cancel_requested, taskyard_actor
 from brokers import build_broker
 from db.models import Job
-from services.job_control import cancel_job
+from services.job_control import DEFAULT_STALE_AFTER, cancel_job
+from services.workers import running_job
 from settings import Settings
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +33,15 @@ def pg_stub_broker(settings: Settings, migrated_database: str) -> Iterator[tuple
     yield broker, worker
     worker.stop()
     broker.close()
+
+
+def shows_running(sessions: sessionmaker[Session], message_id: str) -> bool:
+    """Whether a live worker's heartbeat says the job runs."""
+    with sessions() as session:
+        now = dt.datetime.now(dt.UTC)
+        return (
+            running_job(session, message_id, now=now, stale_after=DEFAULT_STALE_AFTER) is not None
+        )
 
 
 def test_running_job_sees_a_cancel_request_and_stops(
@@ -56,6 +68,8 @@ def test_running_job_sees_a_cancel_request_and_stops(
     broker.declare_queue(settings.tenant_queue(tenant_id))
     message = actor.send(tenant_id=tenant_id)
     assert started.wait(10)
+    # Running, as its worker's heartbeat says (within a beat of its start)
+    wait_for(lambda: shows_running(sessions, message.message_id), what="the heartbeat")
 
     # When an operator cancels it while it runs
     with sessions.begin() as session:

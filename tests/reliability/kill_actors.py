@@ -72,6 +72,16 @@ def kill_self(tenant_id: int, signal_dir: str, key: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+NOTE_RUN_ACTOR = "rel_note_run"
+
+
+@taskyard_actor(name=NOTE_RUN_ACTOR)
+def note_run(tenant_id: int, signal_dir: str, key: str) -> None:
+    """Note the run in `<key>.runs` and touch nothing else: its record joins the group commit."""
+    with (Path(signal_dir) / f"{key}.runs").open("a") as runs:
+        runs.write(f"{os.getpid()}\n")
+
+
 class HoldBeforeAck(Middleware):
     """Holds a `pause="ack"` message after its commit: Dramatiq acks after this hook."""
 

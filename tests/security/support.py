@@ -6,6 +6,7 @@ is made here with a row in every table a job can reach, and jobs in every state.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -162,7 +163,21 @@ def make_tenant_b(rig: Rig, settings: Settings) -> TenantB:
             record_queued(session, [queued_job(rig.producer, message)])
             ids.append(message.message_id)
         record = {"actor": record_effect.actor_name, "queue": rig.routing.queue_for(b)}
-        jobs.mark_succeeded(session, ids[1], attempt=1, result={"ok": True})
+        now = dt.datetime.now(dt.UTC)
+        jobs.finish(
+            session,
+            {
+                "message_id": ids[1],
+                "tenant_id": b,
+                "args": {"tenant_id": b, "key": f"b{b}-succeeded"},
+                "attempts": 1,
+                "enqueued_at": now,
+                "started_at": now,
+                "finished_at": now,
+                "result": {"ok": True},
+                **record,
+            },
+        )
         jobs.record_failure(
             session,
             ids[2],

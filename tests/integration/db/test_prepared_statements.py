@@ -51,19 +51,24 @@ def run_a_job(
 ) -> tuple[str, list[str]]:
     """One job's record as a worker writes it; its id and the statements its connection prepared."""
     message_id = str(uuid.uuid4())
+    now = dt.datetime.now(dt.UTC)
     with factory() as session, session.begin():
-        attempt = jobs.begin_attempt(
+        done = jobs.finish(
             session,
-            message_id,
-            actor="prepared_test",
-            queue="q",
-            tenant_id=None,
-            args={"n": 1, "s": "50% done"},
-            attempt=2,
-            enqueued_at=None,
+            {
+                "message_id": message_id,
+                "tenant_id": None,
+                "actor": "prepared_test",
+                "queue": "q",
+                "args": {"n": 1, "s": "50% done"},
+                "attempts": 2,
+                "enqueued_at": None,
+                "started_at": now,
+                "finished_at": now,
+                "result": result,
+            },
         )
-        assert attempt.run is True
-        jobs.mark_succeeded(session, message_id, attempt=2, result=result)
+        assert done.written is True
         names = session.scalars(text("SELECT name FROM pg_prepared_statements ORDER BY name"))
         return message_id, list(names)
 
@@ -83,8 +88,8 @@ def test_the_record_is_prepared_once_per_connection_and_stores_what_the_plain_on
     second, names_again = run_a_job(prepared)
     plain_id, plain_names = run_a_job(plain, result={"rows": 3})
 
-    # The upsert and the final update, prepared on the first job's connection and reused
-    assert len(names) == 2 and all(name.startswith("taskyard_hot_") for name in names)
+    # The record's one statement, prepared on the first job's connection and reused
+    assert len(names) == 1 and all(name.startswith("taskyard_hot_") for name in names)
     assert names_again == names
     assert plain_names == []
     # And the rows are the same as the plain statements write (no result is SQL NULL)
@@ -110,7 +115,7 @@ def test_a_statement_prepared_in_a_rolled_back_transaction_is_still_there(
 
     _, names = run_a_job(factory)
 
-    assert len(names) == 2
+    assert len(names) == 1
 
 
 @pytest.fixture
@@ -245,4 +250,4 @@ def test_the_warm_up_prepares_the_record_on_every_connection_it_opens(
         for connection in held:
             connection.close()
 
-    assert counts == [2, 2, 2]
+    assert counts == [1, 1, 1]

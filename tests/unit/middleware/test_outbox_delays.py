@@ -9,8 +9,13 @@ from typing import Any
 
 import pytest
 from dramatiq.errors import ConnectionClosed
+from sqlalchemy import select
 
+from db.models import Tenant
+from middleware.context import current_session
+from middleware.db_session import find_middleware
 from middleware.outbox import sweep_outbox
+from middleware.tenant_routing import TenantRouting
 from services.errors import TransientError
 from services.job_control import cancel_job, is_cancel_requested
 from tests.unit.middleware.outbox_harness import Harness, outbox_harness
@@ -85,6 +90,10 @@ def test_cancelled_delayed_job_never_runs(harness: Harness) -> None:
 
     with harness.sessions.begin() as session:
         statuses = [cancel_job(session, m.message_id) for m in (parked, in_queue)]
+    # The worker's poll (every second) learns of the requests before the delay ends.
+    routing = find_middleware(harness.broker, TenantRouting)
+    assert routing is not None and routing.state is not None
+    routing.state.refresh()
     assert sweep_outbox(harness.broker, now=dt.datetime.now(dt.UTC) + LATER * 2) == 0
     harness.drain()
 
@@ -95,6 +104,32 @@ def test_cancelled_delayed_job_never_runs(harness: Harness) -> None:
         assert job is not None and job.status == "cancelled" and job.attempts == 0
         with harness.sessions() as session:
             assert is_cancel_requested(session, message.message_id)
+
+
+def test_a_cancelled_job_that_runs_before_the_worker_knows_commits_nothing(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled after its worker's last poll: the body runs, but the record is final
+    # (cancelled), so the job's one statement finds nothing to finish and rolls back.
+    ran: list[int] = []
+
+    def writes(tenant_id: int) -> None:
+        ran.append(tenant_id)
+        current_session().add(Tenant(name=f"made-by-cancelled-{tenant_id}"))
+
+    routing = find_middleware(harness.broker, TenantRouting)
+    assert routing is not None and routing.state is not None
+    monkeypatch.setattr(routing.state, "cancel_requested", lambda message_id: False)
+    actor = harness.declare("cancel_late", writes)
+    message = actor.send_with_options(kwargs={"tenant_id": 1}, delay=300)
+    with harness.sessions.begin() as session:
+        assert cancel_job(session, message.message_id) == "cancelled"
+    harness.drain()
+
+    job = harness.job(message.message_id)
+    assert ran == [1] and job is not None and (job.status, job.attempts) == ("cancelled", 0)
+    with harness.sessions() as session:
+        assert session.scalar(select(Tenant).where(Tenant.name.like("made-by-cancelled%"))) is None
 
 
 def test_a_retry_rabbitmq_refuses_waits_in_the_outbox_instead_of_being_lost(
