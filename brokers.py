@@ -14,18 +14,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import check_schema
 from db.session import make_engine, make_session_factory
 from middleware import DbSession, RetryPolicy, TenantRouting
-from middleware.consumer import ConsumerMultiplexing
 from middleware.dead_letters import DeadLetters
 from middleware.frozen_heap import FrozenHeap
 from middleware.heartbeat import Heartbeat
 from middleware.metrics import Metrics
 from middleware.outbox import Outbox
-from middleware.rabbitmq import DEFAULT_MAX_ETA_AHEAD_MS, TaskyardRabbitmqBroker
 from middleware.runtime import Runtime
 from middleware.worker_state import StateSnapshot, WorkerState
 from services.job_control import cancel_requests_since
 from services.tenants import served_tenant_ids, tenant_statuses
 from settings import Settings, load_settings
+from transport.consumer import ConsumerMultiplexing
+from transport.rabbitmq import DEFAULT_MAX_ETA_AHEAD_MS, TaskyardRabbitmqBroker
 
 # periodiq drops a tick older than this; the scheduler catches up on missed
 # slots itself, so a stale tick is safe to drop.

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import pika
-import pika.exceptions
-from dramatiq.brokers.stub import StubBroker
 from marshmallow import Schema, fields, validate
 
 import brokers
 from actors.base import taskyard_actor
 from middleware.runtime import runtime_of
 from services import tenant_deletion
+from transport import queues
 
 logger = logging.getLogger(__name__)
 
@@ -32,31 +30,13 @@ class DeleteTenantArgs(Schema):
 
 
 def tenant_queue_names(tenant_id: int) -> list[str]:
-    """The tenant's queue, its delay queue and its dead-letter queue (Dramatiq's naming)."""
-    queue = brokers.settings.tenant_queue(tenant_id)
-    return [queue, f"{queue}.DQ", f"{queue}.XQ"]
+    """The tenant's queue, its delay queue and its dead-letter queue."""
+    return queues.tenant_queue_names(brokers.settings, tenant_id)
 
 
 def delete_queues(names: Sequence[str]) -> int:
     """Delete these queues from the broker; how many existed."""
-    broker = brokers.broker
-    if isinstance(broker, StubBroker):
-        return sum(1 for name in names if broker.queues.pop(name, None) is not None)
-    deleted = 0
-    connection = pika.BlockingConnection(pika.URLParameters(brokers.settings.broker_url))
-    try:
-        channel = connection.channel()
-        for name in names:
-            try:
-                channel.queue_declare(name, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:  # 404: already gone
-                channel = connection.channel()
-                continue
-            channel.queue_delete(name)
-            deleted += 1
-    finally:
-        connection.close()
-    return deleted
+    return queues.delete_queues(brokers.broker, brokers.settings.broker_url, names)
 
 
 @taskyard_actor(

@@ -18,9 +18,9 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.worker import Worker
 from sqlalchemy.orm import Session, sessionmaker
 
-from middleware.consumer import is_delay_queue
 from services.errors import valid_tenant_id
 from services.workers import RunningEntry, beat, remove_worker
+from transport.consumer import is_delay_queue
 
 
 class Heartbeat(Middleware):

@@ -20,11 +20,11 @@ from middleware.context import HeldSend, MessageContext
 from middleware.outbox_clearer import OutboxClearer
 from middleware.outbox_rows import Send, outbox_row, queued_job, send_engine, write_sends
 from middleware.outbox_sweeper import SweeperThread, sweep_due
-from middleware.rabbitmq import TaskyardRabbitmqBroker, publish_all
 from middleware.runtime import runtime_of
 from services import outbox
 from services.errors import SendFailed, UnknownTenant
 from services.job_control import QueuedJob, record_queued
+from transport.rabbitmq import TaskyardRabbitmqBroker, publish_all
 
 # The database is away: a send goes out anyway and its record is made on arrival.
 _DB_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)

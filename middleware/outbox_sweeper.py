@@ -12,8 +12,8 @@ from dramatiq.broker import Broker
 from dramatiq.errors import DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
-from middleware.rabbitmq import publish_all
 from services import outbox
+from transport.rabbitmq import publish_all
 
 logger = logging.getLogger("Outbox")
 

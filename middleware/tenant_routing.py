@@ -12,9 +12,9 @@ from dramatiq.broker import Broker
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
-from middleware.rabbitmq import Refusal
 from middleware.worker_state import WorkerState
 from services.errors import PermanentError, valid_tenant_id
+from transport.rabbitmq import Refusal
 
 
 class RouteRefused(PermanentError):

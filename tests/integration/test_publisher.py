@@ -12,9 +12,9 @@ import pika
 import pytest
 from dramatiq import Message
 
-from middleware.publisher import Publisher, PublishFailed, wait_all
-from middleware.rabbitmq import TaskyardRabbitmqBroker
 from settings import Settings
+from transport.publisher import Publisher, PublishFailed, wait_all
+from transport.rabbitmq import TaskyardRabbitmqBroker
 
 
 def _arguments(name: str) -> dict[str, object]:

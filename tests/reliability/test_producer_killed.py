@@ -33,7 +33,7 @@ PRODUCER = """
 import sys, threading
 import dataclasses, brokers
 from middleware.outbox import find_outbox
-from middleware.rabbitmq import TaskyardRabbitmqBroker
+from transport.rabbitmq import TaskyardRabbitmqBroker
 from tests.reliability.kill_actors import record_effect
 from settings import load_settings
 

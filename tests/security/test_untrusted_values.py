@@ -14,9 +14,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from middleware.rabbitmq import Refusal, screen
 from services.http import MAX_RETRY_AFTER_SECONDS, parse_retry_after
 from services.url_guard import public_only_session
+from transport.rabbitmq import Refusal, screen
 
 QUEUE = "tenant.1"
 NOW = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)

@@ -14,8 +14,8 @@ from dramatiq import Message, Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 
-from middleware.consumer import ConsumerMultiplexing, MultiplexingConsumer, _Delivery, _Link
-from middleware.rabbitmq import TaskyardRabbitmqBroker
+from transport.consumer import ConsumerMultiplexing, MultiplexingConsumer, _Delivery, _Link
+from transport.rabbitmq import TaskyardRabbitmqBroker
 
 QUEUE = "tenant.1"
 
@@ -397,7 +397,7 @@ def test_a_boot_that_cannot_consume_in_time_says_so_and_goes_on(
 ) -> None:
     # Given a worker whose consumer never gets to consume (its thread is not started)
     monkeypatch.setattr(MultiplexingConsumer, "start", lambda self: None)
-    monkeypatch.setattr("middleware.consumer.BOOT_WAIT_SECONDS", 0.01)
+    monkeypatch.setattr("transport.consumer.BOOT_WAIT_SECONDS", 0.01)
     worker = Worker(broker, worker_threads=1)
     middleware = ConsumerMultiplexing()
     middleware.before_worker_boot(broker, worker)

@@ -28,11 +28,11 @@ from db.models import DeadLetter
 from db.session import make_engine, make_session_factory
 from middleware.db_session import find_middleware
 from middleware.dead_letters import DeadLetters
-from middleware.rabbitmq import MESSAGE_FIELDS, Refusal, ScreeningConsumer, screen
-from middleware.rabbitmq import TaskyardRabbitmqBroker as RabbitBroker
 from services.errors import PermanentError, TransientError
 from services.tenants import create_tenant
 from settings import Settings
+from transport.rabbitmq import MESSAGE_FIELDS, Refusal, ScreeningConsumer, screen
+from transport.rabbitmq import TaskyardRabbitmqBroker as RabbitBroker
 
 QUEUE = "tenant.1"
 

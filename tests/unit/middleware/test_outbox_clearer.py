@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from db.migrate import upgrade_to_head
 from db.models import OutboxMessage
 from middleware.outbox_clearer import OutboxClearer
-from middleware.publisher import Publisher, PublishFailed
 from services import outbox
 from tests.support import wait_for
+from transport.publisher import Publisher, PublishFailed
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from sqlalchemy.orm import sessionmaker
 
 from middleware.metrics import Metrics, make_instruments
 from middleware.metrics_labels import UNKNOWN_ACTOR
-from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker
+from transport.rabbitmq import Refusal, TaskyardRabbitmqBroker
 
 
 def test_a_refused_body_counts_as_a_dead_letter_and_reaches_on_poison(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware
 from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQueueItem
 
-from middleware.rabbitmq import Refusal, TaskyardRabbitmqBroker
+from transport.rabbitmq import Refusal, TaskyardRabbitmqBroker
 
 # Queues started per pass of the loop: declaring 1,000 tenants' queues takes
 # seconds, and the queues already consumed keep being served in between.

@@ -21,7 +21,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _Rabbit
 from dramatiq.common import current_millis, dq_name, q_name
 from dramatiq.errors import ConnectionClosed
 
-from middleware.publisher import Publisher, wait_all
+from transport.publisher import Publisher, wait_all
 
 # How long a send waits for RabbitMQ's confirm before it fails with PublishFailed.
 DEFAULT_PUBLISH_TIMEOUT_SECONDS = 30.0
