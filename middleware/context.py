@@ -28,7 +28,7 @@ class MessageContext:
     joins the group commit instead.
     """
 
-    __slots__ = ("_factory", "_session", "held", "message", "tenants_known")
+    __slots__ = ("_factory", "_session", "held", "message", "tenants_known", "token")
 
     def __init__(
         self,
@@ -45,6 +45,8 @@ class MessageContext:
         self.held: list[HeldSend] = []
         # Tenants a held send named that this transaction has already found.
         self.tenants_known: set[int] = set()
+        # The ContextVar token that made this context current (to restore the previous one).
+        self.token: object | None = None
 
     @property
     def session(self) -> Session:
@@ -60,9 +62,10 @@ class MessageContext:
         return self._session is not None
 
     def close(self) -> None:
-        """Close the session, if one was opened."""
+        """Close the session, if one was opened (a later use opens a new one)."""
         if self._session is not None:
             self._session.close()
+            self._session = None
 
 
 _context: ContextVar[MessageContext | None] = ContextVar("taskyard_message", default=None)

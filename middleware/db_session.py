@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 
 from dramatiq import Message, Worker
 from dramatiq.broker import Broker, MessageProxy
@@ -130,7 +129,6 @@ class DbSession(Middleware):
         self.routing = routing
         self.policy = policy
         self.outbox = outbox
-        self._incoming = threading.local()
 
     def before_consumer_thread_shutdown(self, broker: Broker, thread: Any) -> None:
         """Write the records still waiting for the group commit, so their messages are acked."""
@@ -182,8 +180,17 @@ class DbSession(Middleware):
         return count
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        """Remember the message this thread is about to run."""
-        self._incoming.message = message
+        """Make the message current on this thread: its context, until it is done.
+
+        The one place the running message is kept (a ContextVar, see
+        middleware.context): the actor class, `current_message()` and
+        `current_session()` all read it.  Its session opens only when asked for.
+        """
+        # The proxy stands for its message (it forwards every attribute).
+        ctx = MessageContext(
+            message=cast(Message[Any], message), session_factory=self.session_factory
+        )
+        ctx.token = enter_context(ctx)
 
     def after_process_message(
         self,
@@ -193,12 +200,12 @@ class DbSession(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Forget the message this thread ran."""
-        self._incoming.message = None
+        """Close the message's context (and its session, if one was opened)."""
+        self._leave(message)
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        """Mark a message skipped before it ran (a stale tick) and forget it."""
-        self._incoming.message = None
+        """Mark a message skipped before it ran (a stale tick) and close its context."""
+        self._leave(message)
         # A record already final is left alone: that is the "already finished" skip.
         try:
             with self.session_factory.begin() as session:
@@ -212,9 +219,19 @@ class DbSession(Middleware):
         except Exception:
             self.logger.warning("Could not mark %s skipped", message.message_id, exc_info=True)
 
-    def incoming(self) -> Message[Any] | None:
+    @staticmethod
+    def _leave(message: MessageProxy) -> None:
+        ctx = current_context()
+        if ctx is None or ctx.message is not cast(Message[Any], message) or ctx.token is None:
+            return  # skipped before this middleware's before-hook made it current
+        ctx.close()
+        leave_context(ctx.token)
+
+    @staticmethod
+    def incoming() -> Message[Any] | None:
         """The message this worker thread is running, if any."""
-        return getattr(self._incoming, "message", None)
+        ctx = current_context()
+        return ctx.message if ctx is not None else None
 
     def run(self, broker: Broker, message: Message[Any], call: Callable[[], Any]) -> Any:
         """Run `call` for `message` and write its record: one statement, after the body.
@@ -242,8 +259,12 @@ class DbSession(Middleware):
             "attempt": attempt_of(message),
             "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
         }
-        ctx = MessageContext(message=message, session_factory=self.session_factory)
-        token = enter_context(ctx)
+        ctx = current_context()
+        # Outside the worker's hooks (a test calling run), the context is made here.
+        token = None
+        if ctx is None or ctx.message is not message:
+            ctx = MessageContext(message=message, session_factory=self.session_factory)
+            token = enter_context(ctx)
         try:
             try:
                 if refused is not None:
@@ -297,8 +318,9 @@ class DbSession(Middleware):
                 raise
             return result
         finally:
-            leave_context(token)
             ctx.close()
+            if token is not None:
+                leave_context(token)
 
     def _commit(self, broker: Broker, ctx: MessageContext, finished: jobs.FinishedJob) -> None:
         """Write held sends and the record's final statement in the job's transaction; commit."""
