@@ -38,6 +38,10 @@ OUTBOX_COUNT_TIMEOUT_MS = 2_000
 
 logger = logging.getLogger("MetricsServer")
 
+# Called before each scrape: a worker in the serving process (the demo's) writes out
+# the metrics it holds in memory (see `Metrics.flush`).
+BEFORE_SCRAPE: list[Callable[[], None]] = []
+
 
 def _start_ticks(pid: int) -> str:
     """The start time of process `pid` in clock ticks (Linux), so a reused pid differs."""
@@ -193,6 +197,8 @@ def make_handler(directory: Path, extra: Iterable[Any]) -> type[BaseHTTPRequestH
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404, "metrics are at /metrics")
                 return
+            for flush in list(BEFORE_SCRAPE):
+                flush()
             registry = prom.CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
             for collector in collectors:

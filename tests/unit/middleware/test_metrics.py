@@ -43,13 +43,15 @@ class Harness:
     worker: Worker
     sessions: sessionmaker[Session]
     registry: CollectorRegistry
+    metrics: Metrics
 
     def drain(self) -> None:
         """Run every queued message, retries and delays included, to completion."""
         drain(self.broker, self.worker, rounds=4)
 
     def value(self, name: str, **labels: str) -> float:
-        """A sample's value, 0 when absent."""
+        """A sample's value once the metrics held in memory are written out, 0 when absent."""
+        self.metrics.flush()
         return self.registry.get_sample_value(name, labels) or 0.0
 
     def statuses(self) -> dict[str, int]:
@@ -71,7 +73,11 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
     with stub_world(tmp_path, max_attempts=2, prepare=use_registry) as world:
         broker, worker, sessions, _ = world
-        yield Harness(broker=broker, worker=worker, sessions=sessions, registry=registry)
+        metrics = find_middleware(broker, Metrics)
+        assert metrics is not None
+        yield Harness(
+            broker=broker, worker=worker, sessions=sessions, registry=registry, metrics=metrics
+        )
 
 
 def declare(harness: Harness, name: str, fn: Any, **options: Any) -> TaskyardActor:
