@@ -103,7 +103,8 @@ class _Link(Consumer):
         self._queue_of_tag: dict[str, str] = {}
         self._unsettled: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
-        self._settles: list[Callable[[], None]] = []
+        # (channel, delivery tag, ack?) settled by worker threads, sent by the next drain.
+        self._settles: list[tuple[Any, int, bool]] = []
         self._drain_scheduled = False
         self.closed = False
 
@@ -148,13 +149,8 @@ class _Link(Consumer):
             )
             return
         channel = self.channels[is_delay_queue(message.queue_name)]
-        call = (
-            functools.partial(channel.basic_ack, message._tag)
-            if ack
-            else functools.partial(channel.basic_nack, message._tag, requeue=False)
-        )
         with self._lock:
-            self._settles.append(call)
+            self._settles.append((channel, message._tag, ack))
             # One wake-up of the connection's thread settles everything queued by then.
             wake, self._drain_scheduled = not self._drain_scheduled, True
         if not wake:
@@ -171,10 +167,18 @@ class _Link(Consumer):
     def _drain(self) -> None:
         # On the connection's thread: settle every delivery queued since the last drain.
         with self._lock:
-            calls, self._settles = self._settles, []
+            settles, self._settles = self._settles, []
             self._drain_scheduled = False
-        for call in calls:
-            call()
+        # Every ack and nack of the batch is written, then each channel's output is
+        # flushed once (pika's blocking channel flushes after every single one).
+        last = {id(channel): index for index, (channel, _, _) in enumerate(settles)}
+        for index, (channel, tag, ack) in enumerate(settles):
+            flush = last[id(channel)] == index
+            target = channel if flush else channel._impl
+            if ack:
+                target.basic_ack(tag)
+            else:
+                target.basic_nack(tag, requeue=False)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Nothing to do: RabbitMQ puts unacked messages back when the connection closes."""
