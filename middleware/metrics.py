@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JOB_CANCELLED, JOB_SKIPPED, Job
 from middleware.metrics_labels import UNKNOWN_ACTOR, TenantLabels, queue_label
-from middleware.metrics_logging import use_json_logs
+from middleware.metrics_logging import BatchedLines, batch_lines, unbatch_lines, use_json_logs
 from middleware.metrics_server import (
     BEFORE_SCRAPE,
     command_dir,
@@ -39,6 +39,8 @@ QUEUE_BUCKETS = (
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 )  # fmt: skip
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The per-job log lines are written at most this long after they were logged.
+LINES_EVERY_SECONDS = 0.2
 HEARTBEAT_EVERY_SECONDS = 5.0
 # Jobs' metrics are written to the Prometheus files this often (and on shutdown).
 FLUSH_EVERY_SECONDS = 1.0
@@ -169,6 +171,8 @@ class Metrics(Middleware):
         self.registry = registry
         self.clock = clock
         self.flush_every = flush_every
+        # The per-job lines held for a batched write (a worker process only).
+        self._lines: BatchedLines | None = None
         self.instruments: _Instruments | None = None
         self._started: dict[str, float] = {}
         self._delayed: set[str] = set()
@@ -219,6 +223,9 @@ class Metrics(Middleware):
         """Start the thread that writes the metrics out and beats the heartbeat."""
         self._beat()
         BEFORE_SCRAPE.append(self.flush)
+        if self.registry is None:
+            # A worker process of `dramatiq actors`: the per-job lines are written in batches.
+            self._lines = batch_lines(self.outcome_logger)
         self._thread = threading.Thread(target=self._run, name="taskyard-metrics", daemon=True)
         self._thread.start()
 
@@ -229,6 +236,9 @@ class Metrics(Middleware):
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Write out the last jobs' metrics, then mark this process dead for the merged view."""
         self.flush()
+        if self._lines is not None:
+            unbatch_lines(self.outcome_logger, self._lines)
+            self._lines = None
         if self.flush in BEFORE_SCRAPE:
             BEFORE_SCRAPE.remove(self.flush)
         if self.registry is None and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -237,13 +247,24 @@ class Metrics(Middleware):
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def _run(self) -> None:
-        next_beat = time.monotonic() + HEARTBEAT_EVERY_SECONDS
-        while not self._stop.wait(self.flush_every):
-            self._flush_logged()
-            if time.monotonic() >= next_beat:
+        now = time.monotonic()
+        next_beat, next_flush = now + HEARTBEAT_EVERY_SECONDS, now + self.flush_every
+        while not self._stop.wait(min(self.flush_every, LINES_EVERY_SECONDS)):
+            self._write_lines()
+            now = time.monotonic()
+            if now >= next_flush:
+                next_flush = now + self.flush_every
+                self._flush_logged()
+            if now >= next_beat:
                 next_beat += HEARTBEAT_EVERY_SECONDS
                 self._beat()
+        self._write_lines()
         self._flush_logged()
+
+    def _write_lines(self) -> None:
+        lines = self._lines
+        if lines is not None:
+            lines.flush()
 
     def _flush_logged(self) -> None:
         try:

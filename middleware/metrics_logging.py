@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
@@ -35,3 +36,67 @@ def use_json_logs(logger: logging.Logger | None = None) -> None:
     target = logger if logger is not None else logging.getLogger()
     for handler in target.handlers:
         handler.setFormatter(JsonFormatter())
+
+
+class BatchedLines(logging.Handler):
+    """Holds a busy logger's records and hands them on in batches: one write per stream.
+
+    The per-job outcome line is the worker's busiest: written one at a time,
+    each is a write and a flush of the stream (for `dramatiq actors`, a pipe
+    that the main process reads and writes out again).  Held here, they are
+    formatted by each target handler as usual and written together, at the
+    latest `flush_every` seconds after they were logged (and at shutdown).
+    A target that is not a plain stream handler gets each record as before.
+    """
+
+    def __init__(self, targets: list[logging.Handler], *, capacity: int = 1_000) -> None:
+        super().__init__()
+        self.targets = targets
+        self.capacity = capacity
+        self._held: list[logging.LogRecord] = []
+        self._hold = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Hold the record; write the batch at once if it is full."""
+        with self._hold:
+            self._held.append(record)
+            full = len(self._held) >= self.capacity
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand every held record to the targets: one write per stream handler."""
+        with self._hold:
+            records, self._held = self._held, []
+        if not records:
+            return
+        for target in self.targets:
+            wanted = [r for r in records if r.levelno >= target.level and target.filter(r)]
+            stream = getattr(target, "stream", None)
+            if type(target) is not logging.StreamHandler or stream is None:
+                for record in wanted:
+                    target.handle(record)
+                continue
+            try:
+                text = "".join(target.format(r) + target.terminator for r in wanted)
+                with target.lock or threading.Lock():
+                    stream.write(text)
+                    stream.flush()
+            except Exception:
+                for record in wanted:
+                    target.handleError(record)
+
+
+def batch_lines(logger: logging.Logger) -> BatchedLines:
+    """Route `logger`'s records through a `BatchedLines` to the root logger's handlers."""
+    batched = BatchedLines(list(logging.getLogger().handlers))
+    logger.addHandler(batched)
+    logger.propagate = False
+    return batched
+
+
+def unbatch_lines(logger: logging.Logger, batched: BatchedLines) -> None:
+    """Write what is held and give `logger` back its usual path."""
+    batched.flush()
+    logger.removeHandler(batched)
+    logger.propagate = True
