@@ -212,18 +212,17 @@ def finish(session: Executor, job: FinishedJob) -> Finish:
     return Finish(written=True, tenant_status=tenant_status)
 
 
-# The group commit's statement: the same upsert over arrays, one statement for many jobs.
+# The group commit's statement: the same upsert over a batch sent as one JSON parameter
+# (one string for the driver to quote, not an array per column to adapt element by element).
 _FINISH_MANY_SQL = f"""
 INSERT INTO jobs AS j (message_id, tenant_id, actor, queue, args, enqueued_at, status,
                        attempts, started_at, finished_at, result)
-SELECT u.message_id, u.tenant_id, u.actor, u.queue, u.args::jsonb, u.enqueued_at,
-       '{JOB_SUCCEEDED}', u.attempts, u.started_at, u.finished_at, u.result::jsonb
-FROM unnest(%(message_id)s::varchar[], %(tenant_id)s::bigint[], %(actor)s::varchar[],
-            %(queue)s::varchar[], %(args)s::text[], %(enqueued_at)s::timestamptz[],
-            %(attempts)s::integer[], %(started_at)s::timestamptz[],
-            %(finished_at)s::timestamptz[], %(result)s::text[])
-     AS u(message_id, tenant_id, actor, queue, args, enqueued_at, attempts, started_at,
-          finished_at, result)
+SELECT u.message_id, u.tenant_id, u.actor, u.queue, u.args, u.enqueued_at,
+       '{JOB_SUCCEEDED}', u.attempts, u.started_at, u.finished_at, u.result
+FROM json_to_recordset(%(batch)s::json)
+     AS u(message_id varchar, tenant_id bigint, actor varchar, queue varchar, args jsonb,
+          enqueued_at timestamptz, attempts integer, started_at timestamptz,
+          finished_at timestamptz, result jsonb)
 ON CONFLICT (message_id) DO UPDATE SET
     status = '{JOB_SUCCEEDED}', attempts = excluded.attempts, started_at = excluded.started_at,
     finished_at = excluded.finished_at, result = excluded.result, error = NULL,
@@ -233,7 +232,10 @@ WHERE j.status NOT IN ({", ".join(f"'{s}'" for s in sorted(JOB_FINAL_STATES))})
   AND j.tenant_id IS NOT DISTINCT FROM excluded.tenant_id
 RETURNING j.message_id
 """
-_ARRAY_COLUMNS = tuple(FinishedJob.__annotations__)
+
+
+def _iso_or_none(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def finish_many(connection: Connection, finished: list[FinishedJob]) -> set[str]:
@@ -252,14 +254,19 @@ def finish_many(connection: Connection, finished: list[FinishedJob]) -> set[str]
     rows = list(unique.values())
     if connection.dialect.name != "postgresql":
         return {job["message_id"] for job in rows if finish(connection, job).written}
-    arrays: dict[str, list[Any]] = {name: [] for name in _ARRAY_COLUMNS}
-    for job in rows:
-        for name in _ARRAY_COLUMNS:
-            value: Any = job[name]  # type: ignore[literal-required]
-            if name in ("args", "result") and value is not None:
-                value = json.dumps(value)
-            arrays[name].append(value)
-    result = connection.exec_driver_sql(_FINISH_MANY_SQL, arrays)
+    batch = json.dumps(
+        [
+            {
+                **job,
+                "enqueued_at": _iso_or_none(job["enqueued_at"]),
+                "started_at": job["started_at"].isoformat(),
+                "finished_at": job["finished_at"].isoformat(),
+            }
+            for job in rows
+        ],
+        default=str,
+    )
+    result = connection.exec_driver_sql(_FINISH_MANY_SQL, {"batch": batch})
     return {message_id for (message_id,) in result.all()}
 
 
