@@ -183,8 +183,11 @@ class GroupCommit:
             break
         if failures:
             self.logger.info("Wrote the job records held back (%d)", len(batch))
+        first: set[str] = set()
         for ticket in batch:
-            ok = ticket.job["message_id"] in written
+            # Two copies of one message in a batch: the statement wrote the first one.
+            ok = ticket.job["message_id"] in written and ticket.job["message_id"] not in first
+            first.add(ticket.job["message_id"])
             if not ok and ticket.job["message_id"] not in unwritable:
                 self.duplicates += 1
                 self.logger.info(

@@ -1,0 +1,91 @@
+"""The group commit on the real PostgreSQL: one statement for many records, and what it refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from db.models import Job
+from middleware.group_commit import GroupCommit
+from services.jobs import FinishedJob
+
+pytestmark = pytest.mark.integration
+
+
+def finished(**changes: object) -> FinishedJob:
+    now = dt.datetime.now(dt.UTC)
+    job: FinishedJob = {
+        "message_id": str(uuid.uuid4()),
+        "tenant_id": None,
+        "actor": "group_test",
+        "queue": "group.q",
+        "args": {"n": 1, "text": "50% done, 'quoted'"},
+        "attempts": 1,
+        "enqueued_at": now - dt.timedelta(seconds=1),
+        "started_at": now,
+        "finished_at": now,
+        "result": None,
+    }
+    return {**job, **changes}  # type: ignore[typeddict-item]
+
+
+def stored(engine: Engine, message_id: str) -> Job | None:
+    with Session(engine) as session:
+        return session.scalar(select(Job).where(Job.message_id == message_id))
+
+
+def test_many_records_are_written_as_given_and_a_final_one_is_left_alone(engine: Engine) -> None:
+    group = GroupCommit(engine)
+    first, second = finished(result={"rows": 2}), finished(tenant_id=None)
+    done = finished()
+    assert group.submit(done).wait(10)
+    # Again, as a copy that finished later: the record is final, nothing is changed.
+    again = group.submit({**done, "attempts": 2, "result": {"copy": True}})
+    tickets = [group.submit(first), group.submit(second)]
+    assert all(t.wait(10) for t in [again, *tickets])
+    group.stop()
+
+    assert [t.written for t in tickets] == [True, True] and again.written is False
+    record = stored(engine, first["message_id"])
+    assert record is not None
+    assert (record.status, record.attempts, record.result) == ("succeeded", 1, {"rows": 2})
+    assert record.args == {"n": 1, "text": "50% done, 'quoted'"}
+    assert record.started_at == first["started_at"] and record.enqueued_at == first["enqueued_at"]
+    kept = stored(engine, done["message_id"])
+    assert kept is not None and (kept.attempts, kept.result) == (1, None)
+
+
+def test_a_record_postgresql_refuses_holds_up_no_other_and_is_settled_all_the_same(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PostgreSQL's jsonb cannot store a NUL character: the batch fails, then each alone.
+    group = GroupCommit(engine, linger_seconds=0.05)
+    bad = finished(args={"text": "nul\u0000here"})
+    good = finished()
+    with caplog.at_level(logging.ERROR, logger="GroupCommit"):
+        tickets = [group.submit(bad), group.submit(good)]
+        assert all(t.wait(10) for t in tickets)
+    group.stop()
+
+    assert [t.written for t in tickets] == [False, True]
+    assert stored(engine, bad["message_id"]) is None
+    good_record = stored(engine, good["message_id"])
+    assert good_record is not None and good_record.status == "succeeded"
+    assert f"Could not write the record of group_test {bad['message_id']}" in caplog.text
+
+
+def test_two_copies_in_one_batch_write_the_record_once(engine: Engine) -> None:
+    group = GroupCommit(engine, linger_seconds=0.05)
+    job = finished()
+    tickets = [group.submit(job), group.submit({**job, "attempts": 2})]
+    assert all(t.wait(10) for t in tickets)
+    group.stop()
+
+    assert [t.written for t in tickets] == [True, False]
+    record = stored(engine, job["message_id"])
+    assert record is not None and record.attempts == 1
