@@ -78,13 +78,37 @@ class BatchedLines(logging.Handler):
                     target.handle(record)
                 continue
             try:
-                text = "".join(target.format(r) + target.terminator for r in wanted)
+                lines = [target.format(r) + target.terminator for r in wanted]
                 with target.lock or threading.Lock():
-                    stream.write(text)
+                    for chunk in _chunks(lines):
+                        stream.write(chunk)
                     stream.flush()
             except Exception:
                 for record in wanted:
                     target.handleError(record)
+
+
+# At most this many bytes per write: below the pipe's atomic write size (PIPE_BUF, 4,096
+# bytes), so a worker killed mid-write (`dramatiq actors` sends its log lines to the main
+# process over a pipe) never leaves half a message that the main process waits on for ever.
+MAX_WRITE_BYTES = 3_800
+
+
+def _chunks(lines: list[str]) -> list[str]:
+    """The lines joined into writes of at most MAX_WRITE_BYTES (a longer line alone)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode("utf-8", "replace"))
+        if current and size + length > MAX_WRITE_BYTES:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += length
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 def batch_lines(logger: logging.Logger) -> BatchedLines:

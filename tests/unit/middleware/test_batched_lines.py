@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 import logging
 
-from middleware.metrics_logging import BatchedLines, batch_lines, unbatch_lines
+from middleware.metrics_logging import (
+    MAX_WRITE_BYTES,
+    BatchedLines,
+    batch_lines,
+    unbatch_lines,
+)
 
 
 class CountingStream(io.StringIO):
@@ -72,3 +77,33 @@ def test_batching_a_logger_sends_its_lines_to_the_root_handlers_and_undoing_it_f
         assert stream.getvalue() == "held\n" and logger.propagate is True
     finally:
         root.removeHandler(root_handler)
+
+
+class SizedStream(io.StringIO):
+    """A stream that keeps the size of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, text: str) -> int:
+        self.sizes.append(len(text.encode()))
+        return super().write(text)
+
+
+def test_no_write_is_larger_than_a_pipe_writes_at_once() -> None:
+    # A worker killed mid-write must not leave half a message in the main process's pipe.
+    stream = SizedStream()
+    batched = BatchedLines([logging.StreamHandler(stream)])
+    logger = logging.getLogger("test.batched.size")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(batched)
+    logger.propagate = False
+
+    for n in range(500):
+        logger.info("job %04d %s", n, "x" * 90)
+    batched.flush()
+
+    assert len(stream.sizes) > 1 and max(stream.sizes) <= MAX_WRITE_BYTES
+    assert stream.getvalue().splitlines() == [f"job {n:04d} {'x' * 90}" for n in range(500)]
+    logger.removeHandler(batched)
