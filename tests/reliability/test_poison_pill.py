@@ -9,6 +9,7 @@ attempts is refused instead of killing one more worker.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,11 @@ def rig(reliability_database: str, settings: Settings, tmp_path: Path) -> Iterat
         yield made
 
 
+def run_count(runs: Path) -> int:
+    """How many times the pill has run (a line per run)."""
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
 def spawn(rig: Rig, name: str) -> WorkerProcess:
     """A worker of the rig, one thread, not waited for: the pill may kill it before it says so."""
     env = worker_env(
@@ -44,7 +50,15 @@ def spawn(rig: Rig, name: str) -> WorkerProcess:
         TASKYARD_TENANTS=str(rig.tenant_id),
         TASKYARD_METRICS_PORT="0",
     )
-    worker = WorkerProcess(rig.tmp_path / f"{name}.log", env, threads=1, modules=[KILL_MODULE])
+    # A pill can kill the worker before it says it is ready; Dramatiq's main process then
+    # waits out its fork timeout (30 s by default) before it exits: 5 s is plenty here.
+    worker = WorkerProcess(
+        rig.tmp_path / f"{name}.log",
+        env,
+        threads=1,
+        modules=[KILL_MODULE],
+        options=["--worker-fork-timeout", "5000"],
+    )
     rig.workers.append(worker)
     return worker
 
@@ -69,13 +83,22 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_after_its_attempts(rig
     # When workers are started, one after the other, as each one dies
     started = 0
     while dead_letter() is None and started < ATTEMPTS + 2:
+        ran_before = run_count(runs)
         worker = spawn(rig, f"worker-{started}")
         started += 1
 
-        def died_or_done(worker: WorkerProcess = worker) -> bool:
-            return worker.proc.poll() is not None or dead_letter() is not None
+        def died_or_done(worker: WorkerProcess = worker, ran_before: int = ran_before) -> bool:
+            ran = run_count(runs) > ran_before
+            return worker.proc.poll() is not None or dead_letter() is not None or ran
 
-        wait_for(died_or_done, timeout=60, what="the worker to die or the pill to be dead-lettered")
+        wait_for(died_or_done, timeout=90, what="the worker to die or the pill to be dead-lettered")
+        if run_count(runs) > ran_before and worker.proc.poll() is None:
+            # The pill killed the worker's child. Dramatiq's main process notices and
+            # exits, unless the kill landed while the child was saying it is ready: the
+            # main process then waits on that multiprocessing Event's lock for ever.
+            # Do what a supervisor does with a worker whose child is gone.
+            time.sleep(1)
+            worker.kill()
 
     # Then the pill is dead-lettered as worker_crashed, having run as often as its attempts
     letter = dead_letter()
