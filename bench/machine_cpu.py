@@ -33,8 +33,8 @@ from bench.procstat import PROC, TICK, children, comm, descendants, pids, read_s
 WORKERS, POSTGRESQL, RABBITMQ = "worker processes", "PostgreSQL", "RabbitMQ"
 PARTS = (WORKERS, POSTGRESQL, RABBITMQ)
 # Seconds between two readings of /proc, and how often a reading also finds the processes
-# anew (with some 35 processes, a reading costs the harness about 1 ms of CPU; 1.5-2 ms
-# with the walk: some 4-5 % of a core).
+# anew (the walk of /proc costs more than a reading; BENCHMARKS.md's notes say what the
+# readings cost the harness).
 INTERVAL = 0.02
 DISCOVER_EVERY = 5
 # One process: its pid and its start time (a pid can be used again by a later process).

@@ -78,7 +78,7 @@ class Stat:
     pid: int
     comm: str
     ppid: int
-    # utime + stime, in seconds (the kernel counts them in clock ticks, 10 ms here).
+    # utime + stime, in seconds (the kernel counts them in clock ticks of 1/SC_CLK_TCK s).
     cpu: float
     # When the process started, in clock ticks since boot: with the pid, it names one
     # process, so a pid used again by a new process is not taken for the old one.

@@ -17,7 +17,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import JOB_FINAL_STATES, TENANT_ACTIVE, TENANT_DELETING, TENANT_DISABLED
+from db.models import JOB_FINAL_STATES, TENANT_DELETING, TENANT_DISABLED
 from middleware.context import MessageContext, current_context, enter_context, leave_context
 from middleware.group_commit import GroupCommit
 from middleware.outbox import Outbox, Pending
@@ -384,9 +384,10 @@ class DbSession(Middleware):
         if tenant_id is None:
             return True
         status = state.tenant_status(tenant_id)
-        if status in (TENANT_DISABLED, TENANT_DELETING):
-            raise TenantDisabled(tenant_id)
-        return status == TENANT_ACTIVE
+        if status is None:
+            return False  # not known yet: the job's own transaction checks it
+        _require_active_tenant(tenant_id, status)
+        return True
 
     def _check_crashes(self, message: Message[Any], record: JobFields, allowed: int) -> bool:
         """Count this start of a redelivered copy; True when its job is final already.

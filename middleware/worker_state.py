@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from db.models import TENANT_DELETING
+from services.tenants import is_served
 
 # Cancel requests older than this are forgotten (their jobs' records say cancelled anyway).
 CANCEL_MEMORY = dt.timedelta(hours=1)
@@ -59,9 +59,9 @@ class WorkerState:
             self.polled = True
 
     def served(self) -> list[int]:
-        """The tenants whose queues an unpinned worker serves: all but those being deleted."""
+        """The tenants whose queues an unpinned worker serves, as of the last poll."""
         with self._lock:
-            return sorted(t for t, status in self._statuses.items() if status != TENANT_DELETING)
+            return sorted(t for t, status in self._statuses.items() if is_served(status))
 
     def tenant_status(self, tenant_id: int) -> str | None:
         """The tenant's status at the last poll; None when the poll did not know it (yet)."""

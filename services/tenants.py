@@ -65,18 +65,18 @@ def list_tenants(session: Session, *, status: str | None = None) -> list[Tenant]
 
 
 def served_tenant_ids(session: Session) -> list[int]:
-    """The tenants whose queues an unpinned worker serves: all of them.
+    """The tenants whose queues an unpinned worker serves (`is_served`), by id."""
+    return sorted(t for t, status in tenant_statuses(session).items() if is_served(status))
+
+
+def is_served(status: str) -> bool:
+    """Whether an unpinned worker serves a tenant in this status: all but one being deleted.
 
     A disabled tenant's queue is served too, so that its messages are
-    dead-lettered with reason `tenant_disabled` (and can be requeued once it
-    is enabled) rather than waiting unseen in RabbitMQ.
+    dead-lettered with reason `tenant_disabled` rather than waiting unseen;
+    a tenant being deleted is not: its queues are going away.
     """
-    # Not a tenant being deleted: its queues are going away, do not declare them again.
-    return list(
-        session.scalars(
-            select(Tenant.id).where(Tenant.status != TENANT_DELETING).order_by(Tenant.id)
-        )
-    )
+    return status != TENANT_DELETING
 
 
 def tenant_statuses(session: Session) -> dict[int, str]:

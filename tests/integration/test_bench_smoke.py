@@ -108,7 +108,7 @@ def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
         for row in matching:
             assert float(row[3].replace(",", "")) > 0, f"{row} is not a measurement"
     # And the CPU per job table has both jobs of every system, with its parts named; a no-op
-    # window of 40 jobs can be shorter than the kernel's 10 ms tick (0.00), not both jobs'
+    # window of 40 jobs can be shorter than one kernel clock tick (0.00), not both jobs'
     cpu = [r for r in rows if r[0].startswith(CPU_TABLE)]
     assert sorted((r[1].split(" (")[0], r[2]) for r in cpu) == sorted(
         (job, system) for job in ("DB-writing job", "no-op job") for system in SYSTEMS

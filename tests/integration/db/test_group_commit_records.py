@@ -89,3 +89,33 @@ def test_two_copies_in_one_batch_write_the_record_once(engine: Engine) -> None:
     assert [t.written for t in tickets] == [True, False]
     record = stored(engine, job["message_id"])
     assert record is not None and record.attempts == 1
+
+
+def test_a_message_reusing_another_tenants_id_leaves_that_record_alone(engine: Engine) -> None:
+    # Tenant 1's job is queued; a crafted message of tenant 2 (or another actor or queue)
+    # names its id: the group commit writes nothing over it.
+    group = GroupCommit(engine)
+    owner = finished(tenant_id=1, queue="tenant.1", args={"tenant_id": 1})
+    with Session(engine) as session, session.begin():
+        session.add(
+            Job(
+                message_id=owner["message_id"],
+                tenant_id=1,
+                actor="group_test",
+                queue="tenant.1",
+                args={"tenant_id": 1},
+                status="queued",
+            )
+        )
+    intruders = [
+        {**owner, "tenant_id": 2, "queue": "tenant.2", "result": {"taken": True}},
+        {**owner, "actor": "another_actor", "result": {"taken": True}},
+    ]
+    tickets = [group.submit(job) for job in intruders]  # type: ignore[arg-type]
+    assert all(t.wait(10) for t in tickets)
+    group.stop()
+
+    assert [t.written for t in tickets] == [False, False]
+    record = stored(engine, owner["message_id"])
+    assert record is not None and (record.tenant_id, record.actor) == (1, "group_test")
+    assert (record.status, record.result) == ("queued", None)
