@@ -10,8 +10,8 @@ from dramatiq.broker import Broker
 from sqlalchemy.orm import Session
 
 from middleware.context import MessageContext, current_context, enter_context, leave_context
-from middleware.outbox import Pending
 from middleware.runtime import runtime_of
+from services.records import JobRecord
 
 
 @contextmanager
@@ -32,11 +32,11 @@ def taskyard_transaction(broker: Broker | None = None) -> Iterator[Session]:
     session = db.session_factory()
     ctx = MessageContext(message=None, session=session)
     token = enter_context(ctx)
-    pending: list[Pending] = []
+    pending: list[JobRecord] = []
     try:
         with session.begin():
             yield session
-            pending = db.write_held(broker, session, ctx)
+            pending = db.write_held(session, ctx)
     finally:
         leave_context(token)
         session.close()

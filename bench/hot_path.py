@@ -40,6 +40,7 @@ from db.migrate import upgrade_to_head
 from db.models import JOB_FINAL_STATES, JOB_RUNNING, JOB_SUCCEEDED, Job, Tenant
 from db.session import make_engine
 from services import jobs
+from services.records import JobRecord
 from services.tenants import create_tenant
 from settings import load_settings
 
@@ -78,18 +79,17 @@ def hot_job(session: Session, tenant_id: int) -> None:
     now = dt.datetime.now(dt.UTC)
     done = jobs.finish(
         session,
-        {
-            "message_id": str(uuid.uuid4()),
-            "tenant_id": tenant_id,
-            "actor": "bench_noop",
-            "queue": f"tenant.{tenant_id}",
-            "args": {"tenant_id": tenant_id},
-            "attempts": 1,
-            "enqueued_at": now,
-            "started_at": now,
-            "finished_at": now,
-            "result": None,
-        },
+        JobRecord(
+            message_id=str(uuid.uuid4()),
+            tenant_id=tenant_id,
+            actor="bench_noop",
+            queue=f"tenant.{tenant_id}",
+            args={"tenant_id": tenant_id},
+            enqueued_at=now,
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+        ),
     )
     assert done.written and done.tenant_status is not None
 

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Message
 from sqlalchemy.orm import Session
 
-
-@dataclass
-class HeldSend:
-    """A message sent inside a transaction, published once the transaction commits."""
-
-    message: Message[Any]
-    delay: int | None
+from services.records import JobRecord
 
 
 class MessageContext:
@@ -42,7 +35,8 @@ class MessageContext:
         self.message = message
         self._session = session
         self._factory = session_factory
-        self.held: list[HeldSend] = []
+        # Sends held until the transaction commits (written just before it).
+        self.held: list[JobRecord] = []
         # Tenants a held send named that this transaction has already found.
         self.tenants_known: set[int] = set()
         # The ContextVar token that made this context current (to restore the previous one).

@@ -8,7 +8,7 @@ import logging
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import Any, TypedDict, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from dramatiq import Message, Worker
 from dramatiq.broker import Broker, MessageProxy
@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import JOB_FINAL_STATES, TENANT_DELETING, TENANT_DISABLED
 from middleware.context import MessageContext, current_context, enter_context, leave_context
 from middleware.group_commit import GroupCommit
-from middleware.outbox import Outbox, Pending
+from middleware.outbox import Outbox
+from middleware.outbox_rows import job_record
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of, outcome_of
 from middleware.tenant_routing import RouteRefused, TenantRouting
 from middleware.worker_state import WorkerState
@@ -32,8 +33,8 @@ from services.errors import (
     TenantDisabled,
     UnknownTenant,
     WorkerCrashed,
-    valid_tenant_id,
 )
+from services.records import JobRecord
 
 # A result bigger than this is not kept on the job record (return ids, not data).
 MAX_RESULT_BYTES = 8_192
@@ -54,17 +55,6 @@ class _Finished(Exception):
 
 # Set on an exception whose message the engine kept as a dead letter (the id kept under).
 KEPT_AS_DEAD_LETTER = "taskyard_dead_letter_id"
-
-
-class JobFields(TypedDict):
-    """What the job record says about a message, whatever its outcome."""
-
-    actor: str
-    queue: str
-    tenant_id: int | None
-    args: dict[str, Any]
-    attempt: int
-    enqueued_at: dt.datetime
 
 
 OnGiveUp = Callable[[Session, dict[str, Any], str], None]
@@ -245,20 +235,13 @@ class DbSession(Middleware):
         """
         actor = broker.get_actor(message.actor_name)
         routing = self.routing
-        tenant_scoped = bool(actor.options.get("tenant_scoped"))
         # Checked again here (the consumer checked it for RabbitMQ): any broker, before
         # the record is touched or any of the actor's code runs.
         refused = routing.refusal(actor, message) if routing is not None else None
         policy = self.policy
-        record: JobFields = {
-            "actor": message.actor_name,
-            "queue": q_name(message.queue_name),
-            # A refused message is credited to no tenant: it is not the named one's job.
-            "tenant_id": _tenant_id(message) if tenant_scoped and refused is None else None,
-            "args": dict(message.kwargs),
-            "attempt": attempt_of(message),
-            "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
-        }
+        # A refused message is credited to no tenant: it is not the named one's job.
+        record = job_record(broker, message, credited=refused is None)
+        record.attempts = attempt_of(message)
         ctx = current_context()
         # Outside the worker's hooks (a test calling run), the context is made here.
         token = None
@@ -270,7 +253,7 @@ class DbSession(Middleware):
                 if refused is not None:
                     raise RouteRefused(refused)
                 allowed = policy.attempts_allowed(broker, message) if policy else None
-                if allowed is not None and record["attempt"] > allowed:
+                if allowed is not None and record.attempts > allowed:
                     raise AttemptsSpent(allowed)
                 redelivered = getattr(message, "redelivered", False)
                 if (
@@ -282,24 +265,13 @@ class DbSession(Middleware):
                 # Whether the process's state vouches for the tenant; if not, the record
                 # is written in a transaction of the job's own, which checks it.
                 vouched = self._check_state(message, record)
-                started_at = dt.datetime.now(dt.UTC)
-                result = small_result(call(), self.logger)
-                finished: jobs.FinishedJob = {
-                    "message_id": message.message_id,
-                    "tenant_id": record["tenant_id"],
-                    "actor": record["actor"],
-                    "queue": record["queue"],
-                    "args": record["args"],
-                    "attempts": record["attempt"],
-                    "enqueued_at": record["enqueued_at"],
-                    "started_at": started_at,
-                    "finished_at": dt.datetime.now(dt.UTC),
-                    "result": result,
-                }
+                record.started_at = dt.datetime.now(dt.UTC)
+                result = record.result = small_result(call(), self.logger)
+                record.finished_at = dt.datetime.now(dt.UTC)
                 if ctx.opened or ctx.held or not vouched:
-                    self._commit(broker, ctx, finished)
+                    self._commit(broker, ctx, record)
                 else:
-                    self._group_commit(message, finished)
+                    self._group_commit(message, record)
             except _Finished:
                 self.logger.info(
                     "%s %s already finished; skipped",
@@ -322,39 +294,39 @@ class DbSession(Middleware):
             if token is not None:
                 leave_context(token)
 
-    def _commit(self, broker: Broker, ctx: MessageContext, finished: jobs.FinishedJob) -> None:
+    def _commit(self, broker: Broker, ctx: MessageContext, finished: JobRecord) -> None:
         """Write held sends and the record's final statement in the job's transaction; commit."""
         session = ctx.session
-        pending = self.write_held(broker, session, ctx)
+        pending = self.write_held(session, ctx)
         done = jobs.finish(session, finished)
         if not done.written:
             # A copy finished first (or the job was cancelled): this copy's writes never commit.
             session.rollback()
             jobs.check_owner(
                 session,
-                finished["message_id"],
-                actor=finished["actor"],
-                queue=finished["queue"],
-                tenant_id=finished["tenant_id"],
+                finished.message_id,
+                actor=finished.actor,
+                queue=finished.queue,
+                tenant_id=finished.tenant_id,
             )
             raise _Finished()
-        if finished["tenant_id"] is not None:
+        if finished.tenant_id is not None:
             # Authoritative: the tenant's status read in the same statement.
-            _require_active_tenant(finished["tenant_id"], done.tenant_status)
+            _require_active_tenant(finished.tenant_id, done.tenant_status)
         session.commit()
         self.publish(broker, pending)
 
-    def write_held(self, broker: Broker, session: Session, ctx: MessageContext) -> list[Pending]:
+    def write_held(self, session: Session, ctx: MessageContext) -> list[JobRecord]:
         """Write the transaction's held sends (records and outbox rows), just before it commits."""
         held, ctx.held = ctx.held, []
-        return self.outbox.write_held(broker, session, held) if self.outbox is not None else []
+        return self.outbox.write_held(session, held) if self.outbox is not None else []
 
-    def publish(self, broker: Broker, pending: list[Pending]) -> None:
+    def publish(self, broker: Broker, pending: list[JobRecord]) -> None:
         """Hand what a committed transaction held to the publisher."""
         if pending and self.outbox is not None:
             self.outbox.publish(broker, pending)
 
-    def _group_commit(self, message: Message[Any], finished: jobs.FinishedJob) -> None:
+    def _group_commit(self, message: Message[Any], finished: JobRecord) -> None:
         """Hand the record to the group commit; the message is acknowledged once it is durable."""
         ticket = self.group.submit(finished)
         if getattr(message, "defers_ack", False):
@@ -366,7 +338,7 @@ class DbSession(Middleware):
             if not ticket.written:
                 raise _Finished()
 
-    def _check_state(self, message: Message[Any], record: JobFields) -> bool:
+    def _check_state(self, message: Message[Any], record: JobRecord) -> bool:
         """Refuse, before its body, a job whose tenant is stopped or that was cancelled.
 
         From the process's state (refreshed every second), not from the
@@ -380,7 +352,7 @@ class DbSession(Middleware):
             return False
         if state.cancel_requested(message.message_id):
             raise _Finished()
-        tenant_id = record["tenant_id"]
+        tenant_id = record.tenant_id
         if tenant_id is None:
             return True
         status = state.tenant_status(tenant_id)
@@ -389,7 +361,7 @@ class DbSession(Middleware):
         _require_active_tenant(tenant_id, status)
         return True
 
-    def _check_crashes(self, message: Message[Any], record: JobFields, allowed: int) -> bool:
+    def _check_crashes(self, message: Message[Any], record: JobRecord, allowed: int) -> bool:
         """Count this start of a redelivered copy; True when its job is final already.
 
         RabbitMQ redelivers what a worker held when it died, so a message whose
@@ -405,15 +377,15 @@ class DbSession(Middleware):
             crashes = jobs.count_redelivery(
                 connection,
                 message.message_id,
-                actor=record["actor"],
-                queue=record["queue"],
-                tenant_id=record["tenant_id"],
+                actor=record.actor,
+                queue=record.queue,
+                tenant_id=record.tenant_id,
             )
             if crashes is None and jobs.record_status(connection, message.message_id) in (
                 JOB_FINAL_STATES
             ):
                 return True
-        if crashes is not None and record["attempt"] - 1 + crashes >= allowed:
+        if crashes is not None and record.attempts - 1 + crashes >= allowed:
             raise WorkerCrashed(crashes)
         return False
 
@@ -422,13 +394,13 @@ class DbSession(Middleware):
         broker: Broker,
         message: Message[Any],
         session: Session,
-        record: JobFields,
+        record: JobRecord,
         exc: BaseException,
     ) -> None:
         dead_letter_id = message.message_id
         if isinstance(exc, AttemptsSpent):
             # The deliveries after the last attempt only came back to be recorded.
-            record = record | {"attempt": exc.attempts}
+            record.attempts = exc.attempts
         if isinstance(exc, MessageIdTaken):
             # The id is another job's: its record is left alone (the guarded upsert below
             # changes nothing) and this message's dead letter gets an id of its own.
@@ -439,25 +411,23 @@ class DbSession(Middleware):
             if policy is not None
             else Decision(retry=False, delay_ms=0, reason="failed")
         )
-        outcome = outcome_of(decision, record["attempt"])
+        outcome = outcome_of(decision, record.attempts)
         error = f"{describe_error(exc)} {outcome}" if outcome else describe_error(exc)
-        pending: list[Pending] = []
+        pending: list[JobRecord] = []
         try:
             with session.begin():
-                jobs.record_failure(
-                    session, message.message_id, error=error, dead=not decision.retry, **record
-                )
+                jobs.record_failure(session, record, error=error, dead=not decision.retry)
                 if not decision.retry:
                     record_dead_letter(
                         session,
                         message_id=dead_letter_id,
-                        queue=record["queue"],
+                        queue=record.queue,
                         reason=decision.reason,
                         error=error,
                         traceback="".join(traceback.format_exception(exc)),
-                        attempts=record["attempt"],
-                        actor=record["actor"],
-                        tenant_id=record["tenant_id"],
+                        attempts=record.attempts,
+                        actor=record.actor,
+                        tenant_id=record.tenant_id,
                         message=message.asdict(),
                     )
                 on_give_up: OnGiveUp | None = broker.get_actor(message.actor_name).options.get(
@@ -469,7 +439,7 @@ class DbSession(Middleware):
                     # transaction and published once it commits, like any held send.
                     ctx = current_context()
                     if ctx is not None:
-                        pending = self.write_held(broker, session, ctx)
+                        pending = self.write_held(session, ctx)
         except (OperationalError, InterfaceError) as db_error:
             # The database is away: never let the message vanish into RabbitMQ's
             # expiring dead-letter queue; try it again once the record can be written,
@@ -505,11 +475,6 @@ def find_middleware(broker: Broker, kind: type[M]) -> M | None:
         if isinstance(middleware, kind):
             return middleware
     return None
-
-
-def _tenant_id(message: Message[Any]) -> int | None:
-    value = message.kwargs.get("tenant_id")
-    return value if valid_tenant_id(value) else None
 
 
 def _require_active_tenant(tenant_id: int, status: str | None) -> None:

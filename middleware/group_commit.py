@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from services import jobs
-from services.jobs import FinishedJob
+from services.records import JobRecord
 
 # How many records one statement writes at most.
 MAX_BATCH = 500
@@ -35,7 +35,7 @@ class Ticket:
 
     __slots__ = ("_callbacks", "_event", "_lock", "job", "written")
 
-    def __init__(self, job: FinishedJob) -> None:
+    def __init__(self, job: JobRecord) -> None:
         self.job = job
         # After settling: False when the record was final already (a duplicate) or not written.
         self.written = False
@@ -93,7 +93,7 @@ class GroupCommit:
         self.written = 0
         self.duplicates = 0
 
-    def submit(self, job: FinishedJob) -> Ticket:
+    def submit(self, job: JobRecord) -> Ticket:
         """Hand a succeeded job's record over; the ticket settles once it is durable."""
         ticket = Ticket(job)
         with self._cond:
@@ -186,20 +186,20 @@ class GroupCommit:
         first: set[str] = set()
         for ticket in batch:
             # Two copies of one message in a batch: the statement wrote the first one.
-            ok = ticket.job["message_id"] in written and ticket.job["message_id"] not in first
-            first.add(ticket.job["message_id"])
-            if not ok and ticket.job["message_id"] not in unwritable:
+            ok = ticket.job.message_id in written and ticket.job.message_id not in first
+            first.add(ticket.job.message_id)
+            if not ok and ticket.job.message_id not in unwritable:
                 self.duplicates += 1
                 self.logger.info(
                     "%s %s already finished; its record was left as it was",
-                    ticket.job["actor"],
-                    ticket.job["message_id"],
-                    extra={"message_id": ticket.job["message_id"], "actor": ticket.job["actor"]},
+                    ticket.job.actor,
+                    ticket.job.message_id,
+                    extra={"message_id": ticket.job.message_id, "actor": ticket.job.actor},
                 )
             self.written += ok
             ticket.settle(written=ok)
 
-    def _write_once(self, batch: list[FinishedJob]) -> set[str]:
+    def _write_once(self, batch: list[JobRecord]) -> set[str]:
         with self.engine.connect() as connection:
             written = jobs.finish_many(connection, batch)
             connection.commit()
@@ -212,12 +212,12 @@ class GroupCommit:
             try:
                 written |= self._write_once([ticket.job])
             except Exception:
-                unwritable.add(ticket.job["message_id"])
+                unwritable.add(ticket.job.message_id)
                 # Acknowledged all the same: the job ran and succeeded, and a message whose
                 # record can never be written would otherwise come back for ever.
                 self.logger.exception(
                     "Could not write the record of %s %s; its message is acknowledged without it",
-                    ticket.job["actor"],
-                    ticket.job["message_id"],
+                    ticket.job.actor,
+                    ticket.job.message_id,
                 )
         return written, unwritable

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy.exc
@@ -16,29 +15,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JOB_DEAD, Tenant
-from middleware.context import HeldSend, MessageContext
+from middleware.context import MessageContext
 from middleware.outbox_clearer import OutboxClearer
-from middleware.outbox_rows import Send, outbox_row, queued_job, send_engine, write_sends
+from middleware.outbox_rows import job_record, send_engine, write_sends
 from middleware.outbox_sweeper import SweeperThread, sweep_due
 from middleware.runtime import runtime_of
 from services import outbox
 from services.errors import SendFailed, UnknownTenant
-from services.job_control import QueuedJob, record_queued
+from services.job_control import record_queued
+from services.records import JobRecord
 from transport.rabbitmq import TaskyardRabbitmqBroker, publish_all
 
 # The database is away: a send goes out anyway and its record is made on arrival.
 _DB_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A send written to the outbox by a transaction, to publish once it has committed."""
-
-    message: Message[Any]
-    delay: int | None
-    row_id: int
-    # The message as encoded in its outbox row: published as is, not encoded again.
-    body: bytes
 
 
 class Outbox(Middleware):
@@ -91,63 +80,58 @@ class Outbox(Middleware):
         PostgreSQL cannot take the send; nothing is published then.  A message
         that has a record already is neither recorded nor published again.
         """
-        job = queued_job(broker, message)
-        encoded = message.encode()
-        sends = [Send(job, encoded.decode(), self._wait_ms(delay))]
+        record = self._encoded(job_record(broker, message, delay=delay))
         try:
             if self.sends.dialect.name == "postgresql":
                 # One statement in autocommit: one round trip and one commit, no session.
                 with self.sends.connect() as connection:
-                    written = write_sends(connection, sends).get(message.message_id)
+                    written = write_sends(connection, [record]).get(message.message_id)
             else:
                 with self.session_factory.begin() as session:
-                    written = write_sends(session, sends).get(message.message_id)
+                    written = write_sends(session, [record]).get(message.message_id)
         except _DB_DOWN as exc:
             raise SendFailed(message.actor_name, message.message_id, exc) from exc
         if written is None:
             return  # the message has a record already: it was sent before, not again
-        if written.status == JOB_DEAD and job["tenant_id"] is not None:
-            raise UnknownTenant(job["tenant_id"])
-        if written.row_id is not None and not self.is_long(delay):
-            self.publish(broker, [Pending(message, delay, written.row_id, encoded)])
+        if written.status == JOB_DEAD and record.tenant_id is not None:
+            raise UnknownTenant(record.tenant_id)
+        if record.row_id is not None and not self.is_long(delay):
+            self.publish(broker, [record])
 
     def hold(
         self, broker: Broker, ctx: MessageContext, message: Message[Any], delay: int | None
     ) -> None:
         """Hold a send made in a transaction until it commits; refuse an unknown tenant at once."""
-        job = queued_job(broker, message)
-        tenant_id = job["tenant_id"]
+        record = job_record(broker, message, delay=delay)
+        tenant_id = record.tenant_id
         if tenant_id is not None and tenant_id not in ctx.tenants_known:
             if ctx.session.scalar(select(Tenant.id).where(Tenant.id == tenant_id)) is None:
                 # Recorded dead apart: the caller's transaction may well roll back now.
                 with self.sends.connect() as connection:
-                    record_queued(connection, [job])
+                    record_queued(connection, [record])
                 raise UnknownTenant(tenant_id)
             ctx.tenants_known.add(tenant_id)
-        ctx.held.append(HeldSend(message=message, delay=delay))
+        ctx.held.append(record)
 
-    def write_held(
-        self, broker: Broker, session: Session, held: Sequence[HeldSend]
-    ) -> list[Pending]:
-        """Write held sends (records and outbox rows) in the transaction about to commit."""
+    def write_held(self, session: Session, held: Sequence[JobRecord]) -> list[JobRecord]:
+        """Write held sends (records and outbox rows) in the transaction about to commit.
+
+        Returns the records to publish once it has committed: those written
+        queued, with an outbox row, and not waiting out a long delay.
+        """
         if not held:
             return []
-        encoded = [h.message.encode() for h in held]
-        written = write_sends(
-            session,
-            [
-                Send(queued_job(broker, h.message), body.decode(), self._wait_ms(h.delay))
-                for h, body in zip(held, encoded, strict=True)
-            ],
-        )
-        pending = []
-        for h, body in zip(held, encoded, strict=True):
-            found = written.get(h.message.message_id)
-            if found is not None and found.row_id is not None and not self.is_long(h.delay):
-                pending.append(Pending(h.message, h.delay, found.row_id, body))
-        return pending
+        sends = [self._encoded(record) for record in held]
+        written = write_sends(session, sends)
+        return [
+            record
+            for record in sends
+            if record.message_id in written
+            and record.row_id is not None
+            and not self.is_long(record.delay)
+        ]
 
-    def publish(self, broker: Broker, pending: Sequence[Pending]) -> None:
+    def publish(self, broker: Broker, pending: Sequence[JobRecord]) -> None:
         """Hand what a committed transaction wrote to the publisher; nobody waits for it.
 
         On RabbitMQ each confirm deletes its row (in batches, by the clearer);
@@ -162,6 +146,7 @@ class Outbox(Middleware):
         clearer = self.clearer
         failures: list[BaseException] = []
         for item in pending:
+            assert item.message is not None and item.row_id is not None
             try:
                 _, future = broker.enqueue_async(item.message, delay=item.delay, body=item.body)
             except Exception as exc:  # the publisher could not even take it: the row waits
@@ -171,15 +156,16 @@ class Outbox(Middleware):
         if failures:
             clearer.failed(len(failures), failures[-1])
 
-    def _publish_now(self, broker: Broker, pending: Sequence[Pending]) -> None:
+    def _publish_now(self, broker: Broker, pending: Sequence[JobRecord]) -> None:
         published: list[int] = []
         outcomes = publish_all(
             broker,
-            [(item.message, item.delay) for item in pending],
-            [item.body for item in pending],
+            [(item.message, item.delay) for item in pending if item.message is not None],
+            [item.body for item in pending if item.message is not None],
         )
-        for item, error in zip(pending, outcomes, strict=True):
-            if error is None:
+        sent = [item for item in pending if item.message is not None]
+        for item, error in zip(sent, outcomes, strict=True):
+            if error is None and item.row_id is not None:
                 published.append(item.row_id)
         failed = [error for error in outcomes if error is not None]
         if failed:
@@ -200,8 +186,9 @@ class Outbox(Middleware):
         if self.is_long(delay):
             try:
                 with self.session_factory.begin() as session:
-                    row = self._row(queued_job(broker, message), message, delay)
-                    outbox.add_messages(session, [row])
+                    outbox.add_messages(
+                        session, [self._encoded(job_record(broker, message, delay=delay))]
+                    )
                 return
             except _DB_DOWN as exc:
                 self.logger.warning(
@@ -216,8 +203,9 @@ class Outbox(Middleware):
         """
         try:
             with self.session_factory.begin() as session:
-                row = outbox_row(queued_job(broker, message), message, wait_ms=delay or 0)
-                outbox.add_messages(session, [row])
+                record = job_record(broker, message)
+                record.body, record.wait_ms = message.encode(), delay or 0
+                outbox.add_messages(session, [record])
         except Exception:
             self.logger.exception("Could not park %s in the outbox", message.message_id)
             return False
@@ -239,14 +227,15 @@ class Outbox(Middleware):
         if self.sweeper is not None:
             self.sweeper.stop()
 
-    def _row(self, job: QueuedJob, message: Message[Any], delay: int | None) -> outbox.OutboxRow:
-        return outbox_row(job, message, wait_ms=self._wait_ms(delay))
-
-    def _wait_ms(self, delay: int | None) -> int:
+    def _encoded(self, record: JobRecord) -> JobRecord:
+        """`record` with its message's encoded body and its outbox row's due time set."""
+        assert record.message is not None
+        record.body = record.message.encode()
         # A parked row is due when its delay ends; any other row is the committing
         # thread's to publish, and the sweeper's only once its grace has passed.
-        grace_ms = 0 if self.is_long(delay) else self.grace_seconds * 1000
-        return round((delay or 0) + grace_ms)
+        grace_ms = 0 if self.is_long(record.delay) else self.grace_seconds * 1000
+        record.wait_ms = round((record.delay or 0) + grace_ms)
+        return record
 
 
 def find_outbox(broker: Broker) -> Outbox | None:

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, cast
 
 from dramatiq import Message
 from dramatiq.broker import Broker
+from dramatiq.common import q_name
 from sqlalchemy import (
     DateTime,
     Engine,
@@ -28,58 +29,45 @@ from db.hot import PREPARE_OPTION, Executor, HotStatement, connection_of
 from db.models import JOB_DEAD, JOB_QUEUED, Job, OutboxMessage
 from db.session import refuse_closed_connection
 from services import outbox
-from services.errors import UnknownTenant
+from services.errors import UnknownTenant, valid_tenant_id
 from services.job_control import (
-    QueuedJob,
     queued_arrays,
     queued_insert,
     queued_insert_many,
     record_queued,
     text_array,
 )
-from services.outbox import OutboxRow
+from services.records import JobRecord
 
 # Message options a schedule's send carries; they end up on the job record.
 SCHEDULE_OPTION = "taskyard_schedule_id"
 SLOT_OPTION = "taskyard_slot"
 
 
-def queued_job(broker: Broker, message: Message[Any]) -> QueuedJob:
-    """The job record a message gets when it is sent."""
+def job_record(
+    broker: Broker, message: Message[Any], *, delay: int | None = None, credited: bool = True
+) -> JobRecord:
+    """The record of a message, as its send writes it and its worker finishes it.
+
+    The tenant is the message's `tenant_id` argument for a tenant-scoped actor
+    (None for a system actor, and when not `credited`: a message whose route
+    was refused is not the named tenant's job).
+    """
     tenant_id = message.kwargs.get("tenant_id")
     scoped = broker.get_actor(message.actor_name).options.get("tenant_scoped")
     schedule_id, slot = message.options.get(SCHEDULE_OPTION), message.options.get(SLOT_OPTION)
-    return {
-        "message_id": message.message_id,
-        "tenant_id": tenant_id if scoped and type(tenant_id) is int else None,
-        "actor": message.actor_name,
-        "queue": message.queue_name.removesuffix(".DQ"),
-        "args": dict(message.kwargs),
-        "enqueued_at": dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
-        "schedule_id": schedule_id if type(schedule_id) is int else None,
-        "slot_at": dt.datetime.fromisoformat(slot) if isinstance(slot, str) else None,
-    }
-
-
-def outbox_row(job: QueuedJob, message: Message[Any], *, wait_ms: float) -> OutboxRow:
-    """The outbox row of a message, due `wait_ms` from now."""
-    return {
-        "message_id": message.message_id,
-        "tenant_id": job["tenant_id"],
-        "queue": job["queue"],
-        "body": message.encode().decode(),
-        "publish_at": dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=wait_ms),
-    }
-
-
-class Send(NamedTuple):
-    """One message to record and, once recorded queued, to keep in the outbox."""
-
-    job: QueuedJob
-    # The message as Dramatiq encodes it (JSON text): the outbox row's body.
-    body: str
-    # How long from now the row is due: the sweeper's grace, or the message's long delay.
-    wait_ms: int
+    return JobRecord(
+        message_id=message.message_id,
+        tenant_id=tenant_id if scoped and credited and valid_tenant_id(tenant_id) else None,
+        actor=message.actor_name,
+        queue=q_name(message.queue_name),
+        args=dict(message.kwargs),
+        enqueued_at=dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
+        schedule_id=schedule_id if type(schedule_id) is int else None,
+        slot_at=dt.datetime.fromisoformat(slot) if isinstance(slot, str) else None,
+        message=message,
+        delay=delay,
+    )
 
 
 class Written(NamedTuple):
@@ -162,10 +150,11 @@ _SEND = HotStatement(_build_send, json_params=["args"])
 _SEND_MANY = HotStatement(_build_send_many)
 
 
-def write_sends(executor: Executor, sends: Sequence[Send]) -> dict[str, Written]:
+def write_sends(executor: Executor, sends: Sequence[JobRecord]) -> dict[str, Written]:
     """Record sent messages, and write the outbox rows of those recorded queued.
 
-    Returns what was written for each message whose record is new: one whose
+    Each record carries its `body` and `wait_ms` (its outbox row's).  Returns
+    what was written for each message whose record is new: one whose
     record existed already gets neither a record nor an outbox row (and is
     not published again).  One statement on PostgreSQL, so a single send in
     autocommit is one round trip and one commit; elsewhere (SQLite) the
@@ -178,42 +167,42 @@ def write_sends(executor: Executor, sends: Sequence[Send]) -> dict[str, Written]
         return _write_apart(executor, sends)
     now = dt.datetime.now(dt.UTC)
     if len(sends) == 1:
-        job, body, wait_ms = sends[0]
-        error = f"UnknownTenant: {UnknownTenant(job['tenant_id'] or 0)}"
-        due = now + dt.timedelta(milliseconds=wait_ms)
-        params = {**job, "now": now, "error": error, "body": body, "publish_at": due}
+        record = sends[0]
+        error = f"UnknownTenant: {UnknownTenant(record.tenant_id or 0)}"
+        due = now + dt.timedelta(milliseconds=record.wait_ms)
+        body = record.body.decode()
+        params = {**record.queued(), "now": now, "error": error, "body": body, "publish_at": due}
         result = _SEND.execute(connection, params)
     else:
-        params = queued_arrays([send.job for send in sends], now)
-        params["bodies"] = [send.body for send in sends]
+        params = queued_arrays(sends, now)
+        params["bodies"] = [send.body.decode() for send in sends]
         params["waits_ms"] = [send.wait_ms for send in sends]
         result = _SEND_MANY.execute(connection, params)
     written: dict[str, Written] = {}
     for found in result:
         message_id, status, row_id = tuple(found)
         written[message_id] = Written(status, row_id)
+    return _note_rows(sends, written)
+
+
+def _note_rows(sends: Sequence[JobRecord], written: dict[str, Written]) -> dict[str, Written]:
+    """Set each record's `row_id` from what was written; returns `written`."""
+    for record in sends:
+        found = written.get(record.message_id)
+        if found is not None:
+            record.row_id = found.row_id
     return written
 
 
-def _write_apart(executor: Executor, sends: Sequence[Send]) -> dict[str, Written]:
-    statuses = record_queued(executor, [send.job for send in sends])
-    now = dt.datetime.now(dt.UTC)
-    rows: list[OutboxRow] = [
-        {
-            "message_id": job["message_id"],
-            "tenant_id": job["tenant_id"],
-            "queue": job["queue"],
-            "body": body,
-            "publish_at": now + dt.timedelta(milliseconds=wait_ms),
-        }
-        for job, body, wait_ms in sends
-        if statuses.get(job["message_id"]) == JOB_QUEUED
-    ]
-    ids = outbox.add_messages(executor, rows)
-    return {
+def _write_apart(executor: Executor, sends: Sequence[JobRecord]) -> dict[str, Written]:
+    statuses = record_queued(executor, sends)
+    queued = [record for record in sends if statuses.get(record.message_id) == JOB_QUEUED]
+    ids = outbox.add_messages(executor, queued)
+    written = {
         message_id: Written(status, None if status == JOB_DEAD else ids[message_id])
         for message_id, status in statuses.items()
     }
+    return _note_rows(sends, written)
 
 
 def send_engine(engine: Engine) -> Engine:

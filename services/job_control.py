@@ -9,7 +9,7 @@ import datetime as dt
 import functools
 import json
 from collections.abc import Sequence
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 import sqlalchemy.exc
 from sqlalchemy import (
@@ -49,6 +49,7 @@ from db.models import (
 )
 from services import outbox
 from services.errors import NotFound, PermanentError, UnknownTenant
+from services.records import JobRecord
 from services.workers import running_job, stale_window
 from settings import Settings
 
@@ -56,20 +57,6 @@ from settings import Settings
 DEFAULT_STALE_AFTER = stale_window(Settings().heartbeat_seconds)
 # PostgreSQL's lock_not_available: FOR UPDATE NOWAIT met a row another transaction holds.
 LOCK_NOT_AVAILABLE = "55P03"
-
-
-class QueuedJob(TypedDict):
-    """What the record of a message says from the moment it is sent."""
-
-    message_id: str
-    tenant_id: int | None
-    actor: str
-    queue: str
-    args: dict[str, Any]
-    enqueued_at: dt.datetime
-    # The schedule that sent the message and the slot it ran for; None for other sends.
-    schedule_id: int | None
-    slot_at: dt.datetime | None
 
 
 def queued_insert(dialect: str) -> Any:
@@ -200,7 +187,7 @@ _QUEUED = HotStatement(queued_insert, json_params=["args"])
 _QUEUED_MANY = HotStatement(queued_insert_many)
 
 
-def record_queued(session: Executor, rows: Sequence[QueuedJob]) -> dict[str, str]:
+def record_queued(session: Executor, rows: Sequence[JobRecord]) -> dict[str, str]:
     """Create the records of sent messages in one statement; returns each new record's status.
 
     A message for a tenant that does not exist is recorded `dead` (it must not
@@ -211,14 +198,14 @@ def record_queued(session: Executor, rows: Sequence[QueuedJob]) -> dict[str, str
     now = dt.datetime.now(dt.UTC)
     if len(rows) == 1:
         row = rows[0]
-        error = f"UnknownTenant: {UnknownTenant(row['tenant_id'] or 0)}"
-        result = _QUEUED.execute(session, {**row, "now": now, "error": error})
+        error = f"UnknownTenant: {UnknownTenant(row.tenant_id or 0)}"
+        result = _QUEUED.execute(session, {**row.queued(), "now": now, "error": error})
         return _statuses(result)
     if connection_of(session).dialect.name == "postgresql":
         result = _QUEUED_MANY.execute(session, queued_arrays(rows, now))
         return _statuses(result)
     # Elsewhere (SQLite): the tenants in one query, then a plain multi-row INSERT.
-    wanted = {row["tenant_id"] for row in rows if row["tenant_id"] is not None}
+    wanted = {row.tenant_id for row in rows if row.tenant_id is not None}
     known = (
         set(session.scalars(select(Tenant.id).where(Tenant.id.in_(wanted)))) if wanted else set()
     )
@@ -235,33 +222,34 @@ def _statuses(result: CursorResult[Any]) -> dict[str, str]:
     return statuses
 
 
-def queued_arrays(rows: Sequence[QueuedJob], now: dt.datetime) -> dict[str, Any]:
+def queued_arrays(rows: Sequence[JobRecord], now: dt.datetime) -> dict[str, Any]:
     """The parameters of `queued_insert_many` for `rows`: one list per column."""
     errors: dict[int | None, str | None] = {None: None}
     for row in rows:
-        if row["tenant_id"] not in errors:
-            errors[row["tenant_id"]] = f"UnknownTenant: {UnknownTenant(row['tenant_id'] or 0)}"
+        if row.tenant_id not in errors:
+            errors[row.tenant_id] = f"UnknownTenant: {UnknownTenant(row.tenant_id or 0)}"
     dumps = json.dumps
     return {
-        "message_ids": [row["message_id"] for row in rows],
-        "tenant_ids": [row["tenant_id"] for row in rows],
-        "actors": [row["actor"] for row in rows],
-        "queues": [row["queue"] for row in rows],
-        "args": [dumps(row["args"]) for row in rows],
-        "enqueued_ats": [row["enqueued_at"] for row in rows],
-        "schedule_ids": [row["schedule_id"] for row in rows],
-        "slot_ats": [row["slot_at"] for row in rows],
-        "errors": [errors[row["tenant_id"]] for row in rows],
+        "message_ids": [row.message_id for row in rows],
+        "tenant_ids": [row.tenant_id for row in rows],
+        "actors": [row.actor for row in rows],
+        "queues": [row.queue for row in rows],
+        "args": [dumps(row.args) for row in rows],
+        "enqueued_ats": [row.enqueued_at for row in rows],
+        "schedule_ids": [row.schedule_id for row in rows],
+        "slot_ats": [row.slot_at for row in rows],
+        "errors": [errors[row.tenant_id] for row in rows],
         "now": now,
     }
 
 
-def _queued_values(row: QueuedJob, known: set[int], now: dt.datetime) -> dict[str, Any]:
-    tenant_id = row["tenant_id"]
+def _queued_values(row: JobRecord, known: set[int], now: dt.datetime) -> dict[str, Any]:
+    tenant_id = row.tenant_id
+    values = row.queued()
     if tenant_id is None or tenant_id in known:
-        return {**row, "status": JOB_QUEUED, "attempts": 0, "finished_at": None, "error": None}
+        return {**values, "status": JOB_QUEUED, "attempts": 0, "finished_at": None, "error": None}
     error = f"UnknownTenant: {UnknownTenant(tenant_id)}"
-    return {**row, "status": JOB_DEAD, "attempts": 0, "finished_at": now, "error": error}
+    return {**values, "status": JOB_DEAD, "attempts": 0, "finished_at": now, "error": error}
 
 
 @functools.cache

@@ -36,6 +36,7 @@ from db.models import (
     Tenant,
 )
 from services.errors import MessageIdTaken, NotFound
+from services.records import JobRecord
 
 # Errors are kept for reading, not for storing whole payloads.
 MAX_ERROR_LENGTH = 4_000
@@ -124,21 +125,6 @@ class Finish(NamedTuple):
     tenant_status: str | None
 
 
-class FinishedJob(TypedDict):
-    """A succeeded job's record as its final statement writes it."""
-
-    message_id: str
-    tenant_id: int | None
-    actor: str
-    queue: str
-    args: dict[str, Any]
-    attempts: int
-    enqueued_at: dt.datetime | None
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    result: dict[str, Any] | None
-
-
 def _final_states() -> list[Any]:
     # Literals, not an expanding IN parameter: a hot statement compiles to fixed SQL.
     return [literal_column(f"'{status}'") for status in sorted(JOB_FINAL_STATES)]
@@ -195,7 +181,7 @@ def _build_finish(dialect: str) -> Any:
 _FINISH = HotStatement(_build_finish, json_params=["args", "result"])
 
 
-def finish(session: Executor, job: FinishedJob) -> Finish:
+def finish(session: Executor, job: JobRecord) -> Finish:
     """Write a succeeded job's final record: one statement, in the job's own transaction.
 
     Nothing is written before the job runs: this statement at the end of the
@@ -205,7 +191,7 @@ def finish(session: Executor, job: FinishedJob) -> Finish:
     `written` is False: the caller rolls its transaction back, so the
     copy's database writes never commit.
     """
-    row = _FINISH.execute(session, dict(job)).first()
+    row = _FINISH.execute(session, job.finished()).first()
     if row is None:
         return Finish(written=False, tenant_status=None)
     _message_id, tenant_status = tuple(row)
@@ -238,7 +224,7 @@ def _iso_or_none(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def finish_many(connection: Connection, finished: list[FinishedJob]) -> set[str]:
+def finish_many(connection: Connection, finished: list[JobRecord]) -> set[str]:
     """Write many succeeded jobs' final records in one statement; the ids written.
 
     The group commit of jobs that never opened a transaction of their own.
@@ -246,21 +232,21 @@ def finish_many(connection: Connection, finished: list[FinishedJob]) -> set[str]
     Two copies of one message in the same batch: the first is written, the
     other counts as a duplicate (one upsert may not touch a row twice).
     """
-    unique: dict[str, FinishedJob] = {}
+    unique: dict[str, JobRecord] = {}
     for job in finished:
-        unique.setdefault(job["message_id"], job)
+        unique.setdefault(job.message_id, job)
     if not unique:
         return set()
     rows = list(unique.values())
     if connection.dialect.name != "postgresql":
-        return {job["message_id"] for job in rows if finish(connection, job).written}
+        return {job.message_id for job in rows if finish(connection, job).written}
     batch = json.dumps(
         [
             {
-                **job,
-                "enqueued_at": _iso_or_none(job["enqueued_at"]),
-                "started_at": job["started_at"].isoformat(),
-                "finished_at": job["finished_at"].isoformat(),
+                **job.finished(),
+                "enqueued_at": _iso_or_none(job.enqueued_at),
+                "started_at": _iso_or_none(job.started_at),
+                "finished_at": _iso_or_none(job.finished_at),
             }
             for job in rows
         ],
@@ -291,18 +277,17 @@ def rehearse(session: Session) -> None:
     now = dt.datetime.now(dt.UTC)
     finish(
         session,
-        {
-            "message_id": str(uuid.uuid4()),
-            "tenant_id": None,
-            "actor": REHEARSAL,
-            "queue": REHEARSAL,
-            "args": {},
-            "attempts": 1,
-            "enqueued_at": None,
-            "started_at": now,
-            "finished_at": now,
-            "result": None,
-        },
+        JobRecord(
+            message_id=str(uuid.uuid4()),
+            tenant_id=None,
+            actor=REHEARSAL,
+            queue=REHEARSAL,
+            args={},
+            enqueued_at=None,
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+        ),
     )
 
 
@@ -355,35 +340,24 @@ def mark_skipped(session: Session, message_id: str, *, actor: str, queue: str, r
     )
 
 
-def record_failure(
-    session: Session,
-    message_id: str,
-    *,
-    actor: str,
-    queue: str,
-    tenant_id: int | None,
-    args: dict[str, Any],
-    attempt: int,
-    enqueued_at: dt.datetime | None,
-    error: str,
-    dead: bool,
-) -> None:
+def record_failure(session: Session, record: JobRecord, *, error: str, dead: bool) -> None:
     """Record a failed attempt: `retrying`, or `dead` when no attempt follows."""
     now = dt.datetime.now(dt.UTC)
     fields = {
-        "tenant_id": tenant_id,
-        "actor": actor,
-        "queue": queue,
-        "args": args,
-        "enqueued_at": enqueued_at,
+        "tenant_id": record.tenant_id,
+        "actor": record.actor,
+        "queue": record.queue,
+        "args": record.args,
+        "enqueued_at": record.enqueued_at,
         "started_at": now,
     }
     changes = {
         "status": JOB_DEAD if dead else JOB_RETRYING,
-        "attempts": attempt,
+        "attempts": record.attempts,
         "finished_at": now if dead else None,
         "error": error[:MAX_ERROR_LENGTH],
     }
+    message_id = record.message_id
     session.execute(_upsert_unless_final(session, message_id, fields, changes))
 
 

@@ -4,35 +4,32 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import TypedDict, cast
+from typing import cast
 
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from db.hot import Executor
 from db.models import OutboxMessage
+from services.records import JobRecord
 
 
-class OutboxRow(TypedDict):
-    """One message to keep in the outbox until `publish_at`."""
+def add_messages(
+    session: Executor, records: Sequence[JobRecord], *, now: dt.datetime | None = None
+) -> dict[str, int]:
+    """Write the outbox rows of `records` in one INSERT; returns each message id's row id.
 
-    message_id: str
-    tenant_id: int | None
-    queue: str
-    # The message as Dramatiq encodes it (JSON text).
-    body: str
-    publish_at: dt.datetime
-
-
-def add_messages(session: Executor, rows: Sequence[OutboxRow]) -> dict[str, int]:
-    """Write `rows` in one INSERT; returns each message id's outbox row id."""
-    if not rows:
+    Each row is due its record's `wait_ms` after `now` (default: now).
+    """
+    if not records:
         return {}
+    now = now or dt.datetime.now(dt.UTC)
+    rows = [record.outbox_row(now) for record in records]
     # executemany of one cached statement: SQLAlchemy sends it as one multi-row INSERT.
     stmt = insert(cast(Table, OutboxMessage.__table__)).returning(
         OutboxMessage.message_id, OutboxMessage.id
     )
-    result = session.execute(stmt, [dict(row) for row in rows])
+    result = session.execute(stmt, rows)
     return {message_id: row_id for message_id, row_id in result.all()}
 
 

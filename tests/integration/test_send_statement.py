@@ -26,10 +26,11 @@ import brokers
 from actors.base import TaskyardActor, taskyard_actor
 from db.models import Job, OutboxMessage
 from db.session import make_engine
-from middleware.context import HeldSend
-from middleware.outbox import Outbox, Pending, find_outbox
+from middleware.outbox import Outbox, find_outbox
+from middleware.outbox_rows import job_record
 from services.errors import SendFailed, UnknownTenant
-from services.job_control import QueuedJob, record_queued
+from services.job_control import record_queued
+from services.records import JobRecord
 from services.tenants import create_tenant
 from settings import Settings
 from tests.support import delete_prefix_queues
@@ -81,7 +82,7 @@ def published(side: Side, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     publish = side.outbox.publish
 
-    def spy(broker: Any, pending: list[Pending]) -> None:
+    def spy(broker: Any, pending: list[JobRecord]) -> None:
         seen.extend(item.message.message_id for item in pending)
         publish(broker, pending)
 
@@ -137,7 +138,7 @@ def test_a_send_is_one_statement_committed_before_it_is_published(
     tenant_id = make_tenant("one-statement")
     seen: list[tuple[str, str | None, int]] = []
 
-    def publish(broker: Any, pending: list[Pending]) -> None:
+    def publish(broker: Any, pending: list[JobRecord]) -> None:
         # What another connection sees when the message reaches the publisher
         [item] = pending
         record = _record(sessions, item.message.message_id)
@@ -219,8 +220,9 @@ def test_held_sends_are_written_in_one_statement_of_the_callers_transaction(
     )
     side.outbox.send(side.broker, again, None)
     assert side.outbox.clearer.flush(10)
-    held = [HeldSend(fresh, None), HeldSend(again, None), HeldSend(dead, None)]
-    held.append(HeldSend(later, int(side.outbox.delay_max_seconds * 1000) + 60_000))
+    held = [job_record(side.broker, message) for message in (fresh, again, dead)]
+    long_delay = int(side.outbox.delay_max_seconds * 1000) + 60_000
+    held.append(job_record(side.broker, later, delay=long_delay))
     engine = side.outbox.session_factory.kw["bind"]
     statements: list[str] = []
     thread = threading.get_ident()
@@ -233,7 +235,7 @@ def test_held_sends_are_written_in_one_statement_of_the_callers_transaction(
         session.execute(text("SELECT 1"))  # the transaction is open, warm and prepared
         event.listen(engine, "before_cursor_execute", record)
         try:
-            pending = side.outbox.write_held(side.broker, session, held)
+            pending = side.outbox.write_held(session, held)
         finally:
             event.remove(engine, "before_cursor_execute", record)
         # Not committed yet: nothing to see from another connection
@@ -273,7 +275,7 @@ def test_send_and_send_many_raise_send_failed_without_postgresql(
 
     outbox = find_outbox(broker)
     assert outbox is not None
-    handed: list[Pending] = []
+    handed: list[JobRecord] = []
     outbox.publish = lambda broker, pending: handed.extend(pending)  # type: ignore[method-assign]
     try:
         with pytest.raises(SendFailed, match="nothing was sent"):
@@ -285,8 +287,8 @@ def test_send_and_send_many_raise_send_failed_without_postgresql(
     assert handed == []
 
 
-def _queued(tenant_id: int | None, **extra: Any) -> QueuedJob:
-    return QueuedJob(
+def _queued(tenant_id: int | None, **extra: Any) -> JobRecord:
+    return JobRecord(
         message_id=str(uuid.uuid4()),
         tenant_id=tenant_id,
         actor="send_statement_records",
@@ -335,9 +337,7 @@ def test_many_records_in_one_statement_say_what_one_record_says(
         with engine.begin() as connection:
             record_queued(connection, [existing])
             connection.execute(
-                update(Job)
-                .where(Job.message_id == existing["message_id"])
-                .values(status="succeeded")
+                update(Job).where(Job.message_id == existing.message_id).values(status="succeeded")
             )
         # Each kind of record written alone, then all of them (and the existing one) at once
         alone = [_queued(**kind) for kind in kinds]
@@ -345,27 +345,27 @@ def test_many_records_in_one_statement_say_what_one_record_says(
         with engine.begin() as connection:
             single = [record_queued(connection, [row]) for row in alone]
             many = record_queued(connection, [*together, existing])
-        stored = {row["message_id"]: _stored(engine, row["message_id"]) for row in alone}
-        stored |= {row["message_id"]: _stored(engine, row["message_id"]) for row in together}
-        stored[existing["message_id"]] = _stored(engine, existing["message_id"])
+        stored = {row.message_id: _stored(engine, row.message_id) for row in alone}
+        stored |= {row.message_id: _stored(engine, row.message_id) for row in together}
+        stored[existing.message_id] = _stored(engine, existing.message_id)
     finally:
         engine.dispose()
 
     assert single == [
-        {alone[0]["message_id"]: "queued"},
-        {alone[1]["message_id"]: "dead"},
-        {alone[2]["message_id"]: "queued"},
+        {alone[0].message_id: "queued"},
+        {alone[1].message_id: "dead"},
+        {alone[2].message_id: "queued"},
     ]
     assert many == {
-        together[0]["message_id"]: "queued",
-        together[1]["message_id"]: "dead",
-        together[2]["message_id"]: "queued",
+        together[0].message_id: "queued",
+        together[1].message_id: "dead",
+        together[2].message_id: "queued",
     }
     for one, other in zip(alone, together, strict=True):
-        assert stored[one["message_id"]] == stored[other["message_id"]]
-    assert stored[together[1]["message_id"]][7:9] == (
+        assert stored[one.message_id] == stored[other.message_id]
+    assert stored[together[1].message_id][7:9] == (
         False,
         f"UnknownTenant: tenant {missing} does not exist",
     )
-    assert stored[together[2]["message_id"]][9:] == (7, slot)
-    assert stored[existing["message_id"]][4] == "succeeded"
+    assert stored[together[2].message_id][9:] == (7, slot)
+    assert stored[existing.message_id][4] == "succeeded"

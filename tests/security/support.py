@@ -19,11 +19,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from db.models import Ingest, IngestItem, Schedule
-from middleware.outbox_rows import queued_job
+from middleware.outbox_rows import job_record
 from services import jobs
 from services.dead_letters import record_dead_letter
 from services.job_control import record_queued
 from services.locker import set_secret
+from services.records import JobRecord
 from services.tenants import create_tenant
 from settings import Settings
 from tests.reliability.kill_actors import record_effect
@@ -160,35 +161,27 @@ def make_tenant_b(rig: Rig, settings: Settings) -> TenantB:
             message = record_effect.message_with_options(
                 kwargs={"tenant_id": b, "key": f"b{b}-{key}"}
             ).copy(queue_name=rig.routing.queue_for(b))
-            record_queued(session, [queued_job(rig.producer, message)])
+            record_queued(session, [job_record(rig.producer, message)])
             ids.append(message.message_id)
         record = {"actor": record_effect.actor_name, "queue": rig.routing.queue_for(b)}
         now = dt.datetime.now(dt.UTC)
         jobs.finish(
             session,
-            {
-                "message_id": ids[1],
-                "tenant_id": b,
-                "args": {"tenant_id": b, "key": f"b{b}-succeeded"},
-                "attempts": 1,
-                "enqueued_at": now,
-                "started_at": now,
-                "finished_at": now,
-                "result": {"ok": True},
+            JobRecord(
+                message_id=ids[1],
+                tenant_id=b,
+                args={"tenant_id": b, "key": f"b{b}-succeeded"},
+                enqueued_at=now,
+                attempts=1,
+                started_at=now,
+                finished_at=now,
+                result={"ok": True},
                 **record,
-            },
+            ),
         )
-        jobs.record_failure(
-            session,
-            ids[2],
-            **record,
-            tenant_id=b,
-            args={"tenant_id": b},
-            attempt=3,
-            enqueued_at=None,
-            error="Boom",
-            dead=True,
-        )
+        failed = JobRecord(ids[2], b, args={"tenant_id": b}, enqueued_at=None, **record)
+        failed.attempts = 3
+        jobs.record_failure(session, failed, error="Boom", dead=True)
         record_dead_letter(
             session,
             message_id=ids[2],

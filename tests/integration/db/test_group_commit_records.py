@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -12,26 +13,25 @@ from sqlalchemy.orm import Session
 
 from db.models import Job
 from middleware.group_commit import GroupCommit
-from services.jobs import FinishedJob
+from services.records import JobRecord
 
 pytestmark = pytest.mark.integration
 
 
-def finished(**changes: object) -> FinishedJob:
+def finished(**changes: object) -> JobRecord:
     now = dt.datetime.now(dt.UTC)
-    job: FinishedJob = {
-        "message_id": str(uuid.uuid4()),
-        "tenant_id": None,
-        "actor": "group_test",
-        "queue": "group.q",
-        "args": {"n": 1, "text": "50% done, 'quoted'"},
-        "attempts": 1,
-        "enqueued_at": now - dt.timedelta(seconds=1),
-        "started_at": now,
-        "finished_at": now,
-        "result": None,
-    }
-    return {**job, **changes}  # type: ignore[typeddict-item]
+    job = JobRecord(
+        message_id=str(uuid.uuid4()),
+        tenant_id=None,
+        actor="group_test",
+        queue="group.q",
+        args={"n": 1, "text": "50% done, 'quoted'"},
+        enqueued_at=now - dt.timedelta(seconds=1),
+        attempts=1,
+        started_at=now,
+        finished_at=now,
+    )
+    return dataclasses.replace(job, **changes)  # type: ignore[arg-type]
 
 
 def stored(engine: Engine, message_id: str) -> Job | None:
@@ -45,18 +45,18 @@ def test_many_records_are_written_as_given_and_a_final_one_is_left_alone(engine:
     done = finished()
     assert group.submit(done).wait(10)
     # Again, as a copy that finished later: the record is final, nothing is changed.
-    again = group.submit({**done, "attempts": 2, "result": {"copy": True}})
+    again = group.submit(dataclasses.replace(done, attempts=2, result={"copy": True}))
     tickets = [group.submit(first), group.submit(second)]
     assert all(t.wait(10) for t in [again, *tickets])
     group.stop()
 
     assert [t.written for t in tickets] == [True, True] and again.written is False
-    record = stored(engine, first["message_id"])
+    record = stored(engine, first.message_id)
     assert record is not None
     assert (record.status, record.attempts, record.result) == ("succeeded", 1, {"rows": 2})
     assert record.args == {"n": 1, "text": "50% done, 'quoted'"}
-    assert record.started_at == first["started_at"] and record.enqueued_at == first["enqueued_at"]
-    kept = stored(engine, done["message_id"])
+    assert record.started_at == first.started_at and record.enqueued_at == first.enqueued_at
+    kept = stored(engine, done.message_id)
     assert kept is not None and (kept.attempts, kept.result) == (1, None)
 
 
@@ -73,21 +73,21 @@ def test_a_record_postgresql_refuses_holds_up_no_other_and_is_settled_all_the_sa
     group.stop()
 
     assert [t.written for t in tickets] == [False, True]
-    assert stored(engine, bad["message_id"]) is None
-    good_record = stored(engine, good["message_id"])
+    assert stored(engine, bad.message_id) is None
+    good_record = stored(engine, good.message_id)
     assert good_record is not None and good_record.status == "succeeded"
-    assert f"Could not write the record of group_test {bad['message_id']}" in caplog.text
+    assert f"Could not write the record of group_test {bad.message_id}" in caplog.text
 
 
 def test_two_copies_in_one_batch_write_the_record_once(engine: Engine) -> None:
     group = GroupCommit(engine, linger_seconds=0.05)
     job = finished()
-    tickets = [group.submit(job), group.submit({**job, "attempts": 2})]
+    tickets = [group.submit(job), group.submit(dataclasses.replace(job, attempts=2))]
     assert all(t.wait(10) for t in tickets)
     group.stop()
 
     assert [t.written for t in tickets] == [True, False]
-    record = stored(engine, job["message_id"])
+    record = stored(engine, job.message_id)
     assert record is not None and record.attempts == 1
 
 
@@ -99,7 +99,7 @@ def test_a_message_reusing_another_tenants_id_leaves_that_record_alone(engine: E
     with Session(engine) as session, session.begin():
         session.add(
             Job(
-                message_id=owner["message_id"],
+                message_id=owner.message_id,
                 tenant_id=1,
                 actor="group_test",
                 queue="tenant.1",
@@ -108,14 +108,14 @@ def test_a_message_reusing_another_tenants_id_leaves_that_record_alone(engine: E
             )
         )
     intruders = [
-        {**owner, "tenant_id": 2, "queue": "tenant.2", "result": {"taken": True}},
-        {**owner, "actor": "another_actor", "result": {"taken": True}},
+        dataclasses.replace(owner, tenant_id=2, queue="tenant.2", result={"taken": True}),
+        dataclasses.replace(owner, actor="another_actor", result={"taken": True}),
     ]
     tickets = [group.submit(job) for job in intruders]  # type: ignore[arg-type]
     assert all(t.wait(10) for t in tickets)
     group.stop()
 
     assert [t.written for t in tickets] == [False, False]
-    record = stored(engine, owner["message_id"])
+    record = stored(engine, owner.message_id)
     assert record is not None and (record.tenant_id, record.actor) == (1, "group_test")
     assert (record.status, record.result) == ("queued", None)

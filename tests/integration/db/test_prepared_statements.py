@@ -19,7 +19,8 @@ from db.session import make_engine, make_session_factory
 from middleware.db_session import DbSession
 from middleware.outbox_rows import send_engine
 from services import jobs
-from services.job_control import QueuedJob, record_queued
+from services.job_control import record_queued
+from services.records import JobRecord
 from settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -55,18 +56,18 @@ def run_a_job(
     with factory() as session, session.begin():
         done = jobs.finish(
             session,
-            {
-                "message_id": message_id,
-                "tenant_id": None,
-                "actor": "prepared_test",
-                "queue": "q",
-                "args": {"n": 1, "s": "50% done"},
-                "attempts": 2,
-                "enqueued_at": None,
-                "started_at": now,
-                "finished_at": now,
-                "result": result,
-            },
+            JobRecord(
+                message_id=message_id,
+                tenant_id=None,
+                actor="prepared_test",
+                queue="q",
+                args={"n": 1, "s": "50% done"},
+                enqueued_at=None,
+                attempts=2,
+                started_at=now,
+                finished_at=now,
+                result=result,
+            ),
         )
         assert done.written is True
         names = session.scalars(text("SELECT name FROM pg_prepared_statements ORDER BY name"))
@@ -212,7 +213,7 @@ def test_a_sends_queued_record_follows_the_setting_on_the_send_engine(
                 statuses = record_queued(
                     connection,
                     [
-                        QueuedJob(
+                        JobRecord(
                             message_id=message_id,
                             actor="prepared_test",
                             queue="q",

@@ -20,6 +20,7 @@ from db.migrate import upgrade_to_head
 from db.models import OutboxMessage
 from middleware.outbox_clearer import OutboxClearer
 from services import outbox
+from services.records import JobRecord
 from tests.support import wait_for
 from transport.publisher import Publisher, PublishFailed
 
@@ -37,20 +38,11 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 def rows(engine: Engine, count: int) -> list[int]:
     """`count` outbox rows; their ids."""
     now = dt.datetime.now(dt.UTC)
+    records = [
+        JobRecord(f"m{n}", 1, "a", "q", {}, now, body=b"{}", wait_ms=0) for n in range(count)
+    ]
     with Session(engine) as session, session.begin():
-        ids = outbox.add_messages(
-            session,
-            [
-                {
-                    "message_id": f"m{n}",
-                    "tenant_id": 1,
-                    "queue": "q",
-                    "body": "{}",
-                    "publish_at": now,
-                }
-                for n in range(count)
-            ],
-        )
+        ids = outbox.add_messages(session, records, now=now)
     return sorted(ids.values())
 
 

@@ -17,8 +17,8 @@ from sqlalchemy.pool import StaticPool
 
 from db.base import Base
 from db.models import Job, OutboxMessage
-from middleware.outbox_rows import Send, Written, write_sends
-from services.job_control import QueuedJob
+from middleware.outbox_rows import Written, write_sends
+from services.records import JobRecord
 from services.tenants import create_tenant
 
 
@@ -31,18 +31,17 @@ def session() -> Iterator[Session]:
     engine.dispose()
 
 
-def send(message_id: str, tenant_id: int | None, wait_ms: int = 10_000) -> Send:
-    job: QueuedJob = {
-        "message_id": message_id,
-        "tenant_id": tenant_id,
-        "actor": "a",
-        "queue": f"tenant.{tenant_id}",
-        "args": {"tenant_id": tenant_id},
-        "enqueued_at": dt.datetime.now(dt.UTC),
-        "schedule_id": None,
-        "slot_at": None,
-    }
-    return Send(job, f'{{"message_id": "{message_id}"}}', wait_ms)
+def send(message_id: str, tenant_id: int | None, wait_ms: int = 10_000) -> JobRecord:
+    return JobRecord(
+        message_id=message_id,
+        tenant_id=tenant_id,
+        actor="a",
+        queue=f"tenant.{tenant_id}",
+        args={"tenant_id": tenant_id},
+        enqueued_at=dt.datetime.now(dt.UTC),
+        body=f'{{"message_id": "{message_id}"}}'.encode(),
+        wait_ms=wait_ms,
+    )
 
 
 def test_queued_records_get_a_row_dead_and_existing_ones_none(session: Session) -> None:

@@ -23,6 +23,7 @@ from services.dead_letters import (
     take_for_requeue,
 )
 from services.errors import NotFound, PermanentError
+from services.records import JobRecord
 
 QUEUE = "tenant.1"
 
@@ -52,18 +53,9 @@ def dead(
 ) -> None:
     """Record a dead letter (and its dead job record, for a decodable one)."""
     if decodable:
-        jobs.record_failure(
-            session,
-            message_id,
-            actor=actor,
-            queue=QUEUE,
-            tenant_id=tenant_id,
-            args={"tenant_id": tenant_id},
-            attempt=3,
-            enqueued_at=None,
-            error="FetchRefused: 404",
-            dead=True,
-        )
+        record = JobRecord(message_id, tenant_id, actor, QUEUE, {"tenant_id": tenant_id}, None)
+        record.attempts = 3
+        jobs.record_failure(session, record, error="FetchRefused: 404", dead=True)
     record_dead_letter(
         session,
         message_id=message_id,

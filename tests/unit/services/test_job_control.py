@@ -10,27 +10,22 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, OutboxMessage, Tenant
 from services.errors import NotFound, PermanentError
-from services.job_control import (
-    QueuedJob,
-    cancel_job,
-    is_cancel_requested,
-    record_queued,
-)
-from services.outbox import OutboxRow, add_messages
+from services.job_control import cancel_job, is_cancel_requested, record_queued
+from services.outbox import add_messages
+from services.records import JobRecord
 
 
-def queued(message_id: str, tenant_id: int | None) -> QueuedJob:
+def queued(message_id: str, tenant_id: int | None) -> JobRecord:
     """A record as `send()` writes it."""
-    return {
-        "message_id": message_id,
-        "tenant_id": tenant_id,
-        "actor": "a",
-        "queue": "q",
-        "args": {"k": 1},
-        "enqueued_at": dt.datetime.now(dt.UTC),
-        "schedule_id": None,
-        "slot_at": None,
-    }
+    return JobRecord(
+        message_id=message_id,
+        tenant_id=tenant_id,
+        actor="a",
+        queue="q",
+        args={"k": 1},
+        enqueued_at=dt.datetime.now(dt.UTC),
+        body=b"{}",
+    )
 
 
 def set_status(session: Session, message_id: str, status: str) -> None:
@@ -59,14 +54,7 @@ def test_cancelling_a_job_that_has_not_run_makes_it_final_and_empties_its_outbox
 ) -> None:
     record_queued(sqlite_session, [queued("m", tenant.id)])
     set_status(sqlite_session, "m", status)
-    row: OutboxRow = {
-        "message_id": "m",
-        "tenant_id": tenant.id,
-        "queue": "q",
-        "body": "{}",
-        "publish_at": dt.datetime.now(dt.UTC),
-    }
-    add_messages(sqlite_session, [row])
+    add_messages(sqlite_session, [queued("m", tenant.id)])
 
     assert cancel_job(sqlite_session, "m") == "cancelled"
     assert sqlite_session.scalars(select(OutboxMessage)).all() == []
