@@ -33,6 +33,7 @@ from services.errors import (
     TenantDisabled,
     UnknownTenant,
     WorkerCrashed,
+    describe_error,
 )
 from services.records import JobRecord
 
@@ -58,12 +59,6 @@ KEPT_AS_DEAD_LETTER = "taskyard_dead_letter_id"
 
 
 OnGiveUp = Callable[[Session, dict[str, Any], str], None]
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line naming the error: its type and message."""
-    text = str(exc).strip() or "(no message)"
-    return f"{type(exc).__name__}: {text}"
 
 
 def small_result(result: Any, logger: logging.Logger) -> dict[str, Any] | None:
@@ -302,13 +297,7 @@ class DbSession(Middleware):
         if not done.written:
             # A copy finished first (or the job was cancelled): this copy's writes never commit.
             session.rollback()
-            jobs.check_owner(
-                session,
-                finished.message_id,
-                actor=finished.actor,
-                queue=finished.queue,
-                tenant_id=finished.tenant_id,
-            )
+            jobs.check_owner(session, finished)
             raise _Finished()
         if finished.tenant_id is not None:
             # Authoritative: the tenant's status read in the same statement.

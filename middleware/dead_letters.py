@@ -15,10 +15,10 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware
 from sqlalchemy.orm import Session, sessionmaker
 
-from middleware.db_session import KEPT_AS_DEAD_LETTER, describe_error
+from middleware.db_session import KEPT_AS_DEAD_LETTER
 from middleware.retry_policy import attempt_of
 from services.dead_letters import record_dead_letter
-from services.errors import valid_tenant_id
+from services.errors import describe_error, valid_tenant_id
 
 # Refusals whose message is kept whole, so it can be requeued once a worker knows its
 # actor (a deploy in progress).  Any other refused body is kept as evidence only: a

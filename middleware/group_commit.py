@@ -15,12 +15,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from services import jobs
+from services.dead_letters import record_dead_letter
+from services.errors import MessageIdTaken, describe_error
 from services.records import JobRecord
 
 # How many records one statement writes at most.
@@ -184,11 +188,16 @@ class GroupCommit:
         if failures:
             self.logger.info("Wrote the job records held back (%d)", len(batch))
         first: set[str] = set()
+        outcomes: list[tuple[Ticket, bool]] = []
         for ticket in batch:
             # Two copies of one message in a batch: the statement wrote the first one.
             ok = ticket.job.message_id in written and ticket.job.message_id not in first
             first.add(ticket.job.message_id)
-            if not ok and ticket.job.message_id not in unwritable:
+            outcomes.append((ticket, ok))
+        left = [t.job for t, ok in outcomes if not ok and t.job.message_id not in unwritable]
+        taken = {id(job) for job in self._keep_taken(left)}
+        for ticket, ok in outcomes:
+            if not ok and ticket.job.message_id not in unwritable and id(ticket.job) not in taken:
                 self.duplicates += 1
                 self.logger.info(
                     "%s %s already finished; its record was left as it was",
@@ -198,6 +207,47 @@ class GroupCommit:
                 )
             self.written += ok
             ticket.settle(written=ok)
+
+    def _keep_taken(self, left: list[JobRecord]) -> list[JobRecord]:
+        """Dead-letter those of `left` whose id is another job's record; returns them.
+
+        As the transactional path does (`MessageIdTaken`): that job's record was
+        left alone by the statement; the intruder is kept as a dead letter under
+        an id of its own, and its message is acknowledged.
+        """
+        if not left:
+            return []
+        try:
+            with Session(self.engine) as session, session.begin():
+                taken = jobs.taken_ids(session, left)
+                for job in taken:
+                    refused = MessageIdTaken(job.message_id)
+                    error = describe_error(refused)
+                    self.logger.warning(
+                        "%s %s: %s",
+                        job.actor,
+                        job.message_id,
+                        error,
+                        extra={"message_id": job.message_id, "actor": job.actor},
+                    )
+                    record_dead_letter(
+                        session,
+                        message_id=str(uuid.uuid4()),
+                        queue=job.queue,
+                        reason=refused.reason,
+                        error=error,
+                        traceback=None,
+                        attempts=job.attempts,
+                        actor=job.actor,
+                        tenant_id=job.tenant_id,
+                        message=job.message.asdict() if job.message is not None else None,
+                    )
+        except Exception:
+            self.logger.exception(
+                "Could not check the owners of %d record(s) not written", len(left)
+            )
+            return []
+        return taken
 
     def _write_once(self, batch: list[JobRecord]) -> set[str]:
         with self.engine.connect() as connection:

@@ -13,6 +13,12 @@ def valid_tenant_id(value: Any) -> TypeGuard[int]:
     return type(value) is int and 0 < value <= MAX_TENANT_ID
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line naming an error a job raised: its type and message (as its record keeps it)."""
+    text = str(exc).strip() or "(no message)"
+    return f"{type(exc).__name__}: {text}"
+
+
 class TaskyardError(Exception):
     """Base of every error Taskyard raises on purpose."""
 

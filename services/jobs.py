@@ -105,15 +105,30 @@ def _same_job(jobs: Any, new: Any) -> Any:
     )
 
 
-def check_owner(
-    session: Executor, message_id: str, *, actor: str, queue: str, tenant_id: int | None
-) -> None:
-    """Raise `MessageIdTaken` when the record of `message_id` belongs to another job."""
-    held = session.execute(
-        select(Job.actor, Job.queue, Job.tenant_id).where(Job.message_id == message_id)
-    ).first()
-    if held is not None and tuple(held) != (actor, queue, tenant_id):
-        raise MessageIdTaken(message_id)
+def check_owner(session: Executor, record: JobRecord) -> None:
+    """Raise `MessageIdTaken` when the record of `record`'s message id belongs to another job."""
+    if taken_ids(session, [record]):
+        raise MessageIdTaken(record.message_id)
+
+
+def taken_ids(session: Executor, records: list[JobRecord]) -> list[JobRecord]:
+    """Those of `records` whose message id is another job's record (as `check_owner` decides)."""
+    if not records:
+        return []
+    held = {
+        message_id: (actor, queue, tenant_id)
+        for message_id, actor, queue, tenant_id in session.execute(
+            select(Job.message_id, Job.actor, Job.queue, Job.tenant_id).where(
+                Job.message_id.in_([record.message_id for record in records])
+            )
+        ).all()
+    }
+    return [
+        record
+        for record in records
+        if record.message_id in held
+        and held[record.message_id] != (record.actor, record.queue, record.tenant_id)
+    ]
 
 
 class Finish(NamedTuple):

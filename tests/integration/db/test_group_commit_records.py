@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from db.models import Job
+from db.models import DeadLetter, Job
 from middleware.group_commit import GroupCommit
 from services.records import JobRecord
 
@@ -119,3 +119,14 @@ def test_a_message_reusing_another_tenants_id_leaves_that_record_alone(engine: E
     record = stored(engine, owner.message_id)
     assert record is not None and (record.tenant_id, record.actor) == (1, "group_test")
     assert (record.status, record.result) == ("queued", None)
+    # Each intruder is kept as a dead letter of its own, as the transactional path keeps it
+    assert group.duplicates == 0
+    with Session(engine) as session:
+        letters = session.scalars(
+            select(DeadLetter).where(DeadLetter.error.contains(owner.message_id))
+        ).all()
+    assert sorted((d.reason, d.tenant_id, d.actor) for d in letters) == [
+        ("message_id_taken", 1, "another_actor"),
+        ("message_id_taken", 2, "group_test"),
+    ]
+    assert all(d.message_id != owner.message_id for d in letters)
