@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First: in a worker or the scheduler, the log settings apply before the libraries below log.
+from middleware import log_setup  # isort: skip
+
 import datetime as dt
 
 import dramatiq
@@ -23,7 +26,7 @@ from middleware.runtime import Runtime
 from middleware.worker_state import StateSnapshot, WorkerState
 from services.job_control import cancel_requests_since
 from services.tenants import served_tenant_ids, tenant_statuses
-from settings import Settings, load_settings
+from settings import Settings
 from transport.consumer import ConsumerMultiplexing
 from transport.rabbitmq import DEFAULT_MAX_ETA_AHEAD_MS, TaskyardRabbitmqBroker
 
@@ -87,6 +90,9 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         # Freezes the booted process's objects out of the full GC passes that stop every
         # job; first, so its after_worker_boot runs last, once everything has booted.
         FrozenHeap(),
+        # In a worker process, logging never waits for the pipe to Dramatiq's main
+        # process; its after_worker_shutdown writes out every other's last lines.
+        log_setup.WorkerLogging(settings),
         # Prometheus metrics and one log line per job outcome; first of the message
         # hooks, so its after-hooks run last and see the outcome the retry policy and
         # the DB session decided.
@@ -94,7 +100,6 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
             session_factory=session_factory,
             queue_prefix=settings.queue_prefix,
             tenant_labels=settings.metrics_tenant_labels,
-            log_format=settings.log_format,
         ),
         # Interrupts a runaway actor; its timer covers everything below.
         TimeLimit(),
@@ -167,6 +172,6 @@ def build_broker(settings: Settings) -> Broker:
     return broker
 
 
-settings = load_settings()
+settings = log_setup.load_settings_or_exit()
 broker = build_broker(settings)
 dramatiq.set_broker(broker)

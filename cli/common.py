@@ -29,6 +29,7 @@ from db.models import (
     JOB_RUNNING,
 )
 from db.session import make_engine, make_session_factory
+from middleware.log_setup import configure_logging
 from services.errors import TaskyardError, UnknownTenant
 from settings import Settings, SettingsError, load_settings
 
@@ -37,6 +38,8 @@ T = TypeVar("T")
 EXIT_FAILED = 1
 # 2 is click's own exit code for a usage error (unknown option, invalid argument).
 EXIT_UNREACHABLE = 3
+# The format of the libraries' log lines `--debug` shows.
+CLI_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class _Id(click.IntRange):
@@ -284,8 +287,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Taskyard's operator tool: tenants, schedules, jobs, dead letters, workers, health."""
     ctx.obj = State(debug=debug)
     # The libraries' own log lines (a publisher retrying, a pool reconnecting) would
-    # break the one-line error; --debug shows them.
+    # break the one-line error; --debug shows them, at TASKYARD_LOG_LEVEL and in
+    # TASKYARD_LOG_FORMAT.
     if debug:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        configure_logging(ctx.obj.load_settings(), quiet_libraries=False, text_format=CLI_FORMAT)
     else:
         logging.getLogger().addHandler(logging.NullHandler())

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JOB_CANCELLED, JOB_SKIPPED, Job
 from middleware.metrics_labels import UNKNOWN_ACTOR, TenantLabels, queue_label
-from middleware.metrics_logging import BatchedLines, batch_lines, unbatch_lines, use_json_logs
 from middleware.metrics_server import (
     BEFORE_SCRAPE,
     command_dir,
@@ -39,8 +38,6 @@ QUEUE_BUCKETS = (
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 )  # fmt: skip
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# The per-job log lines are written at most this long after they were logged.
-LINES_EVERY_SECONDS = 0.2
 HEARTBEAT_EVERY_SECONDS = 5.0
 # Jobs' metrics are written to the Prometheus files this often (and on shutdown).
 FLUSH_EVERY_SECONDS = 1.0
@@ -157,7 +154,6 @@ class Metrics(Middleware):
         session_factory: sessionmaker[Session],
         queue_prefix: str = "",
         tenant_labels: int = 20,
-        log_format: str = "text",
         registry: Any = None,
         clock: Callable[[], float] = time.time,
         flush_every: float = FLUSH_EVERY_SECONDS,
@@ -167,12 +163,9 @@ class Metrics(Middleware):
         self.session_factory = session_factory
         self.queue_prefix = queue_prefix
         self.tenants = TenantLabels(tenant_labels)
-        self.log_format = log_format
         self.registry = registry
         self.clock = clock
         self.flush_every = flush_every
-        # The per-job lines held for a batched write (a worker process only).
-        self._lines: BatchedLines | None = None
         self.instruments: _Instruments | None = None
         self._started: dict[str, float] = {}
         self._delayed: set[str] = set()
@@ -214,18 +207,10 @@ class Metrics(Middleware):
             registry = prometheus_client.CollectorRegistry()
         self.instruments = make_instruments(registry)
 
-    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        """Switch this process's log lines to JSON when asked."""
-        if self.log_format == "json":
-            use_json_logs()
-
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Start the thread that writes the metrics out and beats the heartbeat."""
         self._beat()
         BEFORE_SCRAPE.append(self.flush)
-        if self.registry is None:
-            # A worker process of `dramatiq actors`: the per-job lines are written in batches.
-            self._lines = batch_lines(self.outcome_logger)
         self._thread = threading.Thread(target=self._run, name="taskyard-metrics", daemon=True)
         self._thread.start()
 
@@ -236,9 +221,6 @@ class Metrics(Middleware):
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         """Write out the last jobs' metrics, then mark this process dead for the merged view."""
         self.flush()
-        if self._lines is not None:
-            unbatch_lines(self.outcome_logger, self._lines)
-            self._lines = None
         if self.flush in BEFORE_SCRAPE:
             BEFORE_SCRAPE.remove(self.flush)
         if self.registry is None and "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -249,8 +231,7 @@ class Metrics(Middleware):
     def _run(self) -> None:
         now = time.monotonic()
         next_beat, next_flush = now + HEARTBEAT_EVERY_SECONDS, now + self.flush_every
-        while not self._stop.wait(min(self.flush_every, LINES_EVERY_SECONDS)):
-            self._write_lines()
+        while not self._stop.wait(min(self.flush_every, HEARTBEAT_EVERY_SECONDS)):
             now = time.monotonic()
             if now >= next_flush:
                 next_flush = now + self.flush_every
@@ -258,13 +239,7 @@ class Metrics(Middleware):
             if now >= next_beat:
                 next_beat += HEARTBEAT_EVERY_SECONDS
                 self._beat()
-        self._write_lines()
         self._flush_logged()
-
-    def _write_lines(self) -> None:
-        lines = self._lines
-        if lines is not None:
-            lines.flush()
 
     def _flush_logged(self) -> None:
         try:

@@ -24,6 +24,10 @@ import pika
 from sqlalchemy import Engine, func, select, text
 
 from db.models import OutboxMessage
+
+# Loaded by the fork process (this module is its entry point): the log settings apply
+# from its first line (see middleware/log_setup.py).
+from middleware.log_setup import configure_logging
 from middleware.metrics_labels import queue_label
 
 # Directories are named after the command's main process: its pid and start time.
@@ -223,6 +227,7 @@ def run_exposition_server() -> int:
     from settings import load_settings
 
     settings = load_settings()
+    configure_logging(settings)
     directory = command_dir()
     directory.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings)
