@@ -106,7 +106,14 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         # Consumes every queue of a worker over one connection and thread, not one
         # each (1,000 tenants are 2,000 queues); only replaces the worker's consumers
         # at boot, and does nothing on the stub broker.
-        ConsumerMultiplexing(keep_queue=routing.still_served),
+        # Also holds each process's unacknowledged messages to TASKYARD_PREFETCH and runs the
+        # tenants' jobs in fair shares (TASKYARD_TENANT_WEIGHTS), not first-in first-out.
+        ConsumerMultiplexing(
+            keep_queue=routing.still_served,
+            tenant_of_queue=routing.tenant_of_queue,
+            prefetch=settings.prefetch,
+            tenant_weights=dict(settings.tenant_weights),
+        ),
         # Keeps every message the worker nacks in the database (RabbitMQ's dead-letter
         # queue drops it after 7 days); early, so no later before_nack can skip it.
         dead_letters,

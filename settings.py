@@ -65,6 +65,14 @@ class Settings:
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
+    # Messages a worker process holds unacknowledged across its tenant and system queues
+    # (0: 8 per worker thread, as many as one busy queue needs to keep the threads busy
+    # while acks wait for the group commit). When more queues are busy than this, each
+    # still holds one. Delay queues are not counted (see README, "Fairness").
+    prefetch: int = 0
+    # Each tenant's share of a worker's job starts while tenants wait (default 1), as
+    # (tenant id, weight) pairs: a tenant of weight 2 starts twice as many jobs.
+    tenant_weights: tuple[tuple[int, float], ...] = ()
     # Tenants given a label of their own in `taskyard_tenant_jobs_total` (the
     # busiest since the worker started; at most twice this many), the rest `other`.
     metrics_tenant_labels: int = 20
@@ -127,6 +135,25 @@ def _parse_tenants(raw: str) -> tuple[int, ...]:
     if any(tenant_id < 1 for tenant_id in ids):
         raise ValueError("tenant ids are positive integers")
     return ids
+
+
+def _parse_tenant_weights(raw: str) -> tuple[tuple[int, float], ...]:
+    weights: dict[int, float] = {}
+    for part in (part.strip() for part in raw.split(",")):
+        if not part:
+            continue
+        tenant, sep, weight = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r} has no '='")
+        tenant_id, value = int(tenant.strip()), float(weight.strip())
+        if tenant_id < 1:
+            raise ValueError("tenant ids are positive integers")
+        if not (value > 0 and value != float("inf")):
+            raise ValueError(f"tenant {tenant_id}'s weight must be a number greater than 0")
+        if tenant_id in weights:
+            raise ValueError(f"tenant {tenant_id} is given twice")
+        weights[tenant_id] = value
+    return tuple(sorted(weights.items()))
 
 
 def _parse_choice(*choices: str) -> Callable[[str], str]:
@@ -295,6 +322,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_host=_read(env, p + "METRICS_HOST", str, d.metrics_host, "a host address"),
         metrics_port=_read(
             env, p + "METRICS_PORT", _parse_port, d.metrics_port, "a TCP port number"
+        ),
+        prefetch=_read(
+            env,
+            p + "PREFETCH",
+            _parse_int(0),
+            d.prefetch,
+            "a whole number of messages >= 0 (0: 8 per worker thread)",
+        ),
+        tenant_weights=_read(
+            env,
+            p + "TENANT_WEIGHTS",
+            _parse_tenant_weights,
+            d.tenant_weights,
+            "comma-separated tenant=weight pairs, e.g. 12=2,40=0.5",
         ),
         metrics_tenant_labels=_read(
             env,

@@ -32,6 +32,10 @@ class Sizes:
     latency: int
     fairness_backlog: int
     fairness_probes: int
+    # Fairness at scale: the noisy tenant counts, their backlog in all, B's probes (1/s).
+    scale_tenants: tuple[int, ...]
+    scale_backlog: int
+    scale_probes: int
     tenants: int
     idle_seconds: float
     # Seconds a fresh worker gets to declare and subscribe to every queue before measuring.
@@ -43,7 +47,16 @@ class Sizes:
 
 
 # The scenarios in the order they run (`--only` takes these names).
-SCENARIOS = ("throughput", "send", "latency", "fairness", "scheduler", "tenant-scale", "memory")
+SCENARIOS = (
+    "throughput",
+    "send",
+    "latency",
+    "fairness",
+    "fairness-scale",
+    "scheduler",
+    "tenant-scale",
+    "memory",
+)
 # Where the time goes and what stands in the way of each target: written by hand
 # from profiles, appended to the generated report.
 ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
@@ -57,6 +70,9 @@ FULL = Sizes(
     latency=400,
     fairness_backlog=10_000,
     fairness_probes=50,
+    scale_tenants=(1, 10, 100, 1_000),
+    scale_backlog=30_000,
+    scale_probes=20,
     tenants=1_000,
     idle_seconds=20,
     settle=5,
@@ -72,6 +88,9 @@ SMOKE = Sizes(
     latency=20,
     fairness_backlog=40,
     fairness_probes=5,
+    scale_tenants=(2,),
+    scale_backlog=100,
+    scale_probes=2,
     tenants=20,
     idle_seconds=1,
     settle=1,
@@ -113,7 +132,11 @@ def notes(sizes: Sizes, bulk_calls: int) -> list[str]:
         f"Sizes: throughput {sizes.throughput:,} jobs per run; send {sizes.send:,} messages "
         f"(bulk: {bulk_calls} calls); latency {sizes.latency:,} probes at 200/s, after one "
         "unmeasured send that opens the producer's connections; fairness A's backlog "
-        f"{sizes.fairness_backlog:,} and {sizes.fairness_probes} B jobs; memory "
+        f"{sizes.fairness_backlog:,} and {sizes.fairness_probes} B jobs; fairness at scale "
+        f"{sizes.scale_backlog:,} no-op jobs split among each N noisy tenants, "
+        f"{sizes.scale_probes} B jobs one a second from when the worker is ready (only those "
+        "sent before the backlog's last job ended count), run once, unacknowledged messages "
+        "read from `rabbitmqctl list_channels` about once a second; memory "
         f"{sizes.memory_small:,} → {sizes.memory_large:,} jobs; tenant scale and memory "
         "run once. The harness queues Taskyard's backlogs with `send_many` (500 per "
         "call) and bare Dramatiq's with `send()`: queueing is set-up, not measured.",
@@ -147,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-bench-")))
     env.export()
     # Imported only now: Taskyard reads its settings when its broker is built.
-    from bench import fairness, latency, memory, scheduler, send, tenant_scale, throughput
+    from bench import (
+        fairness,
+        fairness_scale,
+        latency,
+        memory,
+        scheduler,
+        send,
+        tenant_scale,
+        throughput,
+    )
     from bench.systems import BareDramatiq, Celery, Procrastinate, Taskyard, all_queues, engine_of
 
     taskyard, dramatiq = Taskyard(env), BareDramatiq(env)
@@ -209,6 +241,16 @@ def main(argv: list[str] | None = None) -> int:
                 backlog=sizes.fairness_backlog,
                 probes=sizes.fairness_probes,
                 runs=sizes.runs,
+            ),
+        ),
+        (
+            "fairness scale",
+            lambda: fairness_scale.run(
+                taskyard,
+                dramatiq,
+                tenants=sizes.scale_tenants,
+                backlog=sizes.scale_backlog,
+                probes=sizes.scale_probes,
             ),
         ),
         (

@@ -42,6 +42,8 @@ class Tally(TypedDict):
     first_start: float
     last_end: float
     delays: list[float]
+    # Each record's start, in the order of `delays`.
+    starts: list[float]
 
 
 RECORD_BYTES = 49  # "%17.6f %17.6f %+012.6f\n"
@@ -78,6 +80,7 @@ def read_tally(path: Path, count: int) -> Tally | None:
         "first_start": min(float(r[0]) for r in rows),
         "last_end": max(float(r[1]) for r in rows),
         "delays": [float(r[2]) for r in rows],
+        "starts": [float(r[0]) for r in rows],
     }
 
 

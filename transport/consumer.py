@@ -5,10 +5,19 @@ queue and every delay queue: a worker serving 1,000 tenants would hold 2,000
 connections and threads.  `ConsumerMultiplexing` replaces the worker's
 `_add_consumer` so that every queue is consumed by one `MultiplexingConsumer`
 instead: one connection, one channel for the queues and one for the delay
-queues, one `basic_consume` per queue.  RabbitMQ applies a channel's
-`basic_qos` (global=False) to each consumer on it, so every queue still
-prefetches at most `queue_prefetch` messages (`delay_prefetch` for a delay
-queue): one tenant's backlog cannot fill the work queue ahead of another's.
+queues, one `basic_consume` per queue.
+
+The process holds a bounded number of unacknowledged messages, however many
+queues are busy: each queue's one consumer takes one message at a time, and
+the queues found busy share the bound as larger prefetches
+(`transport/prefetch.py`).  A consumer's prefetch is fixed when it starts (the
+channel's `basic_qos`, global=False, applies to consumers started after it),
+so a queue's prefetch changes by starting a new consumer and cancelling the
+old one, whose unacknowledged deliveries stay with the channel.
+What the threads run next is chosen fairly across tenants by the work queue
+that replaces Dramatiq's (`transport/fair_queue.py`).  A delay queue keeps a
+prefetch of its own (`delay_prefetch`): its messages wait in memory for their
+eta, at most the outbox's delay threshold away.
 
 The consumer is a `ConsumerThread` registered in `worker.consumers` under every
 queue name, so Dramatiq's own code keeps doing the rest: the worker threads ack
@@ -23,7 +32,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from queue import PriorityQueue
 from typing import Any
 
@@ -36,6 +45,8 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware
 from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQueueItem
 
+from transport.fair_queue import FairWorkQueue
+from transport.prefetch import PrefetchShares, QueueLoad
 from transport.rabbitmq import Refusal, TaskyardRabbitmqBroker
 
 # Queues started per pass of the loop: declaring 1,000 tenants' queues takes
@@ -48,9 +59,15 @@ AMQP_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelE
 
 
 # Dramatiq prefetches two messages per worker thread; a message also stays unacknowledged
-# while its record waits for the group commit, so each queue may hold this many times
+# while its record waits for the group commit, so the process may hold this many times
 # more, or the threads would wait for deliveries while finished jobs wait for their acks.
 ACK_WAIT_PREFETCH_FACTOR = 4
+# Messages a queue's consumer holds unacknowledged unless the queue is busy.
+CONSUMER_PREFETCH = 1
+# How often the consumer looks at which queues are busy and resizes their prefetch.
+REBALANCE_SECONDS = 0.1
+# Consumers replaced per look at most (each is two or three round trips to RabbitMQ).
+REBALANCE_CHANGES = 32
 
 
 def is_delay_queue(queue_name: str) -> bool:
@@ -101,28 +118,108 @@ class _Link(Consumer):
             channel.add_on_cancel_callback(self._cancelled)
             self.channels[delay] = channel
         self._queue_of_tag: dict[str, str] = {}
-        self._unsettled: set[tuple[int, int]] = set()
+        # Each queue's (not delay queue's) current consumer tag and its prefetch.
+        self._current: dict[str, tuple[str, int]] = {}
+        self.queue_prefetch = queue_prefetch
+        # The prefetch the queues' channel gives the next consumer started on it.
+        self._next_prefetch = queue_prefetch
+        # Each unsettled delivery's queue and consumer tag, and how many each one holds.
+        self._unsettled: dict[tuple[int, int], tuple[str, str]] = {}
+        self._in_hand: dict[str, int] = {}
+        self._held_by: dict[str, int] = {}
+        # Deliveries of each queue since `loads` was last called.
+        self._delivered: dict[str, int] = {}
         self._lock = threading.Lock()
         # (channel, delivery tag, ack?) settled by worker threads, sent by the next drain.
         self._settles: list[tuple[Any, int, bool]] = []
         self._drain_scheduled = False
         self.closed = False
 
-    def consume(self, queue_name: str, on_message: Any) -> None:
-        """Deliver `queue_name`'s messages to `on_message(channel, method, props, body)`."""
-        tag = self.channels[is_delay_queue(queue_name)].basic_consume(queue_name, on_message)
+    def consume(self, queue_name: str, on_message: Any, prefetch: int = 0) -> str:
+        """Deliver `queue_name`'s messages to `on_message(channel, method, props, body)`.
+
+        A queue (not a delay queue) consumed again gets a new consumer holding
+        at most `prefetch` messages (default: the link's), and the old one is
+        cancelled; returns the consumer's tag.
+        """
+        delay = is_delay_queue(queue_name)
+        channel = self.channels[delay]
+        prefetch = prefetch or self.queue_prefetch
+        if not delay and prefetch != self._next_prefetch:
+            channel.basic_qos(prefetch_count=prefetch, global_qos=False)
+            self._next_prefetch = prefetch
+        tag: str = channel.basic_consume(queue_name, on_message)
         self._queue_of_tag[tag] = queue_name
+        if not delay:
+            old = self._current.get(queue_name)
+            self._current[queue_name] = (tag, prefetch)
+            if old is not None:
+                self._cancel(old[0])
+        return tag
+
+    def _cancel(self, tag: str) -> None:
+        # Called when the consumer holds all it may (no delivery on the way), or its queue
+        # is drained: a delivery on the way when it is cancelled is rejected back to the
+        # queue by pika and comes back flagged redelivered (which the engine counts as a
+        # possible crash).
+        del self._queue_of_tag[tag]
+        self.channels[False].basic_cancel(tag)
+
+    def prefetch_of(self, queue_name: str) -> int:
+        """The prefetch of the queue's current consumer (0: not consumed)."""
+        current = self._current.get(queue_name)
+        return 0 if current is None else current[1]
+
+    def held(self, queue_name: str) -> tuple[int, int]:
+        """The queue's deliveries not settled: all of them, and its current consumer's."""
+        current = self._current.get(queue_name)
+        with self._lock:
+            return (
+                self._in_hand.get(queue_name, 0),
+                0 if current is None else self._held_by.get(current[0], 0),
+            )
+
+    def loads(self) -> dict[str, QueueLoad]:
+        """The queues holding or given a delivery, or a prefetch above one, with the counts."""
+        with self._lock:
+            in_hand = dict(self._in_hand)
+            delivered, self._delivered = self._delivered, {}
+        names = (
+            set(in_hand)
+            | set(delivered)
+            | {name for name, (_, prefetch) in self._current.items() if prefetch > 1}
+        )
+        return {
+            name: QueueLoad(self.prefetch_of(name), in_hand.get(name, 0), delivered.get(name, 0))
+            for name in names
+            if name in self._current
+        }
+
+    def in_hand(self) -> int:
+        """Deliveries of the queues (not the delay queues) not settled yet."""
+        with self._lock:
+            return sum(self._in_hand.values())
 
     def _cancelled(self, method_frame: Any) -> None:
-        # RabbitMQ cancels the consumer of a queue that was deleted.
-        queue_name = self._queue_of_tag.pop(method_frame.method.consumer_tag, None)
-        if queue_name is not None:
-            self.on_cancel(queue_name)
+        # RabbitMQ cancels the consumers of a queue that was deleted.
+        tag = method_frame.method.consumer_tag
+        queue_name = self._queue_of_tag.pop(tag, None)
+        if queue_name is None:
+            return
+        if self._current.get(queue_name, ("",))[0] == tag:
+            del self._current[queue_name]
+        if not is_delay_queue(queue_name) and queue_name in self._current:
+            return  # a consumer replaced before RabbitMQ cancelled it: the queue's is still on
+        self.on_cancel(queue_name)
 
-    def track(self, channel_number: int, tag: int) -> None:
+    def track(self, channel_number: int, tag: int, queue_name: str, consumer_tag: str) -> None:
         """Remember a delivery until a worker thread settles it."""
         with self._lock:
-            self._unsettled.add((channel_number, tag))
+            self._unsettled[(channel_number, tag)] = (queue_name, consumer_tag)
+            if not is_delay_queue(queue_name):
+                self._in_hand[queue_name] = self._in_hand.get(queue_name, 0) + 1
+                self._delivered[queue_name] = self._delivered.get(queue_name, 0) + 1
+                self._held_by[consumer_tag] = self._held_by.get(consumer_tag, 0) + 1
 
     def ack(self, message: MessageProxy) -> None:
         """Acknowledge a delivery (from any thread)."""
@@ -140,9 +237,11 @@ class _Link(Consumer):
         assert isinstance(message, _Delivery)
         key = (message.channel_number, message._tag)
         with self._lock:
-            known = message.link is self and key in self._unsettled
-            self._unsettled.discard(key)
-        if not known:
+            origin = self._unsettled.pop(key, None) if message.link is self else None
+            if origin is not None and not is_delay_queue(origin[0]):
+                _count_down(self._in_hand, origin[0])
+                _count_down(self._held_by, origin[1])
+        if origin is None:
             self.logger.warning(
                 "Could not settle message %s: its connection was closed, so RabbitMQ redelivers it",
                 message.message_id,
@@ -190,6 +289,9 @@ class _Link(Consumer):
         self.closed = True
         with self._lock:
             self._unsettled.clear()
+            self._in_hand.clear()
+            self._held_by.clear()
+            self._delivered.clear()
         try:
             if self.connection.is_open:
                 # Callbacks run in order: once this one has, every ack before it is written.
@@ -201,6 +303,14 @@ class _Link(Consumer):
         except Exception:
             # The server may be gone already; the unacked messages come back anyway.
             self.logger.debug("Could not close the connection cleanly", exc_info=True)
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _nothing() -> None:
@@ -218,7 +328,7 @@ class MultiplexingConsumer(ConsumerThread):
         *,
         broker: TaskyardRabbitmqBroker,
         work_queue: PriorityQueue[_WorkQueueItem],
-        queue_prefetch: int,
+        prefetch_bound: int,
         delay_prefetch: int,
         worker_timeout: int,
         restart_delay: float = CONSUMER_RESTART_DELAY_SECS,
@@ -227,7 +337,7 @@ class MultiplexingConsumer(ConsumerThread):
         super().__init__(
             broker=broker,
             queue_name="*",
-            prefetch=queue_prefetch,
+            prefetch=prefetch_bound,
             work_queue=work_queue,
             worker_timeout=worker_timeout,
         )
@@ -244,6 +354,9 @@ class MultiplexingConsumer(ConsumerThread):
         self._queues: list[str] = []
         self._pending: list[str] = []
         self._start_requested = False
+        # How the bound is shared among busy queues; new with every connection.
+        self.shares = PrefetchShares(prefetch_bound)
+        self._rebalanced_at = 0.0
 
     @property
     def queue_names(self) -> list[str]:
@@ -316,10 +429,11 @@ class MultiplexingConsumer(ConsumerThread):
         if self.consumer is None:
             self.consumer = _Link(
                 pika.BlockingConnection(self.broker.named_parameters("consumer")),
-                queue_prefetch=self.prefetch,
+                queue_prefetch=CONSUMER_PREFETCH,
                 delay_prefetch=self.delay_prefetch,
                 on_cancel=self._resume_queue,
             )
+            self.shares = PrefetchShares(self.prefetch)
             with self._lock:
                 self._pending = list(self._queues)
                 self._consuming_all = False
@@ -335,6 +449,29 @@ class MultiplexingConsumer(ConsumerThread):
         wait = 0 if more else self.worker_timeout / 1000
         self.consumer.connection.process_data_events(time_limit=wait)
         self.handle_delayed_messages()
+        now = time.monotonic()
+        if now - self._rebalanced_at >= REBALANCE_SECONDS:
+            self._rebalanced_at = now
+            self.rebalance(self.consumer)
+
+    def rebalance(self, link: _Link) -> int:
+        """Resize the queues' prefetch as the shares say; how many consumers were replaced."""
+        changes = 0
+        for queue_name, wanted in self.shares.plan(link.loads()).items():
+            have = link.prefetch_of(queue_name)
+            if not have or changes >= REBALANCE_CHANGES:
+                continue  # not consumed (deleted, or not started yet), or enough for one look
+            in_hand, current = link.held(queue_name)
+            # Everything the queue holds stays in hand when its consumer is replaced, so
+            # the new consumer's room is its share less that.
+            target = max(1, wanted - in_hand)
+            # Replaced to shrink at once (drained, or others got busy), or to grow when its
+            # consumer holds all it may: then no delivery is on the way to it.
+            if wanted < have or (target > have and current >= have):
+                on_message = functools.partial(self._on_message, link, queue_name)
+                link.consume(queue_name, on_message, prefetch=target)
+                changes += 1
+        return changes
 
     def _start_pending(self, link: _Link) -> int:
         pending = self.take_pending()
@@ -372,7 +509,7 @@ class MultiplexingConsumer(ConsumerThread):
             self.broker.report_poison(queue_name, body, verdict)
             link.reject(channel, method.delivery_tag)
             return
-        link.track(channel.channel_number, method.delivery_tag)
+        link.track(channel.channel_number, method.delivery_tag, queue_name, method.consumer_tag)
         delivery = _Delivery(
             link, channel.channel_number, method.delivery_tag, method.redelivered, verdict
         )
@@ -436,19 +573,35 @@ class MultiplexingConsumer(ConsumerThread):
 class ConsumerMultiplexing(Middleware):
     """Makes a worker consume all its queues with one `MultiplexingConsumer` (RabbitMQ only)."""
 
-    def __init__(self, *, keep_queue: Callable[[str], bool] = lambda queue_name: True) -> None:
+    def __init__(
+        self,
+        *,
+        keep_queue: Callable[[str], bool] = lambda queue_name: True,
+        tenant_of_queue: Callable[[str], int | None] = lambda queue_name: None,
+        prefetch: int = 0,
+        tenant_weights: Mapping[int, float] | None = None,
+    ) -> None:
+        """`prefetch`: messages a process holds unacknowledged (0: 8 per worker thread)."""
         self.logger = logging.getLogger(type(self).__name__)
         # Whether a queue RabbitMQ deleted is declared and consumed again (tenant routing's).
         self.keep_queue = keep_queue
+        # Whose a queue is (tenant routing's one rule), for the fair work queue.
+        self.tenant_of_queue = tenant_of_queue
+        self.prefetch = prefetch
+        self.tenant_weights = dict(tenant_weights or {})
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        """Replace the worker's one-thread-per-queue consumers before the first one starts."""
+        """Replace the worker's consumers and its work queue before the first thread starts."""
         if not isinstance(broker, TaskyardRabbitmqBroker):
             return
+        # The worker threads, started after this hook, take from the fair queue.
+        worker.work_queue = FairWorkQueue(
+            tenant_of_queue=self.tenant_of_queue, weights=self.tenant_weights
+        )
         consumer = MultiplexingConsumer(
             broker=broker,
             work_queue=worker.work_queue,
-            queue_prefetch=worker.queue_prefetch * ACK_WAIT_PREFETCH_FACTOR,
+            prefetch_bound=self.prefetch or worker.queue_prefetch * ACK_WAIT_PREFETCH_FACTOR,
             delay_prefetch=worker.delay_prefetch,
             worker_timeout=worker.worker_timeout,
             keep_queue=self.keep_queue,

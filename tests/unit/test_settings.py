@@ -61,6 +61,12 @@ def test_values_are_parsed_and_typed() -> None:
         ("TASKYARD_QUEUE_PREFIX", "bad prefix", "a queue-name prefix"),
         ("TASKYARD_METRICS_PORT", "http", "a TCP port number"),
         ("TASKYARD_DB_PREPARED_STATEMENTS", "sometimes", "true or false"),
+        ("TASKYARD_PREFETCH", "-1", "a whole number of messages"),
+        ("TASKYARD_TENANT_WEIGHTS", "12", "tenant=weight pairs"),
+        ("TASKYARD_TENANT_WEIGHTS", "12=0", "tenant=weight pairs"),
+        ("TASKYARD_TENANT_WEIGHTS", "12=nan", "tenant=weight pairs"),
+        ("TASKYARD_TENANT_WEIGHTS", "0=2", "tenant=weight pairs"),
+        ("TASKYARD_TENANT_WEIGHTS", "12=2,12=3", "given twice"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_was_expected(
@@ -69,6 +75,15 @@ def test_a_bad_value_names_the_variable_and_what_was_expected(
     with pytest.raises(SettingsError, match=name) as raised:
         load_settings({name: value})
     assert expected in str(raised.value)
+
+
+def test_tenant_weights_and_the_prefetch_bound_are_parsed() -> None:
+    settings = load_settings(
+        {"TASKYARD_TENANT_WEIGHTS": " 40=0.5, 12=2 ,", "TASKYARD_PREFETCH": "32"}
+    )
+    assert settings.tenant_weights == ((12, 2.0), (40, 0.5))
+    assert settings.prefetch == 32
+    assert load_settings({}).tenant_weights == () and load_settings({}).prefetch == 0
 
 
 def test_a_bad_url_never_shows_its_password() -> None:

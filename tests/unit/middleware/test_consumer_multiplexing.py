@@ -15,6 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 
 from transport.consumer import ConsumerMultiplexing, MultiplexingConsumer, _Delivery, _Link
+from transport.fair_queue import FairWorkQueue
 from transport.rabbitmq import TaskyardRabbitmqBroker
 
 QUEUE = "tenant.1"
@@ -32,7 +33,11 @@ class FakeChannel:
 
     def basic_consume(self, queue: str, on_message: Callable[..., None]) -> str:
         self.calls.append(("consume", queue))
-        return f"ctag-{queue}"
+        consumed = sum(1 for call in self.calls if call == ("consume", queue))
+        return f"ctag-{queue}" if consumed == 1 else f"ctag-{queue}-{consumed}"
+
+    def basic_cancel(self, tag: str) -> None:
+        self.calls.append(("cancel", tag))
 
     def add_on_cancel_callback(self, callback: Callable[[Any], None]) -> None:
         self.on_cancel = callback
@@ -78,7 +83,7 @@ def consumer(broker: TaskyardRabbitmqBroker) -> MultiplexingConsumer:
     return MultiplexingConsumer(
         broker=broker,
         work_queue=Worker(broker).work_queue,
-        queue_prefetch=8,
+        prefetch_bound=8,
         delay_prefetch=4000,
         worker_timeout=100,
     )
@@ -95,10 +100,17 @@ def body(queue_name: str = QUEUE, **options: Any) -> bytes:
 
 
 def deliver(
-    consumer: MultiplexingConsumer, link: _Link, queue_name: str, data: bytes, tag: int
+    consumer: MultiplexingConsumer,
+    link: _Link,
+    queue_name: str,
+    data: bytes,
+    tag: int,
+    consumer_tag: str = "",
 ) -> None:
     channel = link.channels[queue_name.endswith(".DQ")]
-    method = SimpleNamespace(delivery_tag=tag, redelivered=False)
+    method = SimpleNamespace(
+        delivery_tag=tag, redelivered=False, consumer_tag=consumer_tag or f"ctag-{queue_name}"
+    )
     consumer._on_message(link, queue_name, channel, method, None, data)
 
 
@@ -288,7 +300,7 @@ def test_a_deleted_tenants_queue_is_let_go_not_declared_again(
     consumer = MultiplexingConsumer(
         broker=broker,
         work_queue=Worker(broker).work_queue,
-        queue_prefetch=8,
+        prefetch_bound=8,
         delay_prefetch=4000,
         worker_timeout=100,
         keep_queue=lambda queue_name: queue_name != QUEUE,
@@ -407,3 +419,55 @@ def test_a_boot_that_cannot_consume_in_time_says_so_and_goes_on(
     with caplog.at_level(logging.WARNING):
         middleware.after_worker_boot(broker, worker)
     assert "Not consuming every queue" in caplog.text
+
+
+def test_a_busy_queue_gets_the_bound_as_its_prefetch_and_gives_it_back(
+    consumer: MultiplexingConsumer, link: _Link
+) -> None:
+    # Given a queue whose consumer (prefetch 1) holds a delivery at two looks in a row
+    consumer.consumer = link
+    link.consume(QUEUE, print, prefetch=1)
+    deliver(consumer, link, QUEUE, body(), tag=1)
+    assert consumer.rebalance(link) == 0
+
+    # When the consumer looks again, a consumer with the bound (8) less what the queue
+    # holds (1) replaces it
+    assert consumer.rebalance(link) == 1
+    calls = link.channels[False].calls
+    assert calls[-3:] == [("qos", 7, False), ("consume", QUEUE), ("cancel", f"ctag-{QUEUE}")]
+    assert link.prefetch_of(QUEUE) == 7
+    # And what the replaced consumer holds still counts, and is still settled
+    assert link.held(QUEUE) == (1, 0)
+
+    # When another queue gets busy while the first holds 8, the first gets a prefetch of
+    # one (its share, 4, is in hand already) and the other does not grow yet
+    other = "tenant.2"
+    link.consume(other, print, prefetch=1)
+    for tag in range(2, 9):
+        deliver(consumer, link, QUEUE, body(), tag=tag, consumer_tag=f"ctag-{QUEUE}-2")
+    deliver(consumer, link, other, body(other), tag=10, consumer_tag=f"ctag-{other}")
+    consumer.rebalance(link)
+    consumer.rebalance(link)
+    assert link.prefetch_of(QUEUE) == 1 and link.prefetch_of(other) == 1
+    assert link.in_hand() == 9
+
+    # Then, once everything is settled and the hold is over, both go back to one
+    while not consumer.work_queue.empty():
+        consumer.post_process_message(consumer.work_queue.get_nowait().message)
+    assert link.in_hand() == 0
+    for _ in range(20):
+        consumer.rebalance(link)
+    assert link.prefetch_of(QUEUE) == 1 and link.prefetch_of(other) == 1
+
+
+def test_the_worker_takes_jobs_from_the_fair_queue(
+    broker: TaskyardRabbitmqBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MultiplexingConsumer, "start", lambda self: None)
+    worker = Worker(broker, worker_threads=2)
+    ConsumerMultiplexing(prefetch=5).before_worker_boot(broker, worker)
+    worker._add_consumer(QUEUE)
+    consumer = worker.consumers[QUEUE]
+    assert isinstance(worker.work_queue, FairWorkQueue)
+    assert consumer.work_queue is worker.work_queue
+    assert isinstance(consumer, MultiplexingConsumer) and consumer.shares.bound == 5
