@@ -52,6 +52,37 @@ def where(frames: list[str]) -> str:
     return "other threads"
 
 
+def waited_on(frames: list[str]) -> str | None:
+    """With `--waits`: what a worker thread's sample was doing; None for another thread."""
+    names = [frame.split(" (")[0] for frame in frames]
+    if not any(name.endswith("process_message") for name in names):
+        return None
+    leaf = names[-1]
+    if leaf.endswith("do_execute"):
+        if "HotStatement.execute" in names:
+            return "waiting on the record's statement (a round trip)"
+        if "Session._flush" in names:
+            return "waiting on the ORM flush (the job's own INSERT)"
+        return "waiting on another statement"
+    if leaf.endswith("do_commit"):
+        return "waiting on COMMIT"
+    return "running Python (or waiting for the GIL)"
+
+
+def wait_shares(raw: Path) -> tuple[int, Counter[str]]:
+    """The worker threads' samples in py-spy's raw output (idle ones too), by `waited_on`."""
+    counted: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        place = waited_on(stack.split(";")) if stack else None
+        if place is None:
+            continue
+        total += int(count)
+        counted[place] += int(count)
+    return total, counted
+
+
 def shares(raw: Path) -> tuple[int, Counter[str]]:
     """The samples in py-spy's raw output (one process), counted by `where`."""
     counted: Counter[str] = Counter()
@@ -71,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=["noop", "write_row"], default="noop")
     parser.add_argument("--count", type=int, default=5_000)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument(
+        "--waits",
+        action="store_true",
+        help="sample the worker threads idle or not (py-spy --idle): where their time goes, "
+        "waiting on the database included, rather than where the GIL is held",
+    )
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -93,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchError("the worker process did not start")
             pid = worker.worker_pid()
             cpu, started = cpu_seconds(pid), time.monotonic()
-            record = ["record", "--gil", "-r", "500", "-f", "raw", "--nonblocking"]
+            sampling = ["--idle", "-r", "200"] if args.waits else ["--gil", "-r", "500"]
+            record = ["record", *sampling, "-f", "raw", "--nonblocking"]
             subprocess.run(
                 [spy, *record, "-p", str(pid), "-d", str(args.seconds), "-o", str(raw)],
                 check=True,
@@ -104,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             done = worker.wait_done(args.kind, args.count, timeout=60 + args.count / 20)
         finally:
             worker.stop()
-        total, counted = shares(raw)
+        total, counted = wait_shares(raw) if args.waits else shares(raw)
         rate = args.count / max(done["last_end"] - done["first_start"], 1e-6)
         print(f"{args.kind}: {args.count:,} jobs at {rate:,.0f} jobs/s")
         print(f"worker process CPU while sampled: {busy_share:.0%} of one core")
-        print(f"GIL-held samples: {total:,}")
+        print(f"{'worker threads' if args.waits else 'GIL-held'} samples: {total:,}")
         rest = 0
         for place, count in counted.most_common():
             if count / max(total, 1) < SHOWN_FROM:
