@@ -24,7 +24,7 @@ from services import outbox
 from services.errors import SendFailed, UnknownTenant
 from services.job_control import record_queued
 from services.records import JobRecord
-from transport.rabbitmq import TaskyardRabbitmqBroker, publish_all
+from transport.rabbitmq import TaskyardRabbitmqBroker, check_priority, publish_all
 
 # The database is away: a send goes out anyway and its record is made on arrival.
 _DB_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
@@ -79,7 +79,19 @@ class Outbox(Middleware):
         Raises `UnknownTenant` (the job is recorded dead) and `SendFailed` when
         PostgreSQL cannot take the send; nothing is published then.  A message
         that has a record already is neither recorded nor published again.
+
+        Raises, with nothing recorded, `PriorityRefused` for a `broker_priority`
+        its queue cannot keep, and `BrokerRefused` when this process's publisher
+        has just had RabbitMQ refuse the message's queue.  A refusal that comes
+        after `send` returned leaves the job queued and its row in the outbox:
+        the clearer and the sweeper report it, and the sweeper tries the row
+        again now and then, so the job goes once RabbitMQ is put right.
         """
+        check_priority(broker, message)
+        if isinstance(broker, TaskyardRabbitmqBroker):
+            refused = broker.refusal_of(message.queue_name)
+            if refused is not None:
+                raise refused
         record = self._encoded(job_record(broker, message, delay=delay))
         try:
             if self.sends.dialect.name == "postgresql":
@@ -101,7 +113,11 @@ class Outbox(Middleware):
     def hold(
         self, broker: Broker, ctx: MessageContext, message: Message[Any], delay: int | None
     ) -> None:
-        """Hold a send made in a transaction until it commits; refuse an unknown tenant at once."""
+        """Hold a send made in a transaction until it commits; refuse an unknown tenant at once.
+
+        Raises `PriorityRefused` for a `broker_priority` its queue cannot keep.
+        """
+        check_priority(broker, message)
         record = job_record(broker, message, delay=delay)
         tenant_id = record.tenant_id
         if tenant_id is not None and tenant_id not in ctx.tenants_known:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dramatiq import Message
@@ -13,9 +15,68 @@ from dramatiq.errors import DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import outbox
+from services.errors import BrokerRefused
 from transport.rabbitmq import publish_all
 
 logger = logging.getLogger("Outbox")
+
+# A row RabbitMQ refused (its queue exists with other arguments, the user may not use
+# it) waits this long before the sweeper tries it again, out of the way of the rows
+# behind it: the refusal lasts until someone changes RabbitMQ.  Refusals are reported
+# in one line at most this often too.
+REFUSED_RETRY_SECONDS = 60.0
+# Queues named in one report line; the rest are counted.
+REPORTED_QUEUES = 5
+
+
+class RefusedRows:
+    """Counts the outbox rows RabbitMQ refused, and reports them in one line per period."""
+
+    def __init__(
+        self,
+        *,
+        period: float = REFUSED_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.period = period
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._count = 0
+        self._queues: dict[str, int] = {}
+        self._last: BrokerRefused | None = None
+        self._reported_at = float("-inf")
+
+    def add(self, errors: Sequence[BrokerRefused]) -> None:
+        """Count refused rows, and report them if the last line is a period old."""
+        if not errors:
+            return
+        with self._lock:
+            self._count += len(errors)
+            for error in errors:
+                self._queues[error.queue_name] = self._queues.get(error.queue_name, 0) + 1
+            self._last = errors[-1]
+            now = self.clock()
+            if now - self._reported_at < self.period:
+                return
+            self._reported_at = now
+            count, queues, last = self._count, self._queues, self._last
+            self._count, self._queues = 0, {}
+        named = sorted(queues, key=queues.__getitem__, reverse=True)
+        shown = ", ".join(named[:REPORTED_QUEUES])
+        if len(named) > REPORTED_QUEUES:
+            shown += f" and {len(named) - REPORTED_QUEUES} more"
+        logger.error(
+            "RabbitMQ refused %d outbox message(s) for queue(s) %s (last: %s); their jobs stay "
+            "queued and the sweeper tries them again every %g s",
+            count,
+            shown,
+            last,
+            self.period,
+        )
+
+
+# This process's report of refused rows (every sweeper of the process adds to it).
+REFUSED_ROWS = RefusedRows()
 
 
 def sweep_due(
@@ -30,12 +91,30 @@ def sweep_due(
     Each batch is locked with SKIP LOCKED, published, deleted and committed, so
     sweepers in many processes share the work.  A crash after a publish and
     before the commit publishes that batch again: harmless, because the job
-    record makes a second copy of a finished message skip.
+    record makes a second copy of a finished message skip.  A row RabbitMQ
+    refuses (`BrokerRefused`) stays, due again `REFUSED_RETRY_SECONDS` later;
+    any other failure stops the sweep and is raised.
     """
+    refusals: list[BrokerRefused] = []
+    try:
+        return _sweep_batches(broker, session_factory, now, batch_size, refusals)
+    finally:
+        # One report for the whole sweep, whatever stopped it.
+        REFUSED_ROWS.add(refusals)
+
+
+def _sweep_batches(
+    broker: Broker,
+    session_factory: sessionmaker[Session],
+    now: dt.datetime | None,
+    batch_size: int,
+    refusals: list[BrokerRefused],
+) -> int:
     total = 0
     while True:
         with session_factory.begin() as session:
-            rows = outbox.claim_due(session, now=now or dt.datetime.now(dt.UTC), limit=batch_size)
+            at = now or dt.datetime.now(dt.UTC)
+            rows = outbox.claim_due(session, now=at, limit=batch_size)
             decoded: list[tuple[int, Message[Any]]] = []
             for row in rows:
                 try:
@@ -47,12 +126,21 @@ def sweep_due(
                 message.options.pop("eta", None)
                 decoded.append((row.id, message.copy(queue_name=row.queue)))
             outcomes = publish_all(broker, [(message, None) for _, message in decoded])
-            pairs = zip(decoded, outcomes, strict=True)
-            done = [row_id for (row_id, _), error in pairs if error is None]
-            failed = next((error for error in outcomes if error is not None), None)
+            done, refused = [], []
+            failed: Exception | None = None
+            for (row_id, _), error in zip(decoded, outcomes, strict=True):
+                if error is None:
+                    done.append(row_id)
+                elif isinstance(error, BrokerRefused):
+                    refused.append(row_id)
+                    refusals.append(error)
+                elif failed is None:
+                    failed = error
             outbox.delete_messages(session, done)
+            later = at + dt.timedelta(seconds=REFUSED_RETRY_SECONDS)
+            outbox.postpone_messages(session, refused, later)
         if failed is not None:
-            # RabbitMQ is away or refusing: the rest waits for the next round.
+            # RabbitMQ is away: the rest waits for the next round.
             raise failed
         total += len(done)
         if len(rows) < batch_size:

@@ -142,3 +142,35 @@ class FetchRefused(PermanentError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="fetch_refused")
+
+
+class BrokerRefused(PermanentError):
+    """RabbitMQ refused a queue or a publish (403, 404, 405, 406): sending it again fails too.
+
+    Unlike a lost connection, which is retried, a refusal comes back the same
+    until someone changes RabbitMQ (the queue's arguments, the user's
+    permissions); `advice` says what to change.
+    """
+
+    def __init__(self, queue_name: str, reply_code: int, reply_text: str, *, advice: str) -> None:
+        super().__init__(
+            f"RabbitMQ refused queue {queue_name!r}: {reply_code} {reply_text}; {advice}",
+            reason="broker_refused",
+        )
+        self.queue_name = queue_name
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+
+
+class PriorityRefused(PermanentError, ValueError):
+    """A send asked for `broker_priority`, which Taskyard's queues cannot honour."""
+
+    def __init__(self, actor: str) -> None:
+        super().__init__(
+            f"{actor}: broker_priority is refused: Taskyard declares its queues without "
+            "x-max-priority, so RabbitMQ would ignore it (a queue's arguments cannot change "
+            "once it exists, and quorum queues have no priorities); send urgent work to a "
+            "queue of its own",
+            reason="priority_refused",
+        )
+        self.actor = actor

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.hot import Executor
@@ -38,6 +38,15 @@ def delete_messages(session: Executor, ids: Sequence[int]) -> int:
     if not ids:
         return 0
     result = session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def postpone_messages(session: Executor, ids: Sequence[int], until: dt.datetime) -> int:
+    """Make the outbox rows `ids` due at `until` (RabbitMQ refused them); returns how many."""
+    if not ids:
+        return 0
+    stmt = update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(publish_at=until)
+    result = session.execute(stmt)
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -9,9 +9,19 @@ thread hands it messages and gets a future that the broker's confirm
 resolves.  Many publishes are in flight at once, so a batch of N costs about
 one round trip, not N.
 
+Only a lost connection is retried.  RabbitMQ refusing a command on the
+channel (403 ACCESS_REFUSED, 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406
+PRECONDITION_FAILED: a queue that exists with other arguments, a name the
+user may not use) closes only the channel, and would refuse the same command
+again: the messages it concerns fail at once with `BrokerRefused`, carrying
+RabbitMQ's reply, while the publisher opens a new channel on the same
+connection and goes on publishing to every other queue.  A refused queue is
+refused here, without asking RabbitMQ, for `refused_hold_seconds`, so that
+senders who keep trying do not close the shared channel again and again.
+
 The guarantees are those of a confirmed publish: a future succeeds only when
 RabbitMQ has taken the message (persistent, on a durable queue); it fails
-with `PublishFailed` when RabbitMQ refuses or returns it, or when the message
+with `PublishFailed` when RabbitMQ nacks or returns it, or when the message
 could not be confirmed after the connection was lost and re-made
 `max_attempts` times.  A message whose confirm was lost with the connection is
 published again on the next one: a duplicate is possible, a loss is not
@@ -38,12 +48,31 @@ import pika.spec
 from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import BrokerConnectionError
 
+from services.errors import BrokerRefused
+
 # A queue's declaration arguments (the broker's, so that both declare alike).
 QueueArguments = Callable[[str], dict[str, Any]]
 # The longest wait between two connection attempts while RabbitMQ is away.
 MAX_RECONNECT_SECONDS = 5.0
 # RabbitMQ keeps a dead-lettered message this long in a .XQ queue (Dramatiq's value).
 DEAD_MESSAGE_TTL_MS = 86400000 * 7
+# AMQP's channel exceptions that refuse a command (the same command is refused again),
+# each with what an operator can do about it.  Any other close is treated as a loss.
+REFUSAL_ADVICE = {
+    403: "give the RabbitMQ user configure and write permissions on it, or choose a name "
+    "it may use (not amq.*)",
+    404: "create what the reply names, or fix the name",
+    405: "another connection holds it exclusively; wait for that connection to close, or "
+    "use another queue prefix",
+    406: "it exists with other arguments (left by another deployment, or declared by "
+    "hand): delete it (with its .DQ and .XQ queues) so that Taskyard declares it, or give "
+    "Taskyard a queue prefix of its own",
+}
+# AMQP carries a queue name in at most 255 bytes, and its .DQ and .XQ queues add 3.
+MAX_QUEUE_NAME_BYTES = 255 - len(".DQ")
+# How long a queue RabbitMQ refused is refused here without asking RabbitMQ again:
+# every refusal closes the channel that all of the process's publishes share.
+REFUSED_HOLD_SECONDS = 5.0
 
 
 class PublishFailed(BrokerConnectionError):
@@ -51,6 +80,29 @@ class PublishFailed(BrokerConnectionError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)  # type: ignore[no-untyped-call]
+
+
+def refusal(queue_name: str, reply_code: int, reply_text: str) -> BrokerRefused:
+    """The error for RabbitMQ refusing `queue_name` (a new one each time: never shared)."""
+    advice = REFUSAL_ADVICE.get(reply_code, "change RabbitMQ so that it takes it")
+    return BrokerRefused(queue_name, reply_code, reply_text, advice=advice)
+
+
+def is_refusal(reason: BaseException) -> bool:
+    """Whether a channel's close is RabbitMQ refusing a command, not a lost connection."""
+    return (
+        isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+        and reason.reply_code in REFUSAL_ADVICE
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """RabbitMQ's last refusal of a queue, and when (monotonic seconds) it came."""
+
+    reply_code: int
+    reply_text: str
+    at: float
 
 
 def _settle(future: Future[None], error: BaseException | None = None) -> None:
@@ -91,6 +143,7 @@ class Publisher:
         max_attempts: int = 5,
         reconnect_seconds: float = 0.5,
         fail_after_connect_errors: int = 3,
+        refused_hold_seconds: float = REFUSED_HOLD_SECONDS,
         name: str = "taskyard-publisher",
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
@@ -99,6 +152,7 @@ class Publisher:
         self.max_attempts = max_attempts
         self.reconnect_seconds = reconnect_seconds
         self.fail_after_connect_errors = fail_after_connect_errors
+        self.refused_hold_seconds = refused_hold_seconds
         self.name = name
         self.pid = os.getpid()
         self._incoming: collections.deque[Outgoing] = collections.deque()
@@ -114,7 +168,15 @@ class Publisher:
         self._by_message_id: dict[str, Outgoing] = {}
         self._declared: set[str] = set()
         self._declaring: dict[str, list[Outgoing]] = {}
+        # (queue declared, its canonical queue), in the order sent: pika sends one
+        # declaration at a time on a channel, so the first is the one RabbitMQ answers.
+        self._declares_sent: collections.deque[tuple[str, str]] = collections.deque()
+        # Written by the publisher thread, read by any (`refusal_of`).
+        self._refused: dict[str, Refused] = {}
         self.connections_made = 0
+        self.channels_opened = 0
+        # Refusals RabbitMQ sent (each closed the channel), since this publisher started.
+        self.refusals = 0
         self._connect_errors = 0
 
     # --- any thread ---------------------------------------------------------
@@ -147,6 +209,13 @@ class Publisher:
         self._ensure_started()
         self._wake()
         return item.future
+
+    def refusal_of(self, queue_name: str) -> BrokerRefused | None:
+        """RabbitMQ's refusal of `queue_name` if it came in the last `refused_hold_seconds`."""
+        refused = self._refused.get(queue_name)
+        if refused is None or time.monotonic() - refused.at >= self.refused_hold_seconds:
+            return None
+        return refusal(queue_name, refused.reply_code, refused.reply_text)
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait up to `timeout` for what is in flight, then close the connection and the thread."""
@@ -236,6 +305,9 @@ class Publisher:
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
         self.connections_made += 1
         self._connect_errors = 0
+        # A new connection declares every queue again (RabbitMQ may have lost some);
+        # a new channel on the same connection does not need to.
+        self._declared.clear()
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_connection_error(self, connection: pika.SelectConnection, error: Exception) -> None:
@@ -264,6 +336,7 @@ class Publisher:
             connection.ioloop.stop()
 
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self.channels_opened += 1
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(
@@ -273,18 +346,70 @@ class Publisher:
     def _channel_ready(self, channel: pika.channel.Channel) -> None:
         self._channel = channel
         self._next_tag = 0
-        self._declared.clear()
         self._declaring.clear()
+        self._declares_sent.clear()
         self._drain()
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: Exception) -> None:
         self._channel = None
         if self._closing.is_set():
             return
-        self.logger.warning("Publisher channel closed: %s; reconnecting", reason)
         connection = self._connection
+        if is_refusal(reason) and connection is not None and connection.is_open:
+            assert isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+            self._on_refusal(reason.reply_code, reason.reply_text)
+            connection.channel(on_open_callback=self._on_channel_open)
+            return
+        self.logger.warning("Publisher channel closed: %s; reconnecting", reason)
         if connection is not None and connection.is_open:
             connection.close()
+
+    def _on_refusal(self, reply_code: int, reply_text: str) -> None:
+        """Fail what RabbitMQ refused; put everything else back, to go on the next channel.
+
+        A refused declaration names its queue in RabbitMQ's reply: the messages
+        waiting for that queue fail.  A refused publish does not say which
+        message it was, so every publish not yet confirmed fails; the messages
+        waiting for a declaration go again, each at most `max_attempts` times,
+        so that a refusal pinned on no queue cannot close channel after channel.
+        """
+        self.refusals += 1
+        sent = self._declares_sent[0] if self._declares_sent else None
+        queue = sent[1] if sent is not None and f"'{sent[0]}'" in reply_text else None
+        unconfirmed = [self._unconfirmed[t] for t in sorted(self._unconfirmed)]
+        waiting = [i for name, items in self._declaring.items() if name != queue for i in items]
+        refused = self._declaring.get(queue, []) if queue is not None else []
+        self._unconfirmed.clear()
+        self._by_message_id.clear()
+        self._declaring.clear()
+        self._declares_sent.clear()
+        if queue is not None:
+            self._refused[queue] = Refused(reply_code, reply_text, time.monotonic())
+            self._declared.discard(queue)
+            for item in unconfirmed:
+                item.attempts -= 1  # not its fault: this one is sent again, for nothing
+            again = unconfirmed + waiting
+        else:
+            for item in waiting:
+                item.attempts += 1
+            refused = unconfirmed + [i for i in waiting if i.attempts >= self.max_attempts]
+            again = [i for i in waiting if i.attempts < self.max_attempts]
+        for item in refused:
+            _settle(item.future, refusal(item.queue_name, reply_code, reply_text))
+        self._incoming.extendleft(reversed(again))
+        what = f"queue {queue}" if queue is not None else "a publish"
+        # One line per refusal: it closed the channel, and the next ones to the same
+        # queue fail here, unseen by RabbitMQ, for `refused_hold_seconds`.
+        self.logger.warning(
+            "RabbitMQ refused %s (%d %s); %d message(s) failed with BrokerRefused, %d go on a "
+            "new channel; %s",
+            what,
+            reply_code,
+            reply_text,
+            len(refused),
+            len(again),
+            REFUSAL_ADVICE[reply_code],
+        )
 
     def _drain(self) -> None:
         with self._lock:
@@ -295,6 +420,21 @@ class Publisher:
         while self._incoming:
             item = self._incoming.popleft()
             if item.future.done():
+                continue
+            refused = self.refusal_of(item.queue_name)
+            if refused is not None:
+                _settle(item.future, refused)
+                continue
+            if len(item.queue_name.encode()) > MAX_QUEUE_NAME_BYTES:
+                # pika would fail to encode the declaration on this thread, and leave
+                # the channel waiting for its reply for ever: this one fails alone.
+                _settle(
+                    item.future,
+                    PublishFailed(
+                        f"queue name {item.queue_name[:40]!r}... is longer than AMQP's "
+                        f"{MAX_QUEUE_NAME_BYTES} bytes (with its .DQ and .XQ queues)"
+                    ),
+                )
                 continue
             if item.declare_only:
                 self._declared.discard(item.queue_name)
@@ -314,9 +454,12 @@ class Publisher:
             (xq_name(queue_name), {"x-message-ttl": DEAD_MESSAGE_TTL_MS}),
         ]
 
-        def declare_next(_frame: pika.frame.Method[Any] | None = None) -> None:
+        def declare_next(frame: pika.frame.Method[Any] | None = None) -> None:
+            if frame is not None and self._declares_sent:
+                self._declares_sent.popleft()
             if not steps:
                 self._declared.add(queue_name)
+                self._refused.pop(queue_name, None)
                 for waiting in self._declaring.pop(queue_name, []):
                     if waiting.declare_only:
                         _settle(waiting.future)
@@ -324,6 +467,7 @@ class Publisher:
                         self._send(channel, waiting)
                 return
             name, args = steps.pop(0)
+            self._declares_sent.append((name, queue_name))
             channel.queue_declare(name, durable=True, arguments=args, callback=declare_next)
 
         declare_next()
@@ -411,6 +555,7 @@ class Publisher:
         self._unconfirmed.clear()
         self._by_message_id.clear()
         self._declaring.clear()
+        self._declares_sent.clear()
         for item in reversed(pending):
             if item.attempts >= self.max_attempts:
                 _settle(

@@ -21,6 +21,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _Rabbit
 from dramatiq.common import current_millis, dq_name, q_name
 from dramatiq.errors import ConnectionClosed
 
+from services.errors import BrokerRefused, PriorityRefused
 from transport.publisher import Publisher, wait_all
 
 # How long a send waits for RabbitMQ's confirm before it fails with PublishFailed.
@@ -277,6 +278,13 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
                     )
         return publisher
 
+    def refusal_of(self, queue_name: str) -> BrokerRefused | None:
+        """RabbitMQ's refusal of the queue, if this process's publisher has just had one."""
+        publisher = self._publisher
+        if publisher is None or publisher.pid != os.getpid():
+            return None
+        return publisher.refusal_of(q_name(queue_name))
+
     def _ensure_queue(self, canonical_queue_name: str) -> None:
         """Declare a pending queue through the publisher, not a connection of the calling thread."""
         if canonical_queue_name not in self.queues_pending:
@@ -314,7 +322,11 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         return message, future
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        """Publish one message and wait for RabbitMQ's confirm (`PublishFailed` if none)."""
+        """Publish one message and wait for RabbitMQ's confirm.
+
+        Raises `BrokerRefused` at once when RabbitMQ refuses the queue or the
+        publish, and `PublishFailed` when no confirm comes (RabbitMQ away).
+        """
         message, future = self.enqueue_async(message, delay=delay)
         wait_all([future], self.publish_timeout)
         self.emit_after("enqueue", message, delay)
@@ -386,6 +398,19 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
             self.on_poison(queue_name, body, refusal.reason, refusal.error)
         except Exception:
             self.logger.exception("Could not report a refused message on %s", queue_name)
+
+
+def check_priority(broker: Broker, message: Message[Any]) -> None:
+    """Refuse a message's `broker_priority` (`PriorityRefused`) unless its queue can keep it.
+
+    RabbitMQ orders by priority only on a classic queue declared with
+    x-max-priority; Taskyard declares its queues without it (as Dramatiq does
+    unless given `max_priority`), and an existing queue's arguments cannot
+    change, so a priority would be accepted and silently ignored.
+    """
+    priority = message.options.get("broker_priority")
+    if priority is not None and not getattr(broker, "max_priority", None):
+        raise PriorityRefused(message.actor_name)
 
 
 def publish_all(
