@@ -13,7 +13,7 @@ INTEGRATION_TESTS := $(wildcard tests/integration tests/reliability)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help install lint format typecheck test-unit test-integration test check \
+.PHONY: help install lint format typecheck test-unit test-integration test-dramatiq test check \
 	migrate worker scheduler run demo bench clean
 
 help: ## List the targets with what they do
@@ -51,7 +51,10 @@ else
 	$(BIN)/python -m pytest $(INTEGRATION_TESTS)
 endif
 
-test: install ## Run the whole test suite in one pytest run
+test-dramatiq: install ## Run Dramatiq's own tests on its plain broker and on Taskyard's (~5 min)
+	$(BIN)/python -m pytest tests/dramatiq_suite
+
+test: install ## Run the whole test suite in one pytest run (Dramatiq's own tests included)
 	$(BIN)/python -m pytest tests
 
 check: lint typecheck test ## Lint, type-check and run the whole suite: exactly what .ci/run runs
