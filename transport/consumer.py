@@ -382,7 +382,12 @@ class MultiplexingConsumer(ConsumerThread):
         return True
 
     def wait_consuming(self, timeout: float) -> bool:
-        """Wait until every queue registered so far is consumed; False if `timeout` passed first."""
+        """Wait until every queue registered so far is consumed; False if `timeout` passed first.
+
+        Delay queues excepted: their messages are not due yet, and they are
+        consumed right after (a worker of 1,000 tenants would otherwise wait
+        for 2,000 subscriptions before it says it is ready).
+        """
         with self._caught_up:
             if not self._queues:
                 return True
@@ -397,9 +402,11 @@ class MultiplexingConsumer(ConsumerThread):
         self.start()
 
     def take_pending(self, limit: int = QUEUES_PER_PASS) -> list[str]:
-        """Up to `limit` of the queues registered but not yet consumed, oldest first."""
+        """Up to `limit` of the queues registered but not yet consumed: oldest first, delay
+        queues after every other queue."""
         with self._lock:
-            pending, self._pending = self._pending[:limit], self._pending[limit:]
+            ordered = sorted(self._pending, key=is_delay_queue)  # stable: oldest first in each
+            pending, self._pending = ordered[:limit], ordered[limit:]
             return pending
 
     def run(self) -> None:
@@ -442,7 +449,9 @@ class MultiplexingConsumer(ConsumerThread):
             self.logger.info("Consuming %d more queue(s) on one connection", started)
         with self._lock:
             more = bool(self._pending)
-            if not more and not self._consuming_all:
+            if not self._consuming_all and not any(
+                not is_delay_queue(name) for name in self._pending
+            ):
                 self._consuming_all = True
                 self._caught_up.notify_all()
         # Returns early when a delivery or a worker thread's ack is waiting.
@@ -475,16 +484,24 @@ class MultiplexingConsumer(ConsumerThread):
 
     def _start_pending(self, link: _Link) -> int:
         pending = self.take_pending()
-        for index, queue_name in enumerate(pending):
-            try:
-                # As `broker.consume` does: declared on the server with Dramatiq's arguments.
-                self.broker.declare_queue(queue_name, ensure=True)
+        started = 0
+        try:
+            self._declare_all(pending)
+            for queue_name in pending:
                 link.consume(queue_name, functools.partial(self._on_message, link, queue_name))
-            except BaseException:
-                with self._lock:
-                    self._pending[:0] = pending[index:]
-                raise
+                started += 1
+        except BaseException:
+            with self._lock:
+                self._pending[:0] = pending[started:]
+            raise
         return len(pending)
+
+    def _declare_all(self, queue_names: list[str]) -> None:
+        """Declare the queues on the server (with their delay and dead-letter queues), together."""
+        broker = self.broker
+        for queue_name in queue_names:
+            broker.declare_queue(queue_name)  # registered in this process; nothing sent yet
+        broker.ensure_queues(queue_names)
 
     def _resume_queue(self, queue_name: str) -> None:
         if not self.keep_queue(queue_name):

@@ -133,8 +133,9 @@ def test_every_queue_of_a_worker_shares_one_consumer(
     consumer = worker.consumers[QUEUE]
     assert isinstance(consumer, MultiplexingConsumer)
     assert consumer.queue_names == [QUEUE, f"{QUEUE}.DQ", "tenant.2"]
-    assert consumer.take_pending(limit=2) == [QUEUE, f"{QUEUE}.DQ"]
-    assert consumer.take_pending() == ["tenant.2"]
+    # And the queues are consumed oldest first, the delay queues after every other
+    assert consumer.take_pending(limit=2) == [QUEUE, "tenant.2"]
+    assert consumer.take_pending() == [f"{QUEUE}.DQ"]
     assert consumer.take_pending() == []
 
 
@@ -379,6 +380,7 @@ def test_ready_means_every_registered_queue_is_consumed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
+    monkeypatch.setattr(broker, "ensure_queues", lambda *args, **kwargs: None)
     # No queue at all: nothing to wait for
     assert consumer.wait_consuming(timeout=0)
 
@@ -395,6 +397,15 @@ def test_ready_means_every_registered_queue_is_consumed(
     consumer.add_queue("tenant.9")
     assert not consumer.wait_consuming(timeout=0.01)
     consumer._serve_once()
+    assert consumer.wait_consuming(timeout=0)
+
+    # And a delay queue still waiting for its pass does not hold the worker's readiness
+    consumer.add_queue("tenant.9.DQ")
+    consumer.add_queue("tenant.10")
+    one_per_pass = MultiplexingConsumer.take_pending
+    monkeypatch.setattr(consumer, "take_pending", lambda: one_per_pass(consumer, 1))
+    consumer._serve_once()
+    assert consumer._pending == ["tenant.9.DQ"]
     assert consumer.wait_consuming(timeout=0)
 
     # And a lost connection means nothing is consumed until the next one
