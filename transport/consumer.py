@@ -45,6 +45,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware
 from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQueueItem
 
+from services.errors import BrokerRefused
 from transport.fair_queue import FairWorkQueue
 from transport.prefetch import PrefetchShares, QueueLoad
 from transport.rabbitmq import Refusal, TaskyardRabbitmqBroker
@@ -54,6 +55,8 @@ from transport.rabbitmq import Refusal, TaskyardRabbitmqBroker
 QUEUES_PER_PASS = 100
 # How long a booting worker waits for its queues to be consumed before it says it is ready.
 BOOT_WAIT_SECONDS = 3.0
+# How long a queue RabbitMQ refused (see `BrokerRefused`) waits before it is tried again.
+REFUSED_RETRY_SECONDS = 60.0
 # What a lost connection, a closed channel or a refused declaration raises.
 AMQP_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 
@@ -353,6 +356,8 @@ class MultiplexingConsumer(ConsumerThread):
         self._consuming_all = False
         self._queues: list[str] = []
         self._pending: list[str] = []
+        # Queues RabbitMQ refused, left out until the time they are tried again (monotonic).
+        self._aside: dict[str, float] = {}
         self._start_requested = False
         # How the bound is shared among busy queues; new with every connection.
         self.shares = PrefetchShares(prefetch_bound)
@@ -405,7 +410,11 @@ class MultiplexingConsumer(ConsumerThread):
         """Up to `limit` of the queues registered but not yet consumed: oldest first, delay
         queues after every other queue."""
         with self._lock:
-            ordered = sorted(self._pending, key=is_delay_queue)  # stable: oldest first in each
+            now = time.monotonic()
+            due = [name for name, at in self._aside.items() if at <= now]
+            for name in due:
+                del self._aside[name]
+            ordered = sorted(self._pending + due, key=is_delay_queue)  # stable: oldest first
             pending, self._pending = ordered[:limit], ordered[limit:]
             return pending
 
@@ -442,7 +451,7 @@ class MultiplexingConsumer(ConsumerThread):
             )
             self.shares = PrefetchShares(self.prefetch)
             with self._lock:
-                self._pending = list(self._queues)
+                self._pending = [name for name in self._queues if name not in self._aside]
                 self._consuming_all = False
         started = self._start_pending(self.consumer)
         if started:
@@ -486,7 +495,11 @@ class MultiplexingConsumer(ConsumerThread):
         pending = self.take_pending()
         started = 0
         try:
-            self._declare_all(pending)
+            try:
+                self._declare_all(pending)
+            except BrokerRefused as refused:
+                self._put_aside(refused, pending)
+                return 0
             for queue_name in pending:
                 link.consume(queue_name, functools.partial(self._on_message, link, queue_name))
                 started += 1
@@ -495,6 +508,28 @@ class MultiplexingConsumer(ConsumerThread):
                 self._pending[:0] = pending[started:]
             raise
         return len(pending)
+
+    def _put_aside(self, refused: BrokerRefused, pending: list[str]) -> None:
+        """Leave a queue RabbitMQ refused out for a while; the pass's others wait for the next.
+
+        A refusal (the queue exists with other arguments, a permission) comes
+        back the same until someone changes RabbitMQ: the other queues are
+        served meanwhile, the refused one is tried again after
+        `REFUSED_RETRY_SECONDS`, and each refusal is said once.
+        """
+        canonical = q_name(refused.queue_name)
+        aside = [name for name in pending if q_name(name) == canonical]
+        with self._lock:
+            self._pending[:0] = [name for name in pending if q_name(name) != canonical]
+            due = time.monotonic() + REFUSED_RETRY_SECONDS
+            for name in aside:
+                self._aside[name] = due
+        self.logger.error(
+            "Not consuming %s, tried again in %.0f s: %s",
+            canonical,
+            REFUSED_RETRY_SECONDS,
+            refused,
+        )
 
     def _declare_all(self, queue_names: list[str]) -> None:
         """Declare the queues on the server (with their delay and dead-letter queues), together."""

@@ -14,6 +14,8 @@ from dramatiq import Message, Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 
+import transport.consumer as consumer_module
+from services.errors import BrokerRefused
 from transport.consumer import ConsumerMultiplexing, MultiplexingConsumer, _Delivery, _Link
 from transport.fair_queue import FairWorkQueue
 from transport.rabbitmq import TaskyardRabbitmqBroker
@@ -482,3 +484,52 @@ def test_the_worker_takes_jobs_from_the_fair_queue(
     assert isinstance(worker.work_queue, FairWorkQueue)
     assert consumer.work_queue is worker.work_queue
     assert isinstance(consumer, MultiplexingConsumer) and consumer.shares.bound == 5
+
+
+def test_a_queue_rabbitmq_refuses_is_left_out_and_tried_again_later(
+    broker: TaskyardRabbitmqBroker,
+    consumer: MultiplexingConsumer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # tenant.2 exists on RabbitMQ with other arguments: its declaration is refused
+    refused = BrokerRefused("tenant.2.DQ", 406, "PRECONDITION_FAILED", advice="delete it")
+    declared: list[list[str]] = []
+
+    def ensure_queues(names: list[str]) -> None:
+        declared.append(list(names))
+        if any(name.startswith("tenant.2") for name in names):
+            raise refused
+
+    monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
+    monkeypatch.setattr(broker, "ensure_queues", ensure_queues)
+    clock = [1000.0]
+    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: clock[0])
+    for name in ("tenant.2", "tenant.2.DQ", "tenant.3", "tenant.3.DQ"):
+        consumer.add_queue(name)
+    link = _Link(FakeConnection(), queue_prefetch=8, delay_prefetch=4000)
+    consumer.consumer = link
+
+    # When the consumer's loop runs: the refusal is said once, the others are consumed
+    with caplog.at_level(logging.ERROR, logger="MultiplexingConsumer"):
+        consumer._serve_once()
+        consumer._serve_once()
+        consumer._serve_once()
+    consumed = [
+        call[1] for ch in link.connection.opened for call in ch.calls if call[0] == "consume"
+    ]
+    assert sorted(consumed) == ["tenant.3", "tenant.3.DQ"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Not consuming tenant.2, tried again in 60 s: {refused}"
+    ]
+    # And the worker is ready: every queue it can consume is consumed
+    assert consumer.wait_consuming(timeout=0)
+
+    # Then, its time come and RabbitMQ fixed, it is consumed
+    monkeypatch.setattr(broker, "ensure_queues", lambda names: declared.append(list(names)))
+    clock[0] += consumer_module.REFUSED_RETRY_SECONDS
+    consumer._serve_once()
+    consumed = [
+        call[1] for ch in link.connection.opened for call in ch.calls if call[0] == "consume"
+    ]
+    assert sorted(set(consumed)) == ["tenant.2", "tenant.2.DQ", "tenant.3", "tenant.3.DQ"]
