@@ -84,11 +84,12 @@ def _measure(
     tag: str,
     queue: Any,
     probe_kwargs: dict[str, Any],
+    processes: int = 1,
 ) -> _Run:
     """Queue the backlog, start the worker, send B's probes; the run's figures."""
     queue()
     started = time.monotonic()
-    worker = system.launch(tag, env=worker_argv_env)
+    worker = system.launch(tag, processes=processes, env=worker_argv_env)
     peak: UnackedPeak | None = None
     try:
         worker.wait_ready(system.ready, timeout=120)
@@ -118,7 +119,7 @@ def _measure(
     )
 
 
-def _taskyard(taskyard: Taskyard, n: int, backlog: int, probes: int) -> _Run:
+def _taskyard(taskyard: Taskyard, n: int, backlog: int, probes: int, processes: int = 1) -> _Run:
     noisy = _tenant_ids(taskyard, n)
     per_tenant = backlog // n
     taskyard.reset()
@@ -133,9 +134,10 @@ def _taskyard(taskyard: Taskyard, n: int, backlog: int, probes: int) -> _Run:
             {},
             per_tenant * n,
             probes,
-            f"fair-scale-{n}",
+            f"fair-scale-{n}-{processes}",
             queue,
             {"tenant": taskyard.tenants[1]},
+            processes,
         )
     finally:
         taskyard.reset()
@@ -278,6 +280,13 @@ def run(
                 at_least=0.9,
             )
         )
+    # Several processes, each with its own bound and fair queue: the largest N up to 100.
+    several = [n for n in tenants if n <= PER_TENANT_MAX]
+    if several:
+        n = max(several)
+        result = _taskyard(taskyard, n, backlog, probes, processes=2)
+        what = f"{_what(n, backlog // n)}, 2 worker processes"
+        add("taskyard", what, result, ", unacknowledged summed over both", targets=False)
     shared = _dramatiq(dramatiq, None, backlog, probes)
     add("dramatiq", f"{backlog:,} queued", shared, ", one shared queue", targets=False)
     for n in tenants:
