@@ -456,6 +456,8 @@ class MultiplexingConsumer(ConsumerThread):
         started = self._start_pending(self.consumer)
         if started:
             self.logger.info("Consuming %d more queue(s) on one connection", started)
+            # Their first look comes a tick after their deliveries could, not at once.
+            self._rebalanced_at = time.monotonic()
         with self._lock:
             more = bool(self._pending)
             if not self._consuming_all and not any(
@@ -500,14 +502,28 @@ class MultiplexingConsumer(ConsumerThread):
             except BrokerRefused as refused:
                 self._put_aside(refused, pending)
                 return 0
+            first = self._first_prefetch()
             for queue_name in pending:
-                link.consume(queue_name, functools.partial(self._on_message, link, queue_name))
+                on_message = functools.partial(self._on_message, link, queue_name)
+                link.consume(queue_name, on_message, prefetch=first)
                 started += 1
         except BaseException:
             with self._lock:
                 self._pending[:0] = pending[started:]
             raise
         return len(pending)
+
+    def _first_prefetch(self) -> int:
+        """A queue's prefetch when it is first consumed: its share of the bound, at least one.
+
+        The bound shared evenly among the queues registered (delay queues apart):
+        a worker serving one busy tenant starts at a useful prefetch rather than
+        one message, while a worker serving 1,000 starts each at one.  The
+        shares then follow which queues are busy (`transport/prefetch.py`).
+        """
+        with self._lock:
+            queues = sum(1 for name in self._queues if not is_delay_queue(name))
+        return max(1, self.prefetch // max(1, queues))
 
     def _put_aside(self, refused: BrokerRefused, pending: list[str]) -> None:
         """Leave a queue RabbitMQ refused out for a while; the pass's others wait for the next.

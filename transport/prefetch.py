@@ -78,7 +78,12 @@ class PrefetchShares:
         for name in [n for n, until in self._busy_until.items() if until < self._tick]:
             del self._busy_until[name]
         busy = sorted(self._busy_until)
-        shares = {name: 1 for name in loads}
+        # A queue seen full or delivering, not busy yet, keeps what it has until the next
+        # look: a queue first consumed at its share of the bound (`MultiplexingConsumer`)
+        # is not cut to one message on its way to being found busy.
+        shares = {
+            name: load.prefetch if name in self._streak else 1 for name, load in loads.items()
+        }
         if busy:
             share, spare = divmod(self.bound, len(busy))
             for index, name in enumerate(busy):

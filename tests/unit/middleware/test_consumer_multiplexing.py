@@ -533,3 +533,26 @@ def test_a_queue_rabbitmq_refuses_is_left_out_and_tried_again_later(
         call[1] for ch in link.connection.opened for call in ch.calls if call[0] == "consume"
     ]
     assert sorted(set(consumed)) == ["tenant.2", "tenant.2.DQ", "tenant.3", "tenant.3.DQ"]
+
+
+def test_queues_are_first_consumed_at_their_share_of_the_bound(
+    broker: TaskyardRabbitmqBroker, consumer: MultiplexingConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
+    monkeypatch.setattr(broker, "ensure_queues", lambda *args, **kwargs: None)
+    # Given a worker (bound 8) serving two queues, each with its delay queue
+    for name in (QUEUE, f"{QUEUE}.DQ", "tenant.2", "tenant.2.DQ"):
+        consumer.add_queue(name)
+    link = _Link(FakeConnection(), queue_prefetch=1, delay_prefetch=4000)
+    consumer.consumer = link
+
+    # When they are consumed: each queue starts with half the bound, not one message
+    consumer._serve_once()
+    assert link.prefetch_of(QUEUE) == 4 and link.prefetch_of("tenant.2") == 4
+    assert ("qos", 4, False) in link.channels[False].calls
+
+    # And with more queues than the bound, each starts with one
+    for n in range(3, 12):
+        consumer.add_queue(f"tenant.{n}")
+    consumer._serve_once()
+    assert link.prefetch_of("tenant.11") == 1

@@ -97,3 +97,14 @@ def test_deliveries_held_by_other_queues_count_against_the_bound() -> None:
 def test_the_bound_is_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PrefetchShares(0)
+
+
+def test_a_queue_seen_full_once_keeps_its_prefetch_until_it_is_found_busy() -> None:
+    # A queue first consumed at its share of the bound (32) is not cut to one on the way
+    shares = PrefetchShares(64)
+    assert shares.plan({"a": QueueLoad(32, 32)}) == {"a": 32}
+    assert shares.plan({"a": QueueLoad(32, 32)}) == {"a": 64}
+    # One seen full once, then holding nothing, gives it back at once
+    shares = PrefetchShares(64)
+    shares.plan({"b": QueueLoad(32, 32)})
+    assert shares.plan({"b": QueueLoad(32, 0)}) == {"b": 1}
