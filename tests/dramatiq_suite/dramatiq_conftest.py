@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Skip what does not run on a broker under test: Redis, no broker at all, or NOT_RUN."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        reason = NOT_RUN.get(item.nodeid.split("[")[0])
+        reason = NOT_RUN.get(item.nodeid.removeprefix("tests/").split("[")[0])
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
         elif names & REDIS_FIXTURES:
