@@ -18,6 +18,7 @@ from db.migrate import check_schema
 from db.session import make_engine, make_session_factory
 from middleware import DbSession, RetryPolicy, TenantRouting
 from middleware.dead_letters import DeadLetters
+from middleware.follow_ups import FollowUps
 from middleware.frozen_heap import FrozenHeap
 from middleware.heartbeat import Heartbeat
 from middleware.metrics import Metrics
@@ -76,6 +77,8 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         max_backoff_ms=settings.max_backoff_ms,
         outbox=outbox,
     )
+    # Callbacks and pipelines: a Taskyard job's follow-ups, held in its transaction.
+    follow_ups = FollowUps(outbox=outbox)
     # Runs the actor and writes its record: one statement after the body.
     engine_middleware = DbSession(
         session_factory=session_factory,
@@ -84,6 +87,7 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         routing=routing,
         policy=policy,
         outbox=outbox,
+        follow_ups=follow_ups,
         group_commit_linger_seconds=settings.group_commit_linger_ms / 1000,
     )
     middleware: tuple[Middleware, ...] = (
@@ -127,6 +131,8 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         engine_middleware,
         # Its sweeper thread publishes what is due; its publisher, what was sent.
         outbox,
+        # Sends a plain Dramatiq actor's callbacks and next stage, once the policy has decided.
+        follow_ups,
         # Last, so its after-hook runs first: acts on a failure the engine did not run.
         policy,
     )
@@ -158,17 +164,15 @@ def build_broker(settings: Settings) -> Broker:
     if settings.uses_stub_broker:
         broker = StubBroker(middleware=middleware)
     else:
-        routing = runtime.routing
         rabbitmq = TaskyardRabbitmqBroker(
             url=settings.broker_url,
             confirm_delivery=True,
             middleware=middleware,
             on_poison=runtime.dead_letters.record_poison,
         )
-        # Every delivery is checked against the actor it names before it becomes a job.
-        rabbitmq.route_check = lambda message: routing.refusal(
-            rabbitmq.actors.get(message.actor_name), message
-        )
+        # Every delivery is checked against the actor it names before it becomes a job,
+        # and its callbacks and pipeline stages against the job's tenant.
+        rabbitmq.route_check = lambda message: runtime.engine.refusal(rabbitmq, message)
         # A delay queue's eta is never further out than the outbox's threshold (and
         # clock skew between hosts); anything longer waits in the outbox.
         rabbitmq.max_eta_ahead_ms = max(

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JOB_FINAL_STATES, TENANT_DELETING, TENANT_DISABLED
 from middleware.context import MessageContext, current_context, enter_context, leave_context
+from middleware.follow_ups import FollowUps
 from middleware.group_commit import GroupCommit
 from middleware.outbox import Outbox
 from middleware.outbox_rows import job_record
@@ -30,12 +31,14 @@ from services.dead_letters import record_dead_letter
 from services.errors import (
     AttemptsSpent,
     MessageIdTaken,
+    PermanentError,
     TenantDisabled,
     UnknownTenant,
     WorkerCrashed,
     describe_error,
 )
 from services.records import JobRecord
+from transport.rabbitmq import Refusal
 
 # A result bigger than this is not kept on the job record (return ids, not data).
 MAX_RESULT_BYTES = 8_192
@@ -100,6 +103,7 @@ class DbSession(Middleware):
         routing: TenantRouting | None = None,
         policy: RetryPolicy | None = None,
         outbox: Outbox | None = None,
+        follow_ups: FollowUps | None = None,
         group_commit_linger_seconds: float = 0.0,
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
@@ -114,6 +118,8 @@ class DbSession(Middleware):
         self.routing = routing
         self.policy = policy
         self.outbox = outbox
+        # Callbacks and pipeline stages, held in the job's transaction.
+        self.follow_ups = follow_ups
 
     def before_consumer_thread_shutdown(self, broker: Broker, thread: Any) -> None:
         """Write the records still waiting for the group commit, so their messages are acked."""
@@ -218,6 +224,19 @@ class DbSession(Middleware):
         ctx = current_context()
         return ctx.message if ctx is not None else None
 
+    def refusal(self, broker: Broker, message: Message[Any]) -> Refusal | None:
+        """Why `message` may not run where it arrived, or its follow-ups go where they say.
+
+        The check the consumer makes before a body becomes a job, and the
+        engine again before the job runs (any broker): the route (tenant
+        routing), then the callbacks and pipeline stages (`follow_up_refusal`).
+        """
+        actor = broker.actors.get(message.actor_name)
+        refused = self.routing.refusal(actor, message) if self.routing is not None else None
+        if refused is None and actor is not None and self.follow_ups is not None:
+            refused = self.follow_ups.refusal(broker, actor, message)
+        return refused
+
     def run(self, broker: Broker, message: Message[Any], call: Callable[[], Any]) -> Any:
         """Run `call` for `message` and write its record: one statement, after the body.
 
@@ -228,11 +247,10 @@ class DbSession(Middleware):
         is acknowledged once that commit is durable.  A failure rolls the
         transaction back and is recorded in a transaction of its own.
         """
-        actor = broker.get_actor(message.actor_name)
-        routing = self.routing
+        broker.get_actor(message.actor_name)  # an unknown actor raises ActorNotFound
         # Checked again here (the consumer checked it for RabbitMQ): any broker, before
         # the record is touched or any of the actor's code runs.
-        refused = routing.refusal(actor, message) if routing is not None else None
+        refused = self.refusal(broker, message)
         policy = self.policy
         # A refused message is credited to no tenant: it is not the named one's job.
         record = job_record(broker, message, credited=refused is None)
@@ -261,7 +279,13 @@ class DbSession(Middleware):
                 # is written in a transaction of the job's own, which checks it.
                 vouched = self._check_state(message, record)
                 record.started_at = dt.datetime.now(dt.UTC)
-                result = record.result = small_result(call(), self.logger)
+                returned = call()
+                result = record.result = small_result(returned, self.logger)
+                if self.follow_ups is not None:
+                    # The callback and the next stage are written with the record's statement.
+                    self.follow_ups.hold_after_success(
+                        broker, ctx, message, returned, record.tenant_id
+                    )
                 record.finished_at = dt.datetime.now(dt.UTC)
                 if ctx.opened or ctx.held or not vouched:
                     self._commit(broker, ctx, record)
@@ -422,13 +446,15 @@ class DbSession(Middleware):
                 on_give_up: OnGiveUp | None = broker.get_actor(message.actor_name).options.get(
                     "on_give_up"
                 )
-                if not decision.retry and on_give_up and not isinstance(exc, _TENANT_ERRORS):
+                gave_up = not decision.retry and not isinstance(exc, _TENANT_ERRORS)
+                if gave_up and on_give_up:
                     on_give_up(session, dict(message.kwargs), error)
-                    # What the hook sent (a failure notification) is written in this
-                    # transaction and published once it commits, like any held send.
-                    ctx = current_context()
-                    if ctx is not None:
-                        pending = self.write_held(session, ctx)
+                ctx = current_context()
+                if gave_up and ctx is not None:
+                    self._hold_on_failure(broker, ctx, message, record, exc)
+                    # What the hook sent (a failure notification) and the on_failure callback
+                    # are written in this transaction and published once it commits.
+                    pending = self.write_held(session, ctx)
         except (OperationalError, InterfaceError) as db_error:
             # The database is away: never let the message vanish into RabbitMQ's
             # expiring dead-letter queue; try it again once the record can be written,
@@ -457,6 +483,28 @@ class DbSession(Middleware):
         # message failed (the worker nacks it).
         if policy is not None and isinstance(message, MessageProxy):
             policy.act(broker, message, exc, decision)
+
+    def _hold_on_failure(
+        self,
+        broker: Broker,
+        ctx: MessageContext,
+        message: Message[Any],
+        record: JobRecord,
+        exc: BaseException,
+    ) -> None:
+        """Hold the on_failure callback; one that cannot be built is logged, the death recorded."""
+        if self.follow_ups is None:
+            return
+        try:
+            self.follow_ups.hold_after_failure(broker, ctx, message, exc, record.tenant_id)
+        except PermanentError as problem:
+            self.logger.error(
+                "The on_failure callback of %s %s is not sent: %s",
+                message.actor_name,
+                message.message_id,
+                describe_error(problem),
+                extra={"message_id": message.message_id, "actor": message.actor_name},
+            )
 
 
 def find_middleware(broker: Broker, kind: type[M]) -> M | None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JOB_DEAD, Tenant
 from middleware.context import MessageContext
+from middleware.follow_ups import check_follow_ups
 from middleware.outbox_clearer import OutboxClearer
 from middleware.outbox_rows import job_record, send_engine, write_sends
 from middleware.outbox_sweeper import SweeperThread, sweep_due
@@ -88,6 +89,7 @@ class Outbox(Middleware):
         again now and then, so the job goes once RabbitMQ is put right.
         """
         check_priority(broker, message)
+        check_follow_ups(broker, message)
         if isinstance(broker, TaskyardRabbitmqBroker):
             refused = broker.refusal_of(message.queue_name)
             if refused is not None:
@@ -115,9 +117,11 @@ class Outbox(Middleware):
     ) -> None:
         """Hold a send made in a transaction until it commits; refuse an unknown tenant at once.
 
-        Raises `PriorityRefused` for a `broker_priority` its queue cannot keep.
+        Raises `PriorityRefused` for a `broker_priority` its queue cannot keep, and
+        `FollowUpRefused` for a callback or pipeline stage outside the job's tenant.
         """
         check_priority(broker, message)
+        check_follow_ups(broker, message)
         record = job_record(broker, message, delay=delay)
         tenant_id = record.tenant_id
         if tenant_id is not None and tenant_id not in ctx.tenants_known:

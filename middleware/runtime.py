@@ -89,6 +89,11 @@ ORDER = (
     Rule("PeriodiqMiddleware", "DbSession", "a stale tick is dropped before the engine runs it"),
     Rule("TenantRouting", "DbSession", "the worker serves its queues before jobs run"),
     Rule("DbSession", "RetryPolicy", "the policy's after-hook sees what the engine decided"),
+    Rule(
+        "FollowUps",
+        "RetryPolicy",
+        "a plain actor's on_failure waits for the policy to give up (its after-hook runs first)",
+    ),
 )
 
 

@@ -90,7 +90,22 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= 64
 
 
+def _flag(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _actor_name(value: Any) -> bool:
+    # The job record's actor column holds 200 characters.
+    return isinstance(value, str) and 0 < len(value) <= 200
+
+
+def _object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
 _DAY_MS = 24 * 60 * 60 * 1000
+# The longest delay a pipeline's stage may carry, in milliseconds: a year.
+MAX_DELAY_MS = 366 * _DAY_MS
 # The message options a body may carry, each with its check: the ones Taskyard's
 # engine, Dramatiq's worker and periodiq read.  The options are untrusted input
 # that decides how a message is run (how often, how long, with what priority), so
@@ -107,6 +122,14 @@ MESSAGE_OPTIONS: dict[str, Callable[[Any], bool]] = {
     "scheduled_at": _text,
     "taskyard_schedule_id": _count(1, 2**63 - 1),
     "taskyard_slot": _text,
+    # Dramatiq's callbacks and pipelines (middleware/follow_ups.py): an actor's name;
+    # whether a stage ignores the previous result; the next stage, a message screened
+    # as this one is (`_stages_problem`); and the delay a pipeline's stage carries.
+    "on_success": _actor_name,
+    "on_failure": _actor_name,
+    "pipe_ignore": _flag,
+    "pipe_target": _object,
+    "delay": _count(0, MAX_DELAY_MS),
 }
 # How far ahead a delay queue's eta may be: longer delays wait in the outbox, so
 # only a crafted body has one further out (Dramatiq would hold it unacknowledged
@@ -114,7 +137,9 @@ MESSAGE_OPTIONS: dict[str, Callable[[Any], bool]] = {
 DEFAULT_MAX_ETA_AHEAD_MS = 60 * 60 * 1000
 
 
-def _options_problem(options: dict[str, Any], queue_name: str, max_eta_ahead_ms: int) -> str | None:
+def _options_problem(
+    options: dict[str, Any], queue_name: str, max_eta_ahead_ms: int, *, stages: bool = True
+) -> str | None:
     for name, value in options.items():
         check = MESSAGE_OPTIONS.get(name)
         if check is None:
@@ -126,6 +151,23 @@ def _options_problem(options: dict[str, Any], queue_name: str, max_eta_ahead_ms:
             return "option 'eta' on a queue that is not a delay queue"
         if options["eta"] > current_millis() + max_eta_ahead_ms:
             return f"option 'eta' is more than {max_eta_ahead_ms // 1000} s ahead"
+    return _stages_problem(options.get("pipe_target"), max_eta_ahead_ms) if stages else None
+
+
+def _stages_problem(target: Any, max_eta_ahead_ms: int) -> str | None:
+    """Why a pipeline's later stages are refused: each is a message in the previous one's options.
+
+    A loop, not a recursion: a long pipeline nests as deep as it is long.
+    """
+    stage = 1
+    while target is not None:
+        stage += 1
+        problem = _shape_problem(target) or _options_problem(
+            target["options"], target["queue_name"], max_eta_ahead_ms, stages=False
+        )
+        if problem is not None:
+            return f"option 'pipe_target', stage {stage} of the pipeline: {problem}"
+        target = target["options"].get("pipe_target")
     return None
 
 

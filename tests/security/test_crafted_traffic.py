@@ -4,7 +4,8 @@ A real worker serves both tenants. Only A's queue receives traffic: messages
 built at random from every actor the worker knows (system actors too) and
 unknown ones, the queue names of A, B and the system, tenant ids of every
 shape, B's message ids, positional and unexpected arguments, and options
-(retry counts, and ones Dramatiq would misread: `throws`, a bad priority).
+(retry counts, ones Dramatiq would misread: `throws`, a bad priority, and
+callbacks and pipeline stages naming B or a system actor).
 Every row of B's (each table with a `tenant_id`, its tenant row, and the job
 records and dead letters of B's message ids) is compared as JSON text before
 and after. The seed is printed, and `TASKYARD_SECURITY_SEED` replays it.
@@ -86,6 +87,11 @@ def crafted(rnd: random.Random, rig: Rig, b: TenantB) -> dict[str, Any]:
             {"broker_priority": "x"},
             {"eta": 0},
             {"max_attempts": 10**6, "max_backoff": 0},
+            # Follow-ups: a next stage naming B (on B's queue), a callback to a system
+            # actor, and a callback of A's own the actor cannot take.
+            {"pipe_target": body(b_queue, record_effect.actor_name, {"tenant_id": b.id})},
+            {"on_success": "delete_tenant", "pipe_ignore": True},
+            {"on_failure": record_effect.actor_name, "delay": 1},
         ]
     )
     return body(queue, actor, kwargs, message_id=message_id, args=args, options=options)
