@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -71,6 +72,40 @@ CONSUMER_PREFETCH = 1
 REBALANCE_SECONDS = 0.1
 # Consumers replaced per look at most (each is two or three round trips to RabbitMQ).
 REBALANCE_CHANGES = 32
+
+
+def _settle_calls(
+    settles: list[tuple[Any, int, bool]], lowest: Mapping[int, int]
+) -> dict[Any, list[tuple[str, int, bool]]]:
+    """The acks and nacks to send for `settles`, by channel: a run of acks as one.
+
+    RabbitMQ's `basic.ack` with `multiple` acknowledges every delivery up to its
+    tag on the channel.  The acks below the channel's lowest delivery still
+    unsettled (`lowest`) and below its lowest nack of the batch are sent as one
+    such ack: every delivery under that tag is then settled, or being acked.
+    (Deliveries not handed to a worker yet have higher tags than any tracked.)
+    """
+    by_channel: dict[Any, list[tuple[int, bool]]] = {}
+    for channel, tag, ack in settles:
+        by_channel.setdefault(channel, []).append((tag, ack))
+    calls: dict[Any, list[tuple[str, int, bool]]] = {}
+    for channel, batch in by_channel.items():
+        floor = min(
+            [lowest.get(channel.channel_number, sys.maxsize)]
+            + [tag for tag, ack in batch if not ack]
+        )
+        run = sorted(tag for tag, ack in batch if ack and tag < floor)
+        out: list[tuple[str, int, bool]] = []
+        if len(run) > 1:
+            out.append(("ack", run[-1], True))
+        elif run:
+            out.append(("ack", run[0], False))
+        covered = set(run)
+        for tag, ack in batch:
+            if tag not in covered:
+                out.append(("ack" if ack else "nack", tag, False))
+        calls[channel] = out
+    return calls
 
 
 def is_delay_queue(queue_name: str) -> bool:
@@ -239,22 +274,25 @@ class _Link(Consumer):
     def _settle(self, message: MessageProxy, *, ack: bool) -> None:
         assert isinstance(message, _Delivery)
         key = (message.channel_number, message._tag)
+        channel = self.channels[is_delay_queue(message.queue_name)]
+        wake = False
+        # One lock section: a delivery is always either unsettled or queued to be settled,
+        # which `_drain` relies on to acknowledge a run of deliveries at once.
         with self._lock:
             origin = self._unsettled.pop(key, None) if message.link is self else None
-            if origin is not None and not is_delay_queue(origin[0]):
-                _count_down(self._in_hand, origin[0])
-                _count_down(self._held_by, origin[1])
+            if origin is not None:
+                if not is_delay_queue(origin[0]):
+                    _count_down(self._in_hand, origin[0])
+                    _count_down(self._held_by, origin[1])
+                self._settles.append((channel, message._tag, ack))
+                # One wake-up of the connection's thread settles everything queued by then.
+                wake, self._drain_scheduled = not self._drain_scheduled, True
         if origin is None:
             self.logger.warning(
                 "Could not settle message %s: its connection was closed, so RabbitMQ redelivers it",
                 message.message_id,
             )
             return
-        channel = self.channels[is_delay_queue(message.queue_name)]
-        with self._lock:
-            self._settles.append((channel, message._tag, ack))
-            # One wake-up of the connection's thread settles everything queued by then.
-            wake, self._drain_scheduled = not self._drain_scheduled, True
         if not wake:
             return
         try:
@@ -262,25 +300,26 @@ class _Link(Consumer):
         except AMQP_ERRORS:
             with self._lock:
                 self._drain_scheduled = False
-            self.logger.warning(
-                "Could not settle message %s; RabbitMQ redelivers it", message.message_id
-            )
 
     def _drain(self) -> None:
         # On the connection's thread: settle every delivery queued since the last drain.
         with self._lock:
             settles, self._settles = self._settles, []
             self._drain_scheduled = False
+            # The lowest delivery tag each channel still has unsettled (in a worker's hands).
+            lowest: dict[int, int] = {}
+            for number, tag in self._unsettled:
+                if tag < lowest.get(number, tag + 1):
+                    lowest[number] = tag
         # Every ack and nack of the batch is written, then each channel's output is
         # flushed once (pika's blocking channel flushes after every single one).
-        last = {id(channel): index for index, (channel, _, _) in enumerate(settles)}
-        for index, (channel, tag, ack) in enumerate(settles):
-            flush = last[id(channel)] == index
-            target = channel if flush else channel._impl
-            if ack:
-                target.basic_ack(tag)
-            else:
-                target.basic_nack(tag, requeue=False)
+        for channel, calls in _settle_calls(settles, lowest).items():
+            for index, (method, tag, multiple) in enumerate(calls):
+                target = channel if index == len(calls) - 1 else channel._impl
+                if method == "ack":
+                    target.basic_ack(tag, multiple=multiple)
+                else:
+                    target.basic_nack(tag, requeue=False)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Nothing to do: RabbitMQ puts unacked messages back when the connection closes."""

@@ -16,7 +16,13 @@ from dramatiq.common import current_millis
 
 import transport.consumer as consumer_module
 from services.errors import BrokerRefused
-from transport.consumer import ConsumerMultiplexing, MultiplexingConsumer, _Delivery, _Link
+from transport.consumer import (
+    ConsumerMultiplexing,
+    MultiplexingConsumer,
+    _Delivery,
+    _Link,
+    _settle_calls,
+)
 from transport.fair_queue import FairWorkQueue
 from transport.rabbitmq import TaskyardRabbitmqBroker
 
@@ -44,8 +50,8 @@ class FakeChannel:
     def add_on_cancel_callback(self, callback: Callable[[Any], None]) -> None:
         self.on_cancel = callback
 
-    def basic_ack(self, tag: int) -> None:
-        self.calls.append(("ack", tag))
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.calls.append(("ack", tag, "and every one before") if multiple else ("ack", tag))
 
     def basic_nack(self, tag: int, requeue: bool) -> None:
         self.calls.append(("nack", tag, requeue))
@@ -556,3 +562,25 @@ def test_queues_are_first_consumed_at_their_share_of_the_bound(
         consumer.add_queue(f"tenant.{n}")
     consumer._serve_once()
     assert link.prefetch_of("tenant.11") == 1
+
+
+def test_a_run_of_acks_is_sent_as_one_and_never_covers_a_nack_or_an_unsettled_delivery() -> None:
+    queues, delays = FakeChannel(1), FakeChannel(2)
+
+    # Every delivery up to 3 acked, none left: one ack with `multiple`
+    assert _settle_calls([(queues, t, True) for t in (2, 1, 3)], {}) == {queues: [("ack", 3, True)]}
+    # Delivery 2 still in a worker's hands: 1 and 3 are acked each on its own
+    assert _settle_calls([(queues, 1, True), (queues, 3, True)], {1: 2}) == {
+        queues: [("ack", 1, False), ("ack", 3, False)]
+    }
+    # A nack in the batch: the run stops below it, the nack and what follows go one by one
+    settles = [(queues, 1, True), (queues, 2, True), (queues, 3, False), (queues, 4, True)]
+    assert _settle_calls(settles, {}) == {
+        queues: [("ack", 2, True), ("nack", 3, False), ("ack", 4, False)]
+    }
+    # Each channel has its own tags and its own unsettled deliveries
+    settles = [(queues, 1, True), (queues, 2, True), (delays, 1, True), (delays, 3, True)]
+    assert _settle_calls(settles, {2: 2}) == {
+        queues: [("ack", 2, True)],
+        delays: [("ack", 1, False), ("ack", 3, False)],
+    }
