@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import check_schema
 from db.session import make_engine, make_session_factory
 from middleware import DbSession, RetryPolicy, TenantRouting
+from middleware.age_limit import JobAgeLimit
 from middleware.dead_letters import DeadLetters
 from middleware.follow_ups import FollowUps
 from middleware.frozen_heap import FrozenHeap
@@ -24,6 +25,7 @@ from middleware.heartbeat import Heartbeat
 from middleware.metrics import Metrics
 from middleware.outbox import Outbox
 from middleware.runtime import Runtime
+from middleware.shutdown import JobShutdownNotifications
 from middleware.worker_state import StateSnapshot, WorkerState
 from services.job_control import cancel_requests_since
 from services.tenants import served_tenant_ids, tenant_statuses
@@ -91,8 +93,13 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         group_commit_linger_seconds=settings.group_commit_linger_ms / 1000,
     )
     middleware: tuple[Middleware, ...] = (
+        # Fails a message older than its max_age before anything starts for it: its job
+        # recorded expired, never run.  First, where Dramatiq's default stack has AgeLimit,
+        # so add_middleware(m, before=AgeLimit / after=AgeLimit) places m as in Dramatiq.
+        JobAgeLimit(session_factory=session_factory, tenant_of=dead_letters.tenant_of),
         # Freezes the booted process's objects out of the full GC passes that stop every
-        # job; first, so its after_worker_boot runs last, once everything has booted.
+        # job; first of those with boot hooks, so its after_worker_boot runs last, once
+        # everything has booted.
         FrozenHeap(),
         # In a worker process, logging never waits for the pipe to Dramatiq's main
         # process; its after_worker_shutdown writes out every other's last lines.
@@ -107,6 +114,9 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         ),
         # Interrupts a runaway actor; its timer covers everything below.
         TimeLimit(),
+        # Interrupts an actor declared with notify_shutdown=True when its worker is told to
+        # stop; the engine rolls the attempt back and records it as a failed one.
+        JobShutdownNotifications(),
         # Consumes every queue of a worker over one connection and thread, not one
         # each (1,000 tenants are 2,000 queues); only replaces the worker's consumers
         # at boot, and does nothing on the stub broker.

@@ -14,8 +14,11 @@ import marshmallow
 import sqlalchemy.exc
 from dramatiq import Message
 
+from middleware.actor_options import check_message_options
+from middleware.age_limit import AGE_OPTIONS
 from middleware.context import current_context, current_message, current_session
 from middleware.outbox import Outbox
+from middleware.retry_policy import RETRY_OPTIONS
 from middleware.runtime import runtime_of
 from services.errors import InvalidArguments, SendFailed, valid_tenant_id
 from services.job_control import is_cancel_requested
@@ -26,6 +29,8 @@ __all__ = ["InvalidArguments", "TaskyardActor", "cancel_requested", "taskyard_ac
 
 # The option periodiq's scheduler sets on every tick it sends.
 PERIODIQ_OPTION = "scheduled_at"
+# Message options checked when a message is built, as the consumer checks them on arrival.
+CHECKED_AT_SEND = (*RETRY_OPTIONS, *AGE_OPTIONS, "notify_shutdown")
 
 
 class TaskyardActor(dramatiq.Actor[Any, Any]):
@@ -34,13 +39,18 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
     def message_with_options(
         self, *, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Message[Any]:
-        """Build a message, on the tenant's queue when the actor is tenant-scoped."""
+        """Build a message, on the tenant's queue when the actor is tenant-scoped.
+
+        Raises `InvalidArguments` for arguments the actor does not take, and
+        `OptionRefused` for a retry or age option no message may carry.
+        """
         if args:
             raise InvalidArguments(
                 f"{self.actor_name} takes keyword arguments only (got {len(args)} positional)"
             )
         kwargs = dict(kwargs or {})
         self.check_arguments(kwargs)
+        check_message_options(self.actor_name, options, CHECKED_AT_SEND)
         message = super().message_with_options(kwargs=kwargs, **options)
         if not self.options.get("tenant_scoped"):
             return message
@@ -209,9 +219,6 @@ def taskyard_actor(
     broker = broker or dramatiq.get_broker()
     runtime = runtime_of(broker)
     system_queue = runtime.routing.system_queue if runtime else "taskyard.system"
-    # Dramatiq logs any exception not listed in `throws` with a traceback;
-    # the retry policy logs each failure once, at the right level.
-    options.setdefault("throws", (Exception,))
     decorator = dramatiq.actor(
         actor_name=name,
         actor_class=TaskyardActor,

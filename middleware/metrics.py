@@ -20,7 +20,7 @@ from dramatiq.middleware import Middleware
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import JOB_CANCELLED, JOB_SKIPPED, Job
+from db.models import JOB_CANCELLED, JOB_EXPIRED, JOB_SKIPPED, Job
 from middleware.metrics_labels import UNKNOWN_ACTOR, TenantLabels, queue_label
 from middleware.metrics_server import (
     BEFORE_SCRAPE,
@@ -52,7 +52,8 @@ _Key = tuple[str, tuple[str, ...]]
 # The periodiq actor whose lateness is the scheduler lag.
 SCHEDULER_TICK = "scheduler_tick"
 
-# Outcomes; `duplicate` is a redelivered message whose job had already finished.
+# Outcomes; `duplicate` is a redelivered message whose job had already finished (a skip
+# may also count as `expired`, its record's status: older than its max_age).
 SUCCEEDED, RETRIED, DEAD, SKIPPED, CANCELLED, DUPLICATE = (
     "succeeded",
     "retried",
@@ -375,7 +376,7 @@ class Metrics(Middleware):
         except Exception:
             self.logger.warning("Could not read the record of %s", message_id, exc_info=True)
             return SKIPPED
-        if status in (JOB_SKIPPED, JOB_CANCELLED):
+        if status in (JOB_SKIPPED, JOB_CANCELLED, JOB_EXPIRED):
             return status
         # No record (a stale tick outside a transaction) is a skip too.
         return SKIPPED if status is None else DUPLICATE

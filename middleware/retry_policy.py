@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +16,35 @@ from dramatiq import Message
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
+from middleware.actor_options import check_actor_options
 from middleware.outbox import Outbox
 from services.errors import PermanentError, TransientError
+from transport.rabbitmq import MAX_ATTEMPTS_CAP
 
 # Set on a message whose failure the policy has acted on (re-enqueued or failed).
 ACTED = "taskyard_failure_acted_on"
 # SQLSTATEs worth another attempt: serialization failure and deadlock.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# Why a message gave up because its retries ran out (Dramatiq's on_retry_exhausted fires).
+MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"
+RETRY_WHEN_DECLINED = "retry_when_declined"
+EXHAUSTED = frozenset({MAX_ATTEMPTS_EXCEEDED, RETRY_WHEN_DECLINED})
+# Why a message gave up because its exception is one its actor `throws`: never retried.
+THROWN = "throws"
+# The options the policy reads: Taskyard's and Dramatiq's Retries middleware's.
+RETRY_OPTIONS = (
+    "max_attempts",
+    "max_retries",
+    "min_backoff",
+    "max_backoff",
+    "throws",
+    "retry_when",
+    "on_retry_exhausted",
+)
+# Dramatiq's retry_when: (retries so far, the exception) -> whether to retry.
+RetryWhen = Callable[[int, BaseException], bool]
+# The worker's own line for a failure, which the policy has logged already (see _LoggedOnce).
+_WORKER_FAILURE_LINE = "Failed to process message"
 
 # One table, in order: the first matching row decides.  Anything that matches
 # no row is treated as transient (an unforeseen bug gets its few attempts).
@@ -60,8 +82,12 @@ def outcome_of(decision: Decision, attempt: int) -> str:
     """
     if decision.retry:
         return f"[attempt {attempt} failed; retrying in {decision.delay_ms / 1000:.1f} s]"
-    if decision.reason == "max_attempts_exceeded":
+    if decision.reason == MAX_ATTEMPTS_EXCEEDED:
         return f"[attempt {attempt} was the last; gave up: max_attempts_exceeded]"
+    if decision.reason == RETRY_WHEN_DECLINED:
+        return f"[attempt {attempt} failed; its actor's retry_when declined another]"
+    if decision.reason == THROWN:
+        return f"[attempt {attempt} raised an exception its actor throws; not retried]"
     return ""
 
 
@@ -78,7 +104,16 @@ def reason_of(exc: BaseException) -> str:
         return "invalid_input"
     if isinstance(exc, TypeError):
         return "invalid_arguments"
-    return "max_attempts_exceeded"
+    return MAX_ATTEMPTS_EXCEEDED
+
+
+def attempts_limit(options: Mapping[str, Any]) -> int | None:
+    """The attempts `options` (a message's or an actor's) allow: max_attempts or max_retries+1."""
+    if options.get("max_attempts") is not None:
+        return int(options["max_attempts"])
+    if options.get("max_retries") is not None:
+        return int(options["max_retries"]) + 1
+    return None
 
 
 def decide(
@@ -88,14 +123,27 @@ def decide(
     max_attempts: int,
     min_backoff_ms: int,
     max_backoff_ms: int,
+    throws: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    retry_when: RetryWhen | None = None,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """Retry or give up after `attempt` (1-based) failed with `exc`: backoff with full jitter."""
+    """Retry or give up after `attempt` (1-based) failed with `exc`: backoff with full jitter.
+
+    In order: an exception the actor `throws` is never retried; a permanent
+    one (the table above) neither; then the actor's `retry_when`, asked
+    (retries so far, exception) as Dramatiq asks it, replaces the attempt
+    limit, though no job gets more than `MAX_ATTEMPTS_CAP` attempts.
+    """
+    if throws and isinstance(exc, throws):
+        return Decision(retry=False, delay_ms=0, reason=THROWN)
     permanent = isinstance(exc, PERMANENT_TYPES) and _sqlstate(exc) not in RETRYABLE_SQLSTATES
     if permanent:
         return Decision(retry=False, delay_ms=0, reason=reason_of(exc))
-    if attempt >= max_attempts:
-        return Decision(retry=False, delay_ms=0, reason="max_attempts_exceeded")
+    if retry_when is not None and attempt < MAX_ATTEMPTS_CAP:
+        if not retry_when(attempt - 1, exc):
+            return Decision(retry=False, delay_ms=0, reason=RETRY_WHEN_DECLINED)
+    elif attempt >= min(max_attempts, MAX_ATTEMPTS_CAP):
+        return Decision(retry=False, delay_ms=0, reason=MAX_ATTEMPTS_EXCEEDED)
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(exc, dramatiq.Retry) and exc.delay is not None:
         retry_after = exc.delay / 1000
@@ -113,8 +161,7 @@ class RetryPolicy(Middleware):
     message the engine did not run.
     """
 
-    # `throws` is read by Dramatiq's worker only to choose its log level; we log ourselves.
-    actor_options = {"max_attempts", "min_backoff", "max_backoff", "throws"}
+    actor_options = set(RETRY_OPTIONS)
 
     def __init__(
         self,
@@ -130,6 +177,11 @@ class RetryPolicy(Middleware):
         self.max_backoff_ms = max_backoff_ms
         # Where a long backoff waits, and a retry RabbitMQ refused.
         self.outbox = outbox
+        _LoggedOnce.install()
+
+    def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        """Refuse, at declaration, a retry option Taskyard cannot honour (`OptionRefused`)."""
+        check_actor_options(actor.actor_name, actor.options, RETRY_OPTIONS)
 
     def _option(
         self, broker: Broker, message: Message[Any] | MessageProxy, name: str, default: int
@@ -139,21 +191,52 @@ class RetryPolicy(Middleware):
         actor = broker.get_actor(message.actor_name)
         return int(actor.options.get(name, default))
 
+    def _retry_when(self, actor: dramatiq.Actor[Any, Any]) -> RetryWhen | None:
+        retry_when: RetryWhen | None = actor.options.get("retry_when")
+        if retry_when is None:
+            return None
+
+        def asked(retries: int, exc: BaseException) -> bool:
+            try:
+                return bool(retry_when(retries, exc))
+            except Exception:
+                # The actor's own code, in the middle of recording a failure: a bug
+                # there gives the message up (kept as a dead letter), never loses it.
+                self.logger.exception("retry_when of %s raised; not retried", actor.actor_name)
+                return False
+
+        return asked
+
     def decide(
         self, broker: Broker, message: Message[Any] | MessageProxy, exc: BaseException
     ) -> Decision:
         """Decide about a failed attempt of `message` (nothing is done yet: see `act`)."""
+        actor = broker.get_actor(message.actor_name)
         return decide(
             exc,
             attempt_of(message),
-            max_attempts=self._option(broker, message, "max_attempts", self.max_attempts),
+            max_attempts=self.attempts_allowed(broker, message),
             min_backoff_ms=self._option(broker, message, "min_backoff", self.min_backoff_ms),
             max_backoff_ms=self._option(broker, message, "max_backoff", self.max_backoff_ms),
+            throws=actor.options.get("throws"),
+            retry_when=self._retry_when(actor),
         )
 
     def attempts_allowed(self, broker: Broker, message: Message[Any] | MessageProxy) -> int:
-        """How many times `message`'s actor may run: its option, its actor's, or the default."""
-        return self._option(broker, message, "max_attempts", self.max_attempts)
+        """How many times `message`'s actor may run: the message's limit, its actor's, the default.
+
+        A limit is `max_attempts`, or Dramatiq's `max_retries` plus one; an actor
+        with `retry_when` may run up to `MAX_ATTEMPTS_CAP` times, its function
+        deciding.
+        """
+        limit = attempts_limit(message.options)
+        if limit is not None:
+            return limit
+        actor = broker.get_actor(message.actor_name)
+        if actor.options.get("retry_when") is not None:
+            return MAX_ATTEMPTS_CAP
+        limit = attempts_limit(actor.options)
+        return limit if limit is not None else self.max_attempts
 
     def unrecorded(
         self,
@@ -237,16 +320,72 @@ class RetryPolicy(Middleware):
                 # alarm): acknowledging the message now would lose the job.
                 self._keep_unsent_retry(broker, message, retried, delay, exc)
             return
-        self.logger.error(
-            "%s %s gave up after attempt %d (%s)",
-            message.actor_name,
-            message.message_id,
-            attempt,
-            decision.reason,
-            exc_info=exception,
-            extra=extra,
-        )
+        if decision.reason == THROWN:
+            # As Dramatiq's Retries: an exception the actor throws is expected, said at INFO.
+            self.logger.info(
+                "%s %s attempt %d raised %s, which its actor throws; not retried",
+                message.actor_name,
+                message.message_id,
+                attempt,
+                type(exception).__name__,
+                extra=extra,
+            )
+        else:
+            self.logger.error(
+                "%s %s gave up after attempt %d (%s)",
+                message.actor_name,
+                message.message_id,
+                attempt,
+                decision.reason,
+                exc_info=exception,
+                extra=extra,
+            )
         message.fail()  # a MessageProxy: the worker nacks it, RabbitMQ dead-letters it
+        if decision.reason in EXHAUSTED:
+            self._send_exhausted(broker, message, attempt)
+
+    def _send_exhausted(self, broker: Broker, message: MessageProxy, attempt: int) -> None:
+        """Send the actor's `on_retry_exhausted` its message, as Dramatiq's Retries sends it.
+
+        Sent once the failure is recorded, outside its transaction (as Dramatiq
+        sends it after the nack): recorded and published through the outbox,
+        never lost once this returns; a send that fails is logged.
+        """
+        target_name = broker.get_actor(message.actor_name).options.get("on_retry_exhausted")
+        if not target_name:
+            return
+        extra = {"message_id": message.message_id, "actor": message.actor_name}
+        retries, max_retries = attempt - 1, self.attempts_allowed(broker, message) - 1
+        try:
+            target = broker.get_actor(target_name)
+            if "tenant_scoped" in target.options:
+                # A Taskyard actor takes keyword arguments only; a tenant-scoped one runs
+                # for the failed job's tenant (its route was checked before it ran).
+                kwargs: dict[str, Any] = {
+                    "message": message.asdict(),
+                    "retries": retries,
+                    "max_retries": max_retries,
+                }
+                if target.options["tenant_scoped"]:
+                    kwargs["tenant_id"] = message.kwargs.get("tenant_id")
+                exhausted = target.message_with_options(kwargs=kwargs)
+            else:
+                retry_info = {"retries": retries, "max_retries": max_retries}
+                exhausted = target.message_with_options(args=(message.asdict(), retry_info))
+            if self.outbox is not None:
+                self.outbox.send(broker, exhausted, None)
+            else:
+                broker.enqueue(exhausted)
+        except Exception as exc:
+            self.logger.error(
+                "Could not send on_retry_exhausted %s for %s %s (%s: %s)",
+                target_name,
+                message.actor_name,
+                message.message_id,
+                type(exc).__name__,
+                exc,
+                extra=extra,
+            )
 
     def after_process_message(
         self,
@@ -267,3 +406,26 @@ class RetryPolicy(Middleware):
 def attempt_of(message: Message[Any] | MessageProxy) -> int:
     """This delivery's attempt number, 1 for the first."""
     return int(message.options.get("retries", 0)) + 1
+
+
+class _LoggedOnce(logging.Filter):
+    """Drops the worker's own line about a failure the policy has acted on, and logged.
+
+    Dramatiq's worker logs every exception an actor raises (with a traceback,
+    unless the actor `throws` it); the policy logs each failure once, where
+    it decides, at the level its decision calls for.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the worker's line about a message the policy acted on."""
+        if not str(record.msg).startswith(_WORKER_FAILURE_LINE):
+            return True
+        args = record.args
+        return not (isinstance(args, tuple) and args and getattr(args[0], ACTED, False))
+
+    @classmethod
+    def install(cls) -> None:
+        """Filter the logger of Dramatiq's worker threads (once per process)."""
+        logger = logging.getLogger("dramatiq.worker.WorkerThread")
+        if not any(isinstance(existing, cls) for existing in logger.filters):
+            logger.addFilter(cls())

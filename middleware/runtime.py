@@ -72,6 +72,12 @@ class Rule:
 
 # Middleware named by class name: the order constraints of Taskyard's stack.
 ORDER = (
+    Rule("JobAgeLimit", "DbSession", "an expired message is recorded and never reaches the engine"),
+    Rule(
+        "JobAgeLimit",
+        "FrozenHeap",
+        "first, as Dramatiq's AgeLimit is: add_middleware(before=/after=AgeLimit) places as there",
+    ),
     Rule("FrozenHeap", "Metrics", "its after_worker_boot freezes the heap once all have booted"),
     Rule(
         "Metrics",
@@ -79,6 +85,11 @@ ORDER = (
         "its after-hooks run last and count the outcome the engine and policy decided",
     ),
     Rule("TimeLimit", "DbSession", "its timer covers the job's whole run, record included"),
+    Rule(
+        "JobShutdownNotifications",
+        "DbSession",
+        "an interrupted attempt is rolled back and recorded by the engine",
+    ),
     Rule(
         "ConsumerMultiplexing",
         "TenantRouting",

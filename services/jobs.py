@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from db.hot import Executor, HotStatement
 from db.models import (
     JOB_DEAD,
+    JOB_EXPIRED,
     JOB_FINAL_STATES,
     JOB_RETRYING,
     JOB_SKIPPED,
@@ -353,6 +354,27 @@ def mark_skipped(session: Session, message_id: str, *, actor: str, queue: str, r
         )
         .values(status=JOB_SKIPPED, finished_at=dt.datetime.now(dt.UTC), error=reason)
     )
+
+
+def mark_expired(session: Session, message_id: str, *, actor: str, queue: str, error: str) -> bool:
+    """Record that a message was older than its max_age and never ran: final, `expired`.
+
+    As `mark_skipped`: only the record of the same actor on the same queue, and
+    only while it is not final.  True when a record was changed.
+    """
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.message_id == message_id,
+            Job.status.not_in(JOB_FINAL_STATES),
+            Job.actor == actor,
+            Job.queue == queue,
+        )
+        .values(
+            status=JOB_EXPIRED, finished_at=dt.datetime.now(dt.UTC), error=error[:MAX_ERROR_LENGTH]
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def record_failure(session: Session, record: JobRecord, *, error: str, dead: bool) -> None:

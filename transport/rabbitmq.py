@@ -8,7 +8,7 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -104,17 +104,26 @@ def _object(value: Any) -> bool:
 
 
 _DAY_MS = 24 * 60 * 60 * 1000
+# The most attempts any job gets, however its options are set (retry_when included).
+MAX_ATTEMPTS_CAP = 100
+# The longest max_age taken, in milliseconds: a year.
+MAX_AGE_CAP_MS = 366 * _DAY_MS
 # The longest delay a pipeline's stage may carry, in milliseconds: a year.
 MAX_DELAY_MS = 366 * _DAY_MS
 # The message options a body may carry, each with its check: the ones Taskyard's
 # engine, Dramatiq's worker and periodiq read.  The options are untrusted input
 # that decides how a message is run (how often, how long, with what priority), so
 # anything else is refused: Dramatiq would read `throws` as an exception class and
-# crash the thread, a bad `broker_priority` would break the publisher.
+# crash the thread, a bad `broker_priority` would break the publisher.  Actors
+# declare the same options with the same checks (middleware/actor_options.py).
 MESSAGE_OPTIONS: dict[str, Callable[[Any], bool]] = {
     "retries": _count(0, 1_000),
     "eta": _count(0, 2**53),
-    "max_attempts": _count(1, 100),
+    "max_attempts": _count(1, MAX_ATTEMPTS_CAP),
+    # Dramatiq's name for the same limit: max_retries=N is N + 1 attempts.
+    "max_retries": _count(0, MAX_ATTEMPTS_CAP - 1),
+    "max_age": _count(1, MAX_AGE_CAP_MS),
+    "notify_shutdown": _flag,
     "min_backoff": _count(0, _DAY_MS),
     "max_backoff": _count(0, _DAY_MS),
     "time_limit": _count(1, _DAY_MS),
@@ -137,15 +146,36 @@ MESSAGE_OPTIONS: dict[str, Callable[[Any], bool]] = {
 DEFAULT_MAX_ETA_AHEAD_MS = 60 * 60 * 1000
 
 
+def option_problem(name: str, value: Any) -> str | None:
+    """Why a message may not carry option `name` with `value` (None: it may)."""
+    check = MESSAGE_OPTIONS.get(name)
+    if check is None:
+        return f"option {name!r} is not one Taskyard takes ({', '.join(MESSAGE_OPTIONS)})"
+    if not check(value):
+        return f"option {name!r} has a value out of its type or range: {value!r}"[:300]
+    return None
+
+
+def limit_conflict(options: Mapping[str, Any]) -> str | None:
+    """Why `options` (a message's or an actor's) may not set both attempt limits (None: fine)."""
+    if "max_attempts" in options and "max_retries" in options:
+        return (
+            "options 'max_attempts' and 'max_retries' both limit the attempts "
+            "(max_retries=N is max_attempts=N+1): give one"
+        )
+    return None
+
+
 def _options_problem(
     options: dict[str, Any], queue_name: str, max_eta_ahead_ms: int, *, stages: bool = True
 ) -> str | None:
     for name, value in options.items():
-        check = MESSAGE_OPTIONS.get(name)
-        if check is None:
-            return f"option {name!r} is not one Taskyard takes ({', '.join(MESSAGE_OPTIONS)})"
-        if not check(value):
-            return f"option {name!r} has a value out of its type or range: {value!r}"[:300]
+        problem = option_problem(name, value)
+        if problem is not None:
+            return problem
+    conflict = limit_conflict(options)
+    if conflict is not None:
+        return conflict
     if "eta" in options:
         if not queue_name.endswith(".DQ"):
             return "option 'eta' on a queue that is not a delay queue"

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Middleware
 
 from middleware.frozen_heap import FrozenHeap
 
@@ -41,5 +42,10 @@ def test_after_boot_what_the_process_holds_is_frozen_and_new_objects_are_not() -
 def test_the_worker_middleware_freezes_last() -> None:
     import brokers
 
-    # Its after_worker_boot runs after every other one: after-hooks run in reverse order.
-    assert isinstance(brokers.broker.middleware[0], FrozenHeap)
+    # Its after_worker_boot runs after every other one: after-hooks run in reverse order,
+    # and any middleware before it (Dramatiq's AgeLimit's place) has no boot hook of its own.
+    stack = brokers.broker.middleware
+    first = next(i for i, m in enumerate(stack) if isinstance(m, FrozenHeap))
+    assert all(type(m).after_worker_boot is Middleware.after_worker_boot for m in stack[:first]), [
+        type(m).__name__ for m in stack[:first]
+    ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow
 import pytest
 import requests
 import sqlalchemy.exc
 
-from middleware.retry_policy import decide
+from middleware.retry_policy import attempts_limit, decide
 from services.errors import FetchFailed, FetchRefused, PermanentError, TransientError, UnknownTenant
 
 LIMITS = {"max_attempts": 5, "min_backoff_ms": 1_000, "max_backoff_ms": 30_000}
@@ -85,3 +87,41 @@ def test_last_attempt_gives_up_even_on_a_transient_error() -> None:
 def test_permanent_error_gives_up_on_the_first_attempt() -> None:
     decision = decide(PermanentError("never", reason="nope"), 1, **LIMITS)
     assert not decision.retry
+
+
+@pytest.mark.parametrize(
+    ("exc", "options", "attempt", "retry", "reason"),
+    [
+        # throws: never retried, whatever the table or the attempts left say
+        (ValueError("x"), {"throws": ValueError}, 1, False, "throws"),
+        (TransientError("x"), {"throws": (KeyError, TransientError)}, 1, False, "throws"),
+        (KeyError("x"), {"throws": (ValueError,)}, 1, True, "backoff"),
+        # retry_when replaces the attempt limit, after the permanent table
+        (RuntimeError("x"), {"retry_when": lambda retries, exc: retries < 7}, 7, True, "backoff"),
+        (RuntimeError("x"), {"retry_when": lambda r, e: r < 7}, 8, False, "retry_when_declined"),
+        (PermanentError("no", reason="p"), {"retry_when": lambda r, e: True}, 1, False, "p"),
+        # and no job gets more than 100 attempts
+        (RuntimeError("x"), {"retry_when": lambda r, e: True}, 100, False, "max_attempts_exceeded"),
+        (RuntimeError("x"), {"max_attempts": 10**6}, 100, False, "max_attempts_exceeded"),
+    ],
+)
+def test_throws_and_retry_when_decide_as_in_dramatiq_within_taskyards_limits(
+    exc: BaseException, options: dict[str, Any], attempt: int, retry: bool, reason: str
+) -> None:
+    limits = {**LIMITS, "max_attempts": options.pop("max_attempts", LIMITS["max_attempts"])}
+    decision = decide(exc, attempt, rand=lambda: 0.5, **limits, **options)
+    assert (decision.retry, decision.reason) == (retry, reason)
+
+
+@pytest.mark.parametrize(
+    ("options", "limit"),
+    [
+        ({}, None),
+        ({"max_attempts": 4}, 4),
+        ({"max_retries": 0}, 1),
+        ({"max_retries": 3}, 4),
+        ({"max_retries": None}, None),
+    ],
+)
+def test_max_retries_n_is_n_plus_one_attempts(options: dict[str, Any], limit: int | None) -> None:
+    assert attempts_limit(options) == limit
