@@ -15,6 +15,8 @@ from tests.support import WorkerProcess, delete_prefix_queues, worker_env
 
 pytestmark = pytest.mark.integration
 
+PIPELINE_ACTORS = ["tests.integration.pipeline_actors"]
+
 
 @pytest.fixture(scope="session")
 def start_worker(
@@ -25,7 +27,9 @@ def start_worker(
 
     def start(threads: int = 4, **env: str) -> WorkerProcess:
         log = tmp_path_factory.mktemp("worker") / "worker.log"
-        worker = WorkerProcess(log, worker_env(**env), threads=threads)
+        # The pipeline test's actors too: any worker serving every tenant may take its
+        # messages while it runs, and must know them.
+        worker = WorkerProcess(log, worker_env(**env), threads=threads, modules=PIPELINE_ACTORS)
         started.append(worker)
         worker.wait_ready()
         return worker
