@@ -397,6 +397,8 @@ class DbSession(Middleware):
             if crashes is None and jobs.record_status(connection, message.message_id) in (
                 JOB_FINAL_STATES
             ):
+                # Final, and this job's: the copy is a duplicate. Another job's: refused.
+                jobs.check_owner(connection, record)
                 return True
         if crashes is not None and record.attempts - 1 + crashes >= allowed:
             raise WorkerCrashed(crashes)

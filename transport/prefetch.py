@@ -50,6 +50,8 @@ class PrefetchShares:
         self._tick = 0
         self._streak: dict[str, int] = {}
         self._busy_until: dict[str, int] = {}
+        # Queues found busy at least once (a drained one gives its share back at once).
+        self._was_busy: set[str] = set()
 
     def busy(self) -> list[str]:
         """The queues counted as busy at the last observation."""
@@ -81,9 +83,15 @@ class PrefetchShares:
         # A queue seen full or delivering, not busy yet, keeps what it has until the next
         # look: a queue first consumed at its share of the bound (`MultiplexingConsumer`)
         # is not cut to one message on its way to being found busy.
+        # One never found busy keeps its first prefetch while it holds deliveries: a consumer
+        # replaced meanwhile would send back what pika received and had not handed over yet.
         shares = {
-            name: load.prefetch if name in self._streak else 1 for name, load in loads.items()
+            name: load.prefetch
+            if name in self._streak or (load.in_hand and name not in self._was_busy)
+            else 1
+            for name, load in loads.items()
         }
+        self._was_busy.update(busy)
         if busy:
             share, spare = divmod(self.bound, len(busy))
             for index, name in enumerate(busy):

@@ -108,3 +108,11 @@ def test_a_queue_seen_full_once_keeps_its_prefetch_until_it_is_found_busy() -> N
     shares = PrefetchShares(64)
     shares.plan({"b": QueueLoad(32, 32)})
     assert shares.plan({"b": QueueLoad(32, 0)}) == {"b": 1}
+
+
+def test_a_queue_never_busy_keeps_its_first_prefetch_while_it_holds_deliveries() -> None:
+    # Replaced while holding some, its consumer would send back what pika had not handed over
+    shares = PrefetchShares(64)
+    shares.plan({"c": QueueLoad(32, 3, delivered=3)})
+    assert shares.plan({"c": QueueLoad(32, 3)}) == {"c": 32}
+    assert shares.plan({"c": QueueLoad(32, 0)}) == {"c": 1}
