@@ -25,7 +25,15 @@ RUN pip install --no-deps .
 
 USER taskyard
 
-# Prometheus metrics of the worker (TASKYARD_METRICS_PORT; set TASKYARD_METRICS_HOST=0.0.0.0).
+# Prometheus metrics of the worker (TASKYARD_METRICS_PORT; set TASKYARD_METRICS_HOST=0.0.0.0),
+# and its probes beside them: /healthz (live) and /readyz (ready).
 EXPOSE 9191
 
-CMD ["dramatiq", "actors", "--processes", "2", "--threads", "8"]
+# Live: every worker process of the command beats and has all its threads. The
+# scheduler and the migration run other commands: their services turn this off.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "middleware.probes", "live"]
+
+# On SIGTERM a worker stops taking messages and gives the ones it runs 60 s to finish
+# (what is unfinished then is redelivered); a platform's grace period must be longer.
+CMD ["dramatiq", "actors", "--processes", "2", "--threads", "8", "--worker-shutdown-timeout", "60000"]

@@ -14,7 +14,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 .PHONY: help install lint format typecheck test-unit test-integration test-dramatiq test check \
-	migrate worker scheduler run demo bench clean
+	migrate worker scheduler web run demo bench docs clean
 
 help: ## List the targets with what they do
 	@echo "Usage: make <target>   (VENV=$(VENV), PYTHON=$(PYTHON))"
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev,bench]'
 	@touch $@
 
-install: $(STAMP) ## Create .venv if missing; reinstall -e '.[dev]' when pyproject.toml changed
+install: $(STAMP) ## Create .venv if missing; reinstall -e '.[dev,bench]' when pyproject.toml changed
 
 lint: install ## Check the code with ruff (lint rules and formatting), changing nothing
 	$(BIN)/ruff check .
@@ -54,8 +54,8 @@ endif
 test-dramatiq: install ## Run Dramatiq's own tests on its plain broker and on Taskyard's (~5 min)
 	$(BIN)/python -m pytest tests/dramatiq_suite
 
-test: install ## Run the whole test suite in one pytest run (Dramatiq's own tests included)
-	$(BIN)/python -m pytest tests
+test: install ## Run the whole test suite in one pytest run on 2 processes (Dramatiq's own tests included)
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=30
 
 check: lint typecheck test ## Lint, type-check and run the whole suite: exactly what .ci/run runs
 
@@ -68,17 +68,21 @@ worker: install ## Run one worker process in the foreground (dramatiq actors)
 scheduler: install ## Run the scheduler in the foreground (periodiq schedules)
 	$(BIN)/periodiq schedules
 
-# Both programs are children of one shell. Ctrl-C reaches every process of the
+web: install ## Serve the web console in the foreground (taskyard web, 127.0.0.1:9292)
+	$(BIN)/taskyard web
+
+# The programs are children of one shell. Ctrl-C reaches every process of the
 # terminal's group, and Dramatiq stops gracefully on it (a second signal would
 # make it kill its workers instead), but a background job of a script ignores
-# SIGINT, so the INT trap stops only the scheduler. A TERM is forwarded once to
-# both; if either program exits, the other is stopped.
-run: install migrate ## Migrate, then run a worker and the scheduler until Ctrl-C
+# SIGINT, so the INT trap stops the scheduler and the console. A TERM is forwarded
+# once to all three; if any program exits, the others are stopped.
+run: install migrate ## Migrate, then run a worker, the scheduler and the web console until Ctrl-C
 	@$(BIN)/dramatiq actors --processes 1 --threads 8 & worker=$$!; \
 	$(BIN)/periodiq schedules & scheduler=$$!; \
-	trap 'kill -TERM $$scheduler 2>/dev/null; wait' INT; \
-	trap 'kill -TERM $$worker $$scheduler 2>/dev/null; wait' TERM; \
-	wait -n; kill -TERM $$worker $$scheduler 2>/dev/null; wait
+	$(BIN)/taskyard web & web=$$!; \
+	trap 'kill -TERM $$scheduler $$web 2>/dev/null; wait' INT; \
+	trap 'kill -TERM $$worker $$scheduler $$web 2>/dev/null; wait' TERM; \
+	wait -n; kill -TERM $$worker $$scheduler $$web 2>/dev/null; wait
 
 demo: install ## Run the demo in one process (SQLite and an in-process broker)
 	$(BIN)/taskyard demo
@@ -86,7 +90,11 @@ demo: install ## Run the demo in one process (SQLite and an in-process broker)
 bench: install ## Measure Taskyard beside bare Dramatiq, Celery, procrastinate; write BENCHMARKS.md (~12 min)
 	$(BIN)/python -m bench
 
+docs: install ## Regenerate docs/reference from the code, then build the site into docs/_build/html
+	$(BIN)/python -m docgen
+	$(BIN)/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html
+
 clean: ## Delete caches and build output (keeps .venv)
-	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .metrics
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .metrics docs/_build
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) \
 		-type d -prune -exec rm -rf {} +

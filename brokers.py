@@ -11,6 +11,7 @@ import dramatiq
 from dramatiq.broker import Broker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, TimeLimit
+from dramatiq.results import ResultBackend
 from periodiq import PeriodiqMiddleware
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,9 +22,11 @@ from middleware.age_limit import JobAgeLimit
 from middleware.dead_letters import DeadLetters
 from middleware.follow_ups import FollowUps
 from middleware.frozen_heap import FrozenHeap
+from middleware.groups import GroupCompletion
 from middleware.heartbeat import Heartbeat
 from middleware.metrics import Metrics
 from middleware.outbox import Outbox
+from middleware.results import JobResults, TaskyardResults, results_backend_of
 from middleware.runtime import Runtime
 from middleware.shutdown import JobShutdownNotifications
 from middleware.worker_state import StateSnapshot, WorkerState
@@ -81,6 +84,9 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
     )
     # Callbacks and pipelines: a Taskyard job's follow-ups, held in its transaction.
     follow_ups = FollowUps(outbox=outbox)
+    # Groups with completion callbacks: created in PostgreSQL by group.run(), completed by
+    # the engine once their last member has committed (the outbox's sweeper: after a crash).
+    groups = GroupCompletion(outbox=outbox, follow_ups=follow_ups)
     # Runs the actor and writes its record: one statement after the body.
     engine_middleware = DbSession(
         session_factory=session_factory,
@@ -90,6 +96,7 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         policy=policy,
         outbox=outbox,
         follow_ups=follow_ups,
+        groups=groups,
         group_commit_linger_seconds=settings.group_commit_linger_ms / 1000,
     )
     middleware: tuple[Middleware, ...] = (
@@ -132,7 +139,12 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         # queue drops it after 7 days); early, so no later before_nack can skip it.
         dead_letters,
         # Writes this worker's `workers` row every few seconds (`taskyard workers`, `health`).
-        Heartbeat(session_factory=session_factory, interval_seconds=settings.heartbeat_seconds),
+        Heartbeat(
+            session_factory=session_factory,
+            interval_seconds=settings.heartbeat_seconds,
+            check_schema=lambda: check_schema(engine),
+            host=settings.hostname,
+        ),
         # Drops stale scheduler ticks before any session is opened for them.
         PeriodiqMiddleware(skip_delay=TICK_SKIP_DELAY_SECONDS),
         # Chooses the tenant's queue on send and the queues a worker serves.
@@ -143,8 +155,13 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         outbox,
         # Sends a plain Dramatiq actor's callbacks and next stage, once the policy has decided.
         follow_ups,
+        # What group.run() looks for (Dramatiq's GroupCallbacks); its after-hook does nothing.
+        groups,
         # Last, so its after-hook runs first: acts on a failure the engine did not run.
         policy,
+        # Dramatiq's result backend for producers: `message.get_result()` reads the job's
+        # record (the engine keeps the result there); its hooks store nothing.
+        TaskyardResults(backend=JobResults(engine), retention_days=settings.job_retention_days),
     )
     return Runtime(
         settings=settings,
@@ -155,6 +172,7 @@ def build_runtime(settings: Settings, session_factory: sessionmaker[Session]) ->
         policy=policy,
         engine=engine_middleware,
         dead_letters=dead_letters,
+        groups=groups,
         middleware=middleware,
     )
 
@@ -166,16 +184,25 @@ def build_middleware(
     return list(build_runtime(settings, session_factory).middleware)
 
 
+class TaskyardStubBroker(StubBroker):
+    """Dramatiq's in-process broker (`stub://`), reading results as Taskyard's broker does."""
+
+    def get_results_backend(self) -> ResultBackend:
+        """A `Results` backend added by hand, else the job records (`results_backend_of`)."""
+        return results_backend_of(self)
+
+
 def build_broker(settings: Settings) -> Broker:
     """A RabbitMQ broker with publisher confirms, or the in-process one for `stub://`."""
     runtime = build_runtime(settings, make_session_factory(make_engine(settings)))
     middleware = list(runtime.middleware)
     broker: Broker
     if settings.uses_stub_broker:
-        broker = StubBroker(middleware=middleware)
+        broker = TaskyardStubBroker(middleware=middleware)
     else:
         rabbitmq = TaskyardRabbitmqBroker(
             url=settings.broker_url,
+            queue_type=settings.queue_type,
             confirm_delivery=True,
             middleware=middleware,
             on_poison=runtime.dead_letters.record_poison,

@@ -16,6 +16,30 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/taskyard"
 
 
+# The kinds of queue Taskyard can declare (TASKYARD_QUEUE_TYPE); the first is the default.
+QUEUE_TYPES = ("classic", "quorum")
+
+# Every tenant queue's name starts with the prefix, then this.
+TENANT_QUEUE_HEAD = "tenant."
+
+
+def tenant_queue_name(queue_prefix: str, tenant_id: int) -> str:
+    """The queue that carries one tenant's messages: the one rule of its name."""
+    return f"{queue_prefix}{TENANT_QUEUE_HEAD}{tenant_id}"
+
+
+def tenant_of_queue_name(queue_prefix: str, queue_name: str) -> int | None:
+    """The tenant whose queue (or delay queue) this is; None for any other queue."""
+    head = f"{queue_prefix}{TENANT_QUEUE_HEAD}"
+    # As Dramatiq's q_name: one .DQ or .XQ suffix names the same queue.
+    rest = queue_name[:-3] if queue_name.endswith((".DQ", ".XQ")) else queue_name
+    digits = rest[len(head) :]
+    # ASCII only: str.isdigit() and int() also take the digits of other scripts.
+    if not rest.startswith(head) or not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits)
+
+
 class SettingsError(ValueError):
     """A variable of the environment has a value Taskyard cannot use."""
 
@@ -24,11 +48,19 @@ class SettingsError(ValueError):
 class Settings:
     """Everything Taskyard reads from the environment; build it with `load_settings()`."""
 
+    # RabbitMQ's URL; `stub://` selects Dramatiq's in-process broker (the demo, tests).
     broker_url: str = DEFAULT_BROKER_URL
+    # PostgreSQL's URL (SQLite only for the demo and the unit tests).
     database_url: str = DEFAULT_DATABASE_URL
     # Prepended to every queue name, so that two test runs (or two deployments
     # sharing one RabbitMQ vhost) never consume each other's messages.
     queue_prefix: str = ""
+    # The kind of queue Taskyard declares in RabbitMQ: `classic` (one node keeps it) or
+    # `quorum` (replicated on a cluster; see README, "Running on a cluster").  A queue
+    # keeps its kind: changing it for existing queues is `taskyard migrate-queues`.
+    queue_type: str = QUEUE_TYPES[0]
+    # The host name a worker reports (`taskyard workers`); empty: the machine's own.
+    hostname: str = ""
     # Tenants this worker serves; empty means every active tenant.
     tenants: tuple[int, ...] = ()
     # How often a worker looks for new tenants to serve (the promise is 60 s).
@@ -43,9 +75,14 @@ class Settings:
     group_commit_linger_ms: int = 0
     # Attempts a job gets in all (the first and its retries) unless its actor says otherwise.
     max_attempts: int = 3
+    # Retries back off exponentially with full jitter: attempt n waits a random time up to
+    # min(max_backoff_ms, min_backoff_ms * 2^(n-1)) milliseconds.
     min_backoff_ms: int = 1_000
+    # The longest wait before a retry, in milliseconds.
     max_backoff_ms: int = 300_000
+    # Seconds every outbound HTTP call (feeds, integrations, webhooks) may take to connect.
     http_connect_timeout: float = 3.05
+    # Seconds every outbound HTTP call may wait for the server's next bytes.
     http_read_timeout: float = 20.0
     # A feed larger than this is refused rather than read into memory.
     http_max_bytes: int = 10 * 1024 * 1024
@@ -61,14 +98,22 @@ class Settings:
     # A longer delay (a send's or a retry's) waits in the outbox table, not in a
     # worker's memory, where RabbitMQ's consumer_timeout (30 min) would redeliver it.
     broker_delay_max_seconds: float = 60.0
+    # The log lines' format (text or json) of the worker processes, the scheduler and
+    # `taskyard --debug`.
     log_format: str = "text"
+    # The level of those log lines; at warning a worker writes no line per job.
     log_level: str = "INFO"
+    # The address a worker command serves /metrics and its probes on (0.0.0.0 to be scraped
+    # from another host).
     metrics_host: str = "127.0.0.1"
+    # Its port; when taken, the next free one of 10 is used.
     metrics_port: int = 9191
+    # Where the scheduler (`periodiq schedules`) answers /healthz and /readyz; 0: nowhere.
+    scheduler_probe_port: int = 9195
     # Messages a worker process holds unacknowledged across its tenant and system queues
     # (0: 8 per worker thread, as many as one busy queue needs to keep the threads busy
     # while acks wait for the group commit). When more queues are busy than this, each
-    # still holds one. Delay queues are not counted (see README, "Fairness").
+    # still holds one. Delay queues are not counted (docs/guides/tenants.md, "Fairness").
     prefetch: int = 0
     # Each tenant's share of a worker's job starts while tenants wait (default 1), as
     # (tenant id, weight) pairs: a tenant of weight 2 starts twice as many jobs.
@@ -79,6 +124,25 @@ class Settings:
     # Fernet keys of the tenant locker: the first encrypts, all decrypt (rotation).
     # Kept out of repr so that printing the settings never shows them.
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Where `taskyard web` (the operator's console) listens; localhost unless told.
+    web_host: str = "127.0.0.1"
+    # The port `taskyard web` listens on.
+    web_port: int = 9292
+    # Signs the console's session cookies; empty: a random key per process (every
+    # sign-in ends when the console restarts). Kept out of repr.
+    web_secret_key: str = field(default="", repr=False)
+    # A console session ends this long after its sign-in, however active.
+    web_session_minutes: int = 480
+    # Send the session cookie over HTTPS only (set when a TLS proxy fronts the console).
+    web_cookie_secure: bool = False
+    # Opt-in: a request header (e.g. X-Forwarded-User) naming the web user that an
+    # authenticating reverse proxy signed in. Only safe when nothing but that proxy can
+    # reach the console: anyone who can send the header is whoever it names.
+    web_proxy_user_header: str = ""
+    # RabbitMQ's management API (e.g. http://guest:guest@127.0.0.1:15672), read by
+    # `taskyard summary` for each queue's unacknowledged messages; empty: not read
+    # (AMQP tells the ready messages only). Kept out of repr (it may hold a password).
+    rabbitmq_api_url: str = field(default="", repr=False)
 
     @property
     def system_queue(self) -> str:
@@ -87,7 +151,7 @@ class Settings:
 
     def tenant_queue(self, tenant_id: int) -> str:
         """The queue that carries one tenant's messages."""
-        return f"{self.queue_prefix}tenant.{tenant_id}"
+        return tenant_queue_name(self.queue_prefix, tenant_id)
 
     @property
     def uses_stub_broker(self) -> bool:
@@ -192,6 +256,19 @@ def _parse_queue_prefix(raw: str) -> str:
     return raw
 
 
+def _parse_http_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return raw.strip().rstrip("/")
+
+
+def _parse_header_name(raw: str) -> str:
+    if not all(ch.isalnum() or ch == "-" for ch in raw):
+        raise ValueError("may contain only letters, digits and '-'")
+    return raw
+
+
 def _read(
     env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, expected: str
 ) -> T:
@@ -243,6 +320,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_prefix=_read(
             env, p + "QUEUE_PREFIX", _parse_queue_prefix, d.queue_prefix, "a queue-name prefix"
         ),
+        queue_type=_read(
+            env,
+            p + "QUEUE_TYPE",
+            _parse_choice(*QUEUE_TYPES),
+            d.queue_type,
+            " or ".join(QUEUE_TYPES),
+        ),
+        hostname=_read(env, p + "HOSTNAME", str.strip, d.hostname, "a host name"),
         tenants=_read(
             env, p + "TENANTS", _parse_tenants, d.tenants, "comma-separated tenant ids, e.g. 7,9"
         ),
@@ -323,6 +408,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_read(
             env, p + "METRICS_PORT", _parse_port, d.metrics_port, "a TCP port number"
         ),
+        scheduler_probe_port=_read(
+            env,
+            p + "SCHEDULER_PROBE_PORT",
+            _parse_port,
+            d.scheduler_probe_port,
+            "a TCP port number (0: no probe)",
+        ),
         prefetch=_read(
             env,
             p + "PREFETCH",
@@ -345,4 +437,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "a whole number of tenants >= 0",
         ),
         secret_keys=_read_secret_keys(env, p + "SECRET_KEYS"),
+        web_host=_read(env, p + "WEB_HOST", str, d.web_host, "a host address"),
+        web_port=_read(env, p + "WEB_PORT", _parse_port, d.web_port, "a TCP port number"),
+        web_secret_key=_read(
+            env, p + "WEB_SECRET_KEY", str.strip, d.web_secret_key, "a long random string"
+        ),
+        web_session_minutes=_read(
+            env, p + "WEB_SESSION_MINUTES", _parse_int(1), d.web_session_minutes, "minutes >= 1"
+        ),
+        web_cookie_secure=_read(
+            env, p + "WEB_COOKIE_SECURE", _parse_bool, d.web_cookie_secure, "true or false"
+        ),
+        web_proxy_user_header=_read(
+            env,
+            p + "WEB_PROXY_USER_HEADER",
+            _parse_header_name,
+            d.web_proxy_user_header,
+            "an HTTP header name, e.g. X-Forwarded-User",
+        ),
+        rabbitmq_api_url=_read(
+            env,
+            p + "RABBITMQ_API_URL",
+            _parse_http_url,
+            d.rabbitmq_api_url,
+            "an http:// or https:// URL",
+        ),
     )

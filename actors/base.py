@@ -14,14 +14,18 @@ import marshmallow
 import sqlalchemy.exc
 from dramatiq import Message
 
+from middleware import scheduler_probe
 from middleware.actor_options import check_message_options
 from middleware.age_limit import AGE_OPTIONS
 from middleware.context import current_context, current_message, current_session
 from middleware.outbox import Outbox
+from middleware.results import added_results
 from middleware.retry_policy import RETRY_OPTIONS
 from middleware.runtime import runtime_of
 from services.errors import InvalidArguments, SendFailed, valid_tenant_id
 from services.job_control import is_cancel_requested
+from services.message_ids import new_message_id
+from settings import tenant_queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +55,16 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         kwargs = dict(kwargs or {})
         self.check_arguments(kwargs)
         check_message_options(self.actor_name, options, CHECKED_AT_SEND)
+        # Its id carries its send time: its record's partition (services.message_ids).
         message = super().message_with_options(kwargs=kwargs, **options)
+        message = message.copy(message_id=new_message_id(message.message_timestamp))
         if not self.options.get("tenant_scoped"):
             return message
         tenant_id = kwargs["tenant_id"]
         runtime = runtime_of(self.broker)
-        queue = runtime.routing.queue_for(tenant_id) if runtime else f"tenant.{tenant_id}"
+        queue = (
+            runtime.routing.queue_for(tenant_id) if runtime else tenant_queue_name("", tenant_id)
+        )
         return message.copy(queue_name=queue)
 
     def send_with_options(
@@ -75,15 +83,17 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         if isinstance(delay, timedelta):
             delay = int(delay.total_seconds() * 1000)
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
-        ctx, outbox = current_context(), self._outbox()
+        outbox = self._outbox()
         if outbox is None:  # a broker built without Taskyard's runtime: plain Dramatiq
             return self.broker.enqueue(message, delay=delay)
-        if ctx is None and PERIODIQ_OPTION in options and self.options.get("periodic"):
+        if (
+            current_context() is None
+            and PERIODIQ_OPTION in options
+            and self.options.get("periodic")
+        ):
             self._send_tick(message, delay)
-        elif ctx is None:
-            outbox.send(self.broker, message, delay)
         else:
-            outbox.hold(self.broker, ctx, message, delay)
+            outbox.submit(self.broker, message, delay)
         return message
 
     def _send_tick(self, message: Message[Any], delay: int | None) -> None:
@@ -98,6 +108,7 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         try:
             outbox.send(self.broker, message, delay)
         except Exception as exc:
+            scheduler_probe.PROBE.note_send(f"{type(exc).__name__}: {exc}"[:300])
             logger.error(
                 "Could not send the %s tick scheduled at %s (%s: %s); the next tick catches up",
                 self.actor_name,
@@ -106,6 +117,8 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
                 exc,
                 extra={"message_id": message.message_id, "actor": self.actor_name},
             )
+        else:
+            scheduler_probe.PROBE.note_send()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the actor: in the message's transaction when a worker runs it."""
@@ -114,10 +127,10 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         message = db.incoming() if db is not None else None
         if db is None or message is None or message.actor_name != self.actor_name:
             return self.fn(*args, **self._validated(kwargs))
-        db.run(self.broker, message, lambda: self.fn(*args, **self._validated(kwargs)))
-        # The result is on the job record; returning it to Dramatiq's worker
-        # would only make it warn that no result backend is installed.
-        return None
+        returned = db.run(self.broker, message, lambda: self.fn(*args, **self._validated(kwargs)))
+        # The result is on the job record, which Taskyard's result backend reads; Dramatiq's
+        # worker gets it only for a Results middleware added by hand, which stores it itself.
+        return returned if added_results(self.broker) is not None else None
 
     def _outbox(self) -> Outbox | None:
         runtime = runtime_of(self.broker)
@@ -175,7 +188,8 @@ class TaskyardActor(dramatiq.Actor[Any, Any]):
         outbox = self._outbox()
         if outbox is None:
             return [self.broker.enqueue(message, delay=delay) for message in messages]
-        if current_context() is not None:
+        ctx = current_context()
+        if ctx is not None and ctx.holding:
             return [self._send_message(message, delay) for message in messages]
         # Imported here: actors.transaction imports this module.
         from actors.transaction import taskyard_transaction

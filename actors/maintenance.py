@@ -9,27 +9,31 @@ from __future__ import annotations
 import datetime as dt
 from typing import TypedDict
 
+from sqlalchemy import Engine
+
 import brokers
 from actors.base import taskyard_actor
 from middleware import current_session
-from services import jobs
+from services import partitions, retention
 from services.cron import periodic
-from services.schedule_slots import purge_schedule_runs
-from services.workers import purge_stale_workers
 
 # Every day at 03:17 UTC: off the hour, when most other cron jobs start.
 JOB_RETENTION_CRON = "17 3 * * *"
-# How many records one run deletes at most; the rest go on the next day.
-PURGE_BATCH_SIZE = 50_000
-# Heartbeat rows silent this long belong to workers that are gone.
-STALE_WORKER_AGE = dt.timedelta(days=1)
 
 
 class PurgeResult(TypedDict):
     """What `purge_job_records` leaves on its job record."""
 
     deleted: int
+    partitions_created: list[str]
+    partitions_dropped: list[str]
+    partitions_left: list[str]
+    # Rows deleted per table (services/retention.py), and the tables the run's time
+    # budget left unfinished (the next run goes on).
+    pruned: dict[str, int]
+    unfinished: list[str]
     schedule_runs_deleted: int
+    group_rows_deleted: int
     stale_workers_deleted: int
     older_than: str
 
@@ -38,24 +42,34 @@ class PurgeResult(TypedDict):
     name="purge_job_records", tenant_scoped=False, periodic=periodic(JOB_RETENTION_CRON)
 )
 def purge_job_records() -> PurgeResult:
-    """Delete finished job records and schedules' claimed slots older than the retention,
-    and the heartbeat rows of workers silent for a day."""
+    """Keep every table for the retention: create the next days' partitions of `jobs`,
+    drop its expired days whole, then delete the other expired rows in short batches
+    (services/retention.py: the default partition, schedules' claimed slots, groups,
+    ingests and their items, cancel requests, requeued dead letters, vanished workers)."""
     days = brokers.settings.job_retention_days
-    older_than = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
-    deleted = jobs.purge_finished_jobs(
-        current_session(), older_than=older_than, batch_size=PURGE_BATCH_SIZE
-    )
-    runs = purge_schedule_runs(
-        current_session(), older_than=older_than, batch_size=PURGE_BATCH_SIZE
-    )
-    # A worker that vanished without a clean shutdown (SIGKILL, a lost host) leaves
-    # its heartbeat row; a day of silence is proof enough that it is gone.
-    workers = purge_stale_workers(
-        current_session(), older_than=dt.datetime.now(dt.UTC) - STALE_WORKER_AGE
+    now = dt.datetime.now(dt.UTC)
+    older_than = now - dt.timedelta(days=days)
+    session = current_session()
+    # First, on a connection of its own (each DDL statement commits alone, and this
+    # job's transaction holds no lock on `jobs` yet): the next days' partitions, and
+    # the expired days' dropped whole (services/partitions.py).
+    engine = session.get_bind()
+    assert isinstance(engine, Engine), "the session is bound to an engine"
+    with engine.connect() as connection:
+        created = partitions.ensure_partitions(connection, today=now.date())
+        dropped, left = partitions.drop_expired(connection, now=now, retention_days=days)
+    pruned, unfinished = retention.prune_expired(
+        retention.batches_for(session), older_than=older_than, now=now
     )
     return {
-        "deleted": deleted,
-        "schedule_runs_deleted": runs,
-        "stale_workers_deleted": workers,
+        "deleted": pruned["jobs"],
+        "partitions_created": created,
+        "partitions_dropped": dropped,
+        "partitions_left": left,
+        "pruned": pruned,
+        "unfinished": unfinished,
+        "schedule_runs_deleted": pruned["schedule_runs"],
+        "group_rows_deleted": pruned["job_groups"],
+        "stale_workers_deleted": pruned["workers"],
         "older_than": older_than.isoformat(),
     }

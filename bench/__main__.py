@@ -7,6 +7,7 @@ harness never rots); without it, the sizes below, three runs each, and BENCHMARK
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import shlex
 import sys
@@ -44,6 +45,24 @@ class Sizes:
     due: int
     memory_small: int
     memory_large: int
+    # Items of the ingest scenario's feed (and DB-writing jobs of its baseline).
+    ingest: int
+    # The job store: records in the filled `jobs` table, and real jobs run to count row versions.
+    store_rows: int
+    store_jobs: int
+    # DB-writing jobs run while the store's expired day is dropped, and the seconds of
+    # their jobs/s compared before and from the drop's start.
+    store_drop_jobs: int
+    store_drop_window: float
+    # The soak: seconds, DB-writing jobs sent per second, the partitions' period in
+    # seconds, the periods the records are kept, seconds between samples.
+    soak_seconds: float
+    soak_rate: int
+    soak_period: float
+    soak_keep: int
+    soak_sample: float
+    # The web console: records in the `jobs` table its pages are timed on (`--console-rows`).
+    console_rows: int
 
 
 # The scenarios in the order they run (`--only` takes these names).
@@ -56,6 +75,10 @@ SCENARIOS = (
     "scheduler",
     "tenant-scale",
     "memory",
+    "ingest",
+    "console",
+    "store",
+    "soak",
 )
 # Where the time goes and what stands in the way of each target: written by hand
 # from profiles, appended to the generated report.
@@ -80,6 +103,17 @@ FULL = Sizes(
     due=10_000,
     memory_small=10_000,
     memory_large=100_000,
+    ingest=2_000,
+    store_rows=10_000_000,
+    store_jobs=2_000,
+    store_drop_jobs=8_000,
+    store_drop_window=5.0,
+    soak_seconds=600,
+    soak_rate=100,
+    soak_period=60,
+    soak_keep=3,
+    soak_sample=10,
+    console_rows=1_000_000,
 )
 SMOKE = Sizes(
     runs=1,
@@ -98,11 +132,24 @@ SMOKE = Sizes(
     due=20,
     memory_small=20,
     memory_large=60,
+    ingest=20,
+    store_rows=20_000,
+    store_jobs=40,
+    store_drop_jobs=1_000,
+    store_drop_window=0.5,
+    soak_seconds=8,
+    soak_rate=10,
+    soak_period=2,
+    soak_keep=1,
+    soak_sample=1,
+    console_rows=2_000,
 )
 
 
 def notes(sizes: Sizes, bulk_calls: int) -> list[str]:
     """What the reader must know to read the figures."""
+    from bench import console  # imported once the bench's settings are exported
+
     return [
         "Every system runs in this one run, back to back per repetition: Taskyard as "
         "`dramatiq actors bench.taskyard_actors --processes 1 --threads 8` with all its "
@@ -142,8 +189,52 @@ def notes(sizes: Sizes, bulk_calls: int) -> list[str]:
         "call) and bare Dramatiq's with `send()`: queueing is set-up, not measured.",
         "Tenant scale and the scheduler have no peer that does the same thing; they are "
         "measured against the issue's bounds only.",
+        f"The ingest: a {sizes.ingest:,}-item feed served over HTTP from the harness's "
+        "process, timed from `ingest_resources.send()` to the ingest's row saying completed, "
+        "with one worker process of 8 threads already running; its baseline is the "
+        "DB-writing job's jobs/s measured in the same run as the throughput scenario does.",
         "The scheduler figure times the body of `scheduler_tick` (claim, outbox rows, "
         "commit, publish) in the harness's process, in a `taskyard_transaction`.",
+        f"Job store: a `jobs` table of {sizes.store_rows:,} records made with one "
+        "`INSERT ... SELECT generate_series` per million (1,000 tenants and 20 actors, both "
+        "skewed, one scheduler tick a minute, 93 % succeeded, 2 % dead, 2 % queued, the rest "
+        "retrying, cancelled, skipped or expired; ids minted as UUIDv7 at each record's "
+        "creation time, so each record is in its day's partition; half the records on one "
+        "day 32 days ago, past the 30 days of retention, as if the daily job had not dropped "
+        "it yet, the other half over the last 30 days), its secondary indexes made after "
+        "the fill, then VACUUM ANALYZE; the dead records' dead letters beside it. "
+        "Each listing's figure is the median of 7 reads of its first page through the service "
+        "the command calls (records loaded, not printed). Row versions per job: "
+        f"pg_stat_user_tables' inserts + updates of `jobs` over {sizes.store_jobs:,} no-op jobs "
+        "sent with send_many and run by one worker. Retention: last, after a CHECKPOINT "
+        "(an expired day's files are long on disk; the fill's were just written), "
+        "`services.partitions.drop_expired` as the daily job calls it drops the expired day "
+        "(and the empty day after it) while one worker process of 8 threads drains "
+        f"{sizes.store_drop_jobs:,} DB-writing jobs queued before it started; the jobs/s "
+        f"are of the jobs whose body ended in the {sizes.store_drop_window:g} s before the "
+        "drop's start and in as many seconds from it (or the drop's time, if longer). The "
+        "DROP's baseline: the filesystem removing as many bytes, in files of PostgreSQL's "
+        "1 GiB segment size written and synced in the bench's scratch directory just before.",
+        f"Soak: {sizes.soak_rate} DB-writing jobs a second sent for {sizes.soak_seconds:g} s "
+        "to one worker process of 8 threads, with `jobs` partitioned by periods of "
+        f"{sizes.soak_period:g} s (today's daily partitions dropped first) and the records "
+        f"kept {sizes.soak_keep} periods: the harness makes the next periods' partitions "
+        "and detaches and drops the expired ones once a period, with the daily job's own "
+        "steps (`services.partitions.attach_range`, `drop_partition`). Every "
+        f"{sizes.soak_sample:g} s it reads the `jobs` table's bytes (every partition with "
+        "its TOAST and indexes), the jobs finished and the worker process's RSS; each "
+        "slope is the least-squares line through the samples after the first retention "
+        "cycle, and the change it makes over that window as a share of the mean.",
+        f"Web console: a `jobs` table of {sizes.console_rows:,} records filled as the job "
+        "store's (`--console-rows N` for another size, 10000000 for the issue's); an admin "
+        "signed in. Server: each page's GET through Flask's test client, rendering included, "
+        f"the median of {console.TIMED_RUNS} per run, each beside a GET of the console's "
+        "style sheet (a static file) timed in the same loop. Browser: headless Chromium "
+        "loads the main pages from the console served by waitress on 127.0.0.1 and reads "
+        "first contentful paint and DOMContentLoaded from the Paint and Navigation Timing "
+        f"APIs (from the navigation's start), the median of {console.BROWSER_LOADS} loads "
+        "after one unmeasured, each beside the sign-in form (same layout, style and "
+        "scripts, no query) loaded by a browser not signed in.",
     ]
 
 
@@ -159,8 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SCENARIO",
         help=f"run only this scenario (again for more): {', '.join(SCENARIOS)}",
     )
+    parser.add_argument(
+        "--console-rows",
+        type=int,
+        metavar="N",
+        help="job records the console's pages are timed on (10000000: the issue's size)",
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
+    if args.console_rows is not None:
+        if args.console_rows < 1:
+            parser.error("--console-rows takes a whole number from 1")
+        sizes = dataclasses.replace(sizes, console_rows=args.console_rows)
     out = args.out or (REPO / "BENCHMARKS.md")
     problems = unreachable()
     if problems:
@@ -171,12 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     env.export()
     # Imported only now: Taskyard reads its settings when its broker is built.
     from bench import (
+        console,
         fairness,
         fairness_scale,
+        ingest,
         latency,
         memory,
         scheduler,
         send,
+        soak,
+        store,
         tenant_scale,
         throughput,
     )
@@ -190,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     command = "python -m bench" + (" --smoke" if args.smoke else "")
     command += "".join(f" --only {name}" for name in args.only or [])
+    if args.console_rows is not None:
+        command += f" --console-rows {args.console_rows}"
     if args.out:
         command += f" --out {shlex.quote(str(args.out))}"
     # The analysis is of a full run's figures: not appended to a partial one.
@@ -270,6 +377,36 @@ def main(argv: list[str] | None = None) -> int:
             "memory",
             lambda: memory.run(
                 [taskyard, dramatiq], small=sizes.memory_small, large=sizes.memory_large
+            ),
+        ),
+        ("ingest", lambda: ingest.run(taskyard, count=sizes.ingest, runs=sizes.runs)),
+        (
+            # Before the store, whose fill (of another size) replaces the console's.
+            "console",
+            lambda: console.run(env.database_url, rows=sizes.console_rows, runs=sizes.runs),
+        ),
+        (
+            # Last: the other scenarios empty the jobs table before each run.
+            "store",
+            lambda: store.run(
+                taskyard,
+                rows=sizes.store_rows,
+                jobs=sizes.store_jobs,
+                retention_days=30,
+                drop_jobs=sizes.store_drop_jobs,
+                drop_window=sizes.store_drop_window,
+            ),
+        ),
+        (
+            # After the store: it replaces today's partition with periods of its own.
+            "soak",
+            lambda: soak.run(
+                taskyard,
+                seconds=sizes.soak_seconds,
+                rate=sizes.soak_rate,
+                period=sizes.soak_period,
+                keep=sizes.soak_keep,
+                sample=sizes.soak_sample,
             ),
         ),
     ]

@@ -27,8 +27,9 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def amqp_local_ports(pid: int) -> list[int]:
-    """Local ports of `pid`'s established TCP connections to port 5672 (matched by socket inode)."""
+def amqp_local_ports(pid: int, port: int = AMQP_PORT) -> list[int]:
+    """Local ports of `pid`'s established TCP connections to `port` (RabbitMQ's, 5672 by
+    default; matched by socket inode)."""
     inodes = _socket_inodes(pid)
     ports = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -39,14 +40,14 @@ def amqp_local_ports(pid: int) -> list[int]:
             cols = line.split()
             remote_port = int(cols[2].rsplit(":", 1)[1], 16)
             established = cols[3] == "01"
-            if remote_port == AMQP_PORT and established and cols[9] in inodes:
+            if remote_port == port and established and cols[9] in inodes:
                 ports.append(int(cols[1].rsplit(":", 1)[1], 16))
     return ports
 
 
-def amqp_connections(pid: int) -> int:
-    """Established TCP connections of `pid` to port 5672."""
-    return len(amqp_local_ports(pid))
+def amqp_connections(pid: int, port: int = AMQP_PORT) -> int:
+    """Established TCP connections of `pid` to `port` (RabbitMQ's, 5672 by default)."""
+    return len(amqp_local_ports(pid, port))
 
 
 def _status(pid: int, key: str) -> int:

@@ -1,20 +1,18 @@
-"""The operator's command line, `taskyard`: one module per command group."""
+"""The operator's command line, `taskyard`: one module per command group, loaded on demand."""
 
 from __future__ import annotations
 
-from cli import (  # noqa: F401  (each module adds its commands to `main`)
-    dead_letters,
-    demo,
-    ingest,
-    integrations,
-    jobs,
-    locker,
-    migrate,
-    schedules,
-    send,
-    tenants,
-    workers,
-)
-from cli.common import EXIT_FAILED, EXIT_UNREACHABLE, describe_error, main
+from typing import Any
+
+from cli.root import main
 
 __all__ = ["EXIT_FAILED", "EXIT_UNREACHABLE", "describe_error", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    """`EXIT_FAILED`, `EXIT_UNREACHABLE`, `describe_error`: from `cli.common`, when asked for."""
+    if name in ("EXIT_FAILED", "EXIT_UNREACHABLE", "describe_error"):
+        from cli import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module 'cli' has no attribute {name!r}")

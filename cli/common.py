@@ -1,26 +1,24 @@
-"""What every command shares: the root group, settings, one transaction, output, errors."""
+"""What every command shares: settings, one transaction, output, errors (and the root group)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
 import json
-import logging
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import click
-from dramatiq.broker import Broker
-from dramatiq.errors import BrokerConnectionError
-from pika.exceptions import AMQPError
 from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from cli.render import emit
+from cli.root import main as main  # (re-exported: each command module adds itself to it)
 from db.migrate import MIGRATE_ADVICE, SchemaBehind, check_schema
 from db.models import (
     JOB_FINAL_STATES,
@@ -29,9 +27,12 @@ from db.models import (
     JOB_RUNNING,
 )
 from db.session import make_engine, make_session_factory
-from middleware.log_setup import configure_logging
 from services.errors import TaskyardError, UnknownTenant
+from services.pagination import InvalidCursor, Position, decode_cursor
 from settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from dramatiq.broker import Broker
 
 T = TypeVar("T")
 
@@ -42,19 +43,140 @@ EXIT_UNREACHABLE = 3
 CLI_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
-class _Id(click.IntRange):
-    """A row id; its name is what a usage error calls it ("'abc' is not a valid id")."""
+# Ids are PostgreSQL bigints: a larger number is a usage error, not a database error.
+MAX_ID = 2**63 - 1
+# The most records one page of a listing shows.
+MAX_LIMIT = 10_000
+
+
+class _Id(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on only)
+    """A row id, 1 to a bigint's largest; the help shows `ID`, not the range's bounds."""
 
     name = "id"
 
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not text.isdigit():
+                self.fail(f"{value!r} is not a valid id (a whole number from 1)", param, ctx)
+            number = int(text)
+        if not 1 <= number <= MAX_ID:
+            self.fail(
+                f"{value!r} is not a valid id (a whole number from 1 to {MAX_ID})", param, ctx
+            )
+        return number
 
-# Ids are PostgreSQL bigints: a larger number is a usage error, not a database error.
-ID = _Id(1, 2**63 - 1)
+
+ID = _Id()
+
+
+class Bounded(click.ParamType):  # type: ignore[type-arg]
+    """A number from `low` to `high`, stated in the option's help in words.
+
+    Click's own ranges print `[1<=x<=10000]` in every help; this type shows the
+    metavar alone, and its error names the input and the bounds.
+    """
+
+    def __init__(self, kind: type[int] | type[float], low: float, high: float, name: str) -> None:
+        self.kind, self.low, self.high, self.name = kind, low, high, name
+        self.bounds = (low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        whole = self.kind is int
+        what = "a whole number" if whole else "a number"
+        try:
+            number = self.kind(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not self.low <= number <= self.high:
+            low, high = (f"{int(b)}" if float(b).is_integer() else f"{b}" for b in self.bounds)
+            self.fail(f"{value!r} is not {what} from {low} to {high}", param, ctx)
+        return number
+
+
+def limit_option(default: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--limit N`: how many records a listing shows (1 to `MAX_LIMIT`)."""
+    return click.option(
+        "--limit",
+        type=Bounded(int, 1, MAX_LIMIT, "limit"),
+        default=default,
+        show_default=True,
+        metavar="N",
+        help=f"How many records to show, at most {MAX_LIMIT}.",
+    )
+
+
 JOB_STATES = sorted(JOB_FINAL_STATES | {JOB_QUEUED, JOB_RUNNING, JOB_RETRYING})
 # SQLSTATEs of a schema that is missing or older than the code: undefined table, column.
 _SCHEMA_MISSING = frozenset({"42P01", "42703"})
 # SQLSTATE classes of a database that cannot be used at all: connection, authorization.
 _UNREACHABLE_CLASSES = ("08", "28", "57P")
+
+
+def tenant_option(
+    help: str, *, required: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--tenant ID`: the one way every command names the tenant it works within.
+
+    The rule: the tenant a command filters by, or whose schedules, secrets and
+    integrations it adds, reads or removes, is `--tenant ID`; only the `tenant`
+    commands, which act on the tenant itself, take it as their ID argument (as
+    `schedule show ID` takes a schedule's).
+    """
+    return click.option("--tenant", "tenant_id", type=ID, required=required, help=help)
+
+
+class TenantWasFirst(click.Command):
+    """A command whose tenant was its first argument before it became `--tenant ID`.
+
+    The old form (`locker set 7 KEY`) still runs, as `locker set --tenant 7 KEY`,
+    with a warning on stderr; it is recognised by one argument more than the
+    command takes, the first a whole number, and no --tenant.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _tenant_moved_to_option(ctx, self, args))
+
+
+def _tenant_moved_to_option(
+    ctx: click.Context, command: click.Command, args: list[str]
+) -> list[str]:
+    valued = {
+        name
+        for param in command.params
+        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        for name in param.opts
+    }
+    positions: list[int] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        if token == "--":
+            positions += range(index + 1, len(args))
+            break
+        if token in ("--help", "-h"):
+            return args
+        if token == "--tenant" or token.startswith("--tenant="):
+            return args
+        if token.startswith("-") and token != "-":
+            index += 2 if token in valued else 1
+            continue
+        positions.append(index)
+        index += 1
+    wanted = sum(1 for param in command.params if isinstance(param, click.Argument))
+    if len(positions) != wanted + 1 or not args[positions[0]].isdigit():
+        return args
+    tenant = args[positions[0]]
+    rest = args[: positions[0]] + args[positions[0] + 1 :]
+    words = " ".join(ctx.command_path.split()[1:]) or ctx.command_path
+    click.echo(
+        f"warning: `taskyard {words} {tenant} ...` (the tenant first) is deprecated and will "
+        f"be removed: write `taskyard {words} --tenant {tenant} ...`",
+        err=True,
+    )
+    return ["--tenant", tenant, *rest]
 
 
 class CommandFailed(Exception):
@@ -109,13 +231,30 @@ def _first_line(exc: BaseException | None) -> str:
     return lines[0].strip() if lines else type(exc).__name__
 
 
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """The broker libraries' error classes, of those this process has imported.
+
+    A command that never loaded Dramatiq or pika cannot have raised their errors,
+    so reading them from `sys.modules` spares every command importing both.
+    """
+    found: list[type[BaseException]] = []
+    for module, name in (
+        ("dramatiq.errors", "BrokerConnectionError"),
+        ("pika.exceptions", "AMQPError"),
+    ):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            found.append(getattr(loaded, name))
+    return tuple(found)
+
+
 def describe_error(
     exc: Exception, database_url: str | None, broker_url: str | None = None
 ) -> tuple[int, str]:
     """The exit code and the one-line message for an error that reached the command line."""
     if isinstance(exc, CommandFailed):
         return exc.exit_code, str(exc)
-    if isinstance(exc, BrokerConnectionError | AMQPError):
+    if isinstance(exc, _broker_errors()):
         where = shown_broker_url(broker_url) if broker_url else "BROKER_URL"
         detail = _first_line(exc) if str(exc).strip() else type(exc).__name__
         return EXIT_UNREACHABLE, (
@@ -160,23 +299,34 @@ def describe_error(
     )
 
 
-class _Taskyard(click.Group):
-    """The root group: an error from any command becomes one line on stderr here."""
+def report_error(ctx: click.Context, exc: Exception) -> int:
+    """Print a command's error as one line on stderr (with --debug, its traceback first).
 
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as exc:
-            state = ctx.ensure_object(State)
-            url = state.settings.database_url if state.settings else None
-            broker_url = state.settings.broker_url if state.settings else None
-            exit_code, message = describe_error(exc, url, broker_url)
-            if state.debug:
-                click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
-            click.echo(f"error: {' '.join(message.split())}", err=True)
-            ctx.exit(exit_code)
+    Returns the exit code: 1 for a refused operation, 3 for an unreachable service.
+    """
+    state = ctx.ensure_object(State)
+    url = state.settings.database_url if state.settings else None
+    broker_url = state.settings.broker_url if state.settings else None
+    exit_code, message = describe_error(exc, url, broker_url)
+    if state.debug:
+        click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    return exit_code
+
+
+class Transact(Protocol):
+    """Runs a function of a session in one transaction and commits: `run` bound to a face."""
+
+    def __call__(self, work: Callable[[Session], T], /) -> T: ...
+
+
+def transact(ctx: click.Context) -> Transact:
+    """`run` for this invocation, as the functions both faces share take it."""
+
+    def bound(work: Callable[[Session], T], /) -> T:
+        return run(ctx, work)
+
+    return bound
 
 
 def run(ctx: click.Context, work: Callable[[Session], T]) -> T:
@@ -229,11 +379,70 @@ class _Since(click.ParamType):  # type: ignore[type-arg]
 
 SINCE = _Since()
 
+
+class _Until(_Since):
+    """The end of a time range (excluded): an ISO-8601 time or an age like 30m, 6h, 2d."""
+
+    name = "until"
+
+
+UNTIL = _Until()
+
+
+def check_time_range(since: dt.datetime | None, until: dt.datetime | None) -> None:
+    """Refuse a range whose end (`--until`) is not after its start (`--since`)."""
+    if since is not None and until is not None and until <= since:
+        raise CommandFailed(
+            f"--until ({until.isoformat()}) must be later than --since ({since.isoformat()})"
+        )
+
+
+class _Cursor(click.ParamType):  # type: ignore[type-arg]
+    """A cursor one listing gave (`cursor` in its --json output): where its next page starts."""
+
+    name = "cursor"
+
+    def __init__(self, listing: str) -> None:
+        self.listing = listing
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, Position):
+            return value
+        try:
+            return decode_cursor(self.listing, str(value))
+        except InvalidCursor as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def after_option(listing: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--after CURSOR` (or `--cursor`): the next page of `listing`, after the record it names."""
+    return click.option(
+        "--after",
+        "--cursor",
+        "after",
+        type=_Cursor(listing),
+        help="The next page: records after this one (the `cursor` of the last one shown).",
+    )
+
+
+def next_page_hint(infos: Sequence[Mapping[str, Any]]) -> None:
+    """Under a full page of a listing: how to ask for the next one."""
+    ctx = click.get_current_context(silent=True)
+    limit = ctx.params.get("limit") if ctx is not None else None
+    if infos and limit is not None and len(infos) >= limit and "cursor" in infos[-1]:
+        click.echo(f"more: add --after {infos[-1]['cursor']}")
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 def transaction_command(
-    group: click.Group, name: str, render: Callable[[T], None], *, help: str | None = None
+    group: click.Group,
+    name: str,
+    render: Callable[[T], None],
+    *,
+    help: str | None = None,
+    cls: type[click.Command] = click.Command,
 ) -> Callable[[Callable[..., T]], click.Command]:
     """Make a function of the session and the command's parameters into `group NAME [--json]`.
 
@@ -250,7 +459,7 @@ def transaction_command(
 
         # The function's own parameters in the order written, then --json, as on every command.
         params = list(reversed(getattr(work, "__click_params__", [])))
-        return group.command(name, params=params, help=help)(json_option(command))
+        return group.command(name, cls=cls, params=params, help=help)(json_option(command))
 
     return decorate
 
@@ -276,20 +485,3 @@ def remove_command(
         return {"removed": record_id}
 
     return command
-
-
-@click.group(
-    cls=_Taskyard, name="taskyard", context_settings={"help_option_names": ["-h", "--help"]}
-)
-@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-@click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
-    """Taskyard's operator tool: tenants, schedules, jobs, dead letters, workers, health."""
-    ctx.obj = State(debug=debug)
-    # The libraries' own log lines (a publisher retrying, a pool reconnecting) would
-    # break the one-line error; --debug shows them, at TASKYARD_LOG_LEVEL and in
-    # TASKYARD_LOG_FORMAT.
-    if debug:
-        configure_logging(ctx.obj.load_settings(), quiet_libraries=False, text_format=CLI_FORMAT)
-    else:
-        logging.getLogger().addHandler(logging.NullHandler())

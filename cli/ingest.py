@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from sqlalchemy.orm import Session
 
-from cli.common import ID, main, transaction_command
+from cli.common import ID, main, tenant_option, transaction_command
 from cli.render import fields_table, records_table, show
 from services.ingest import IngestSummary, get_ingest
 
@@ -30,7 +30,7 @@ def _print_ingest(summary: IngestSummary) -> None:
 
 @transaction_command(ingest, "show", _print_ingest)
 @click.argument("ingest_id", metavar="INGEST_ID", type=ID)
-@click.option("--tenant", "tenant_id", type=ID, help="Only if the ingest is this tenant's.")
+@tenant_option("Only if the ingest is this tenant's.")
 def ingest_show(session: Session, ingest_id: int, tenant_id: int | None) -> IngestSummary:
     """Show one ingest: its counts and its rejected and failed items."""
     return get_ingest(session, ingest_id, tenant_id=tenant_id)

@@ -8,11 +8,13 @@ from sqlalchemy.orm import Session
 from cli.common import (
     ID,
     State,
+    TenantWasFirst,
     json_argument,
     json_option,
     main,
     remove_command,
     run,
+    tenant_option,
     transaction_command,
 )
 from cli.render import emit, records_printer, value_printer
@@ -31,8 +33,8 @@ def integration() -> None:
     """Add, list, remove and sync a tenant's integrations (github, http_feed)."""
 
 
-@integration.command("add")
-@click.argument("tenant_id", metavar="TENANT", type=ID)
+@integration.command("add", cls=TenantWasFirst)
+@tenant_option("The tenant it belongs to.", required=True)
 @click.argument("kind")
 @click.option("--config", "raw_config", metavar="JSON", required=True, help="A JSON object.")
 @json_option
@@ -40,7 +42,7 @@ def integration() -> None:
 def integration_add(
     ctx: click.Context, tenant_id: int, kind: str, raw_config: str, as_json: bool
 ) -> None:
-    """Connect TENANT to an outside system of KIND; prints the integration's id.
+    """Connect a tenant to an outside system of KIND; prints the integration's id.
 
     Its URLs must pass the outbound URL guard now; a feed URL's user name and
     password go to the tenant's locker, not to the stored config.
@@ -66,10 +68,11 @@ def integration_add(
     integration,
     "list",
     records_printer("integrations", ("id", "kind", "description", "last_status", "last_synced_at")),
+    cls=TenantWasFirst,
 )
-@click.argument("tenant_id", metavar="TENANT", type=ID)
+@tenant_option("The tenant whose integrations to list.", required=True)
 def integration_list(session: Session, tenant_id: int) -> list[IntegrationInfo]:
-    """List TENANT's integrations, oldest first, with their last sync."""
+    """List a tenant's integrations, oldest first, with their last sync."""
     return [integration_info(i) for i in list_integrations(session, tenant_id)]
 
 

@@ -3,32 +3,53 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cli.common import (
-    ID,
     JOB_STATES,
     SINCE,
+    UNTIL,
     CommandFailed,
     State,
+    Transact,
+    after_option,
+    check_time_range,
     json_option,
+    limit_option,
     main,
+    next_page_hint,
     run,
+    tenant_option,
+    transact,
     transaction_command,
 )
-from cli.dead_letters import requeue
-from cli.render import duration, emit, fields_printer, records_table, show, value_printer
+from cli.render import duration, emit, fields_table, records_table, show, value_printer
 from db.models import JOB_CANCELLED, JOB_DEAD, JOB_FINAL_STATES, JOB_RUNNING, DeadLetter, Job
-from services.job_control import cancel_job
-from services.jobs import JobInfo, get_job, job_info, list_jobs
+from services.jobs import (
+    JOBS_LISTING,
+    AttemptInfo,
+    JobInfo,
+    attempt_list,
+    get_job,
+    job_cursor,
+    job_info,
+    list_jobs,
+)
+from services.pagination import Position
+from services.redaction import redact_value
 from services.workers import RunningJob, running_job, running_jobs, stale_window
 
-JOB_COLUMNS = ("message_id", "tenant_id", "actor", "status", "attempts", "finished_at")
+if TYPE_CHECKING:
+    from dramatiq.broker import Broker
+
+JOB_COLUMNS = (
+    "message_id", "tenant_id", "actor", "status", "attempts", "finished_at", "duration",
+)  # fmt: skip
 RUNNING_COLUMNS = (
     "message_id", "tenant_id", "actor", "status", "attempts", "host", "pid", "thread",
     "running_for",
@@ -55,7 +76,8 @@ class RunningJobInfo(TypedDict):
     finished_at: str | None
     duration_seconds: float | None
     error: str | None
-    result: dict[str, Any] | None
+    result: Any
+    result_dropped: str | None
     schedule_id: int | None
     slot_at: str | None
     worker_id: str
@@ -63,6 +85,9 @@ class RunningJobInfo(TypedDict):
     pid: int
     thread: str
     running_seconds: float
+    # The attempts so far (as on a record's page, `JobInfo`), when it has a record.
+    attempt_history: NotRequired[list[AttemptInfo]]
+    attempts_not_kept: NotRequired[int]
 
 
 def _heartbeat_window() -> dt.timedelta:
@@ -95,6 +120,7 @@ def _running_info(running: RunningJob, record: Job | None) -> RunningJobInfo:
         "duration_seconds": None,
         "error": info["error"] if info is not None else None,
         "result": None,
+        "result_dropped": None,
         "schedule_id": info["schedule_id"] if info is not None else None,
         "slot_at": info["slot_at"] if info is not None else None,
         "worker_id": running["worker_id"],
@@ -105,14 +131,30 @@ def _running_info(running: RunningJob, record: Job | None) -> RunningJobInfo:
     }
 
 
+def with_durations(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's info for a person: `duration` (finished - started) in place of its seconds,
+    and while it runs `running_for`, in the one form `duration` gives (--json keeps the
+    seconds)."""
+    shown: dict[str, Any] = {}
+    for key, value in info.items():
+        if key == "duration_seconds":
+            shown["duration"] = duration(value) if value is not None else None
+        elif key == "running_seconds":
+            shown["running_for"] = duration(value)
+        else:
+            shown[key] = value
+    return shown
+
+
 def _print_jobs(infos: Sequence[Mapping[str, Any]]) -> None:
     """Job records as a table; running jobs with the worker and thread that run them."""
     title = f"jobs ({len(infos)})"
+    rows = [with_durations(info) for info in infos]
     if infos and all("worker_id" in info for info in infos):
-        rows = [{**info, "running_for": duration(info["running_seconds"])} for info in infos]
         show(records_table(title, RUNNING_COLUMNS, rows))
     else:
-        show(records_table(title, JOB_COLUMNS, infos))
+        show(records_table(title, JOB_COLUMNS, rows))
+        next_page_hint(infos)
 
 
 @main.group()
@@ -120,7 +162,23 @@ def jobs() -> None:
     """Read the record of jobs (one per message); retry or cancel one."""
 
 
-@transaction_command(jobs, "show", fields_printer("job", "message_id"))
+# The columns of `jobs show`'s attempts table.
+ATTEMPT_COLUMNS = ("attempt", "outcome", "started_at", "finished_at", "error_class", "error")
+
+
+def _print_job(info: Mapping[str, Any]) -> None:
+    """One job's fields, then its attempts as a table of their own (oldest first)."""
+    attempts = info.get("attempt_history") or []
+    fields = {k: v for k, v in info.items() if k not in ("attempt_history", "attempts_not_kept")}
+    show(fields_table(f"job {info['message_id']}", with_durations(fields)))
+    if attempts:
+        title = f"attempts ({len(attempts)})"
+        if info.get("attempts_not_kept"):
+            title += f", {info['attempts_not_kept']} more between the first and these not kept"
+        show(records_table(title, ATTEMPT_COLUMNS, attempts))
+
+
+@transaction_command(jobs, "show", _print_job)
 @click.argument("message_id")
 def jobs_show(session: Session, message_id: str) -> JobInfo | RunningJobInfo:
     """Show the record of one message; if a live worker runs it now, where and since when.
@@ -129,29 +187,49 @@ def jobs_show(session: Session, message_id: str) -> JobInfo | RunningJobInfo:
     from queued or retrying straight to its final state): a job started less
     than one beat ago still shows its record's status.
     """
+    shown: JobInfo | RunningJobInfo = redact_value(
+        job_detail(session, message_id, stale_after=_heartbeat_window())
+    )
+    return shown
+
+
+def job_detail(
+    session: Session, message_id: str, *, stale_after: dt.timedelta
+) -> JobInfo | RunningJobInfo:
+    """One job's record, or where a live worker runs it now (`jobs show`, the console's page)."""
     now = dt.datetime.now(dt.UTC)
     record = session.get(Job, message_id)
-    running = running_job(session, message_id, now=now, stale_after=_heartbeat_window())
+    running = running_job(session, message_id, now=now, stale_after=stale_after)
     if running is not None and _runs(record):
-        return _running_info(running, record)
-    return job_info(get_job(session, message_id))
+        shown = _running_info(running, record)
+        if record is not None:
+            shown["attempt_history"], shown["attempts_not_kept"] = attempt_list(record)
+        return shown
+    job = get_job(session, message_id)
+    info = job_info(job)
+    info["attempt_history"], info["attempts_not_kept"] = attempt_list(job)
+    return info
 
 
 def _running_list(
     session: Session,
     *,
+    stale_after: dt.timedelta,
     tenant_id: int | None,
     actor: str | None,
     since: dt.datetime | None,
     limit: int,
+    until: dt.datetime | None = None,
 ) -> list[RunningJobInfo]:
     """What live workers run now, the longest running first, with their records if any."""
     now = dt.datetime.now(dt.UTC)
     found = running_jobs(
-        session, now=now, stale_after=_heartbeat_window(), tenant_id=tenant_id, actor=actor
+        session, now=now, stale_after=stale_after, tenant_id=tenant_id, actor=actor
     )
     if since is not None:
         found = [job for job in found if dt.datetime.fromisoformat(job["started_at"]) >= since]
+    if until is not None:
+        found = [job for job in found if dt.datetime.fromisoformat(job["started_at"]) < until]
     # One thread per message: the latest start (`found` is by start), should the row
     # of a worker that died with it still list it.
     latest = {job["message_id"]: job for job in found}
@@ -167,8 +245,13 @@ def _running_list(
     return infos[:limit]
 
 
+def _system_queue() -> str:
+    """The system queue's name, from this invocation's settings."""
+    return click.get_current_context().ensure_object(State).load_settings().system_queue
+
+
 @transaction_command(jobs, "list", _print_jobs)
-@click.option("--tenant", "tenant_id", type=ID, help="Only this tenant's jobs.")
+@tenant_option("Only this tenant's jobs.")
 @click.option(
     "--status",
     type=click.Choice(JOB_STATES),
@@ -178,30 +261,109 @@ def _running_list(
 @click.option(
     "--since",
     type=SINCE,
-    help="Only jobs updated (running: started) since (30m, 6h, 2d, ISO time).",
+    help="Only jobs sent (running: started) since (30m, 6h, 2d, ISO time).",
 )
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option(
+    "--until",
+    type=UNTIL,
+    help="Only jobs sent (running: started) before (30m, 6h, 2d, ISO time); with --since, a range.",
+)
+@click.option(
+    "--error", "error_contains", help="Only jobs whose error contains this text (any case)."
+)
+@limit_option(50)
+@click.option(
+    "--system",
+    is_flag=True,
+    help="Include system jobs (scheduler ticks, maintenance); --actor names one anyway.",
+)
+@after_option(JOBS_LISTING)
 def jobs_list(
     session: Session,
     tenant_id: int | None,
     status: str | None,
     actor: str | None,
     since: dt.datetime | None,
+    until: dt.datetime | None,
+    error_contains: str | None,
     limit: int,
+    system: bool,
+    after: Position | None,
 ) -> list[JobInfo] | list[RunningJobInfo]:
-    """List job records, the most recently updated first.
+    """List job records, the most recently sent first; --after CURSOR for the next page.
+
+    Each record listed carries its `cursor` (in --json): pass the last one's to
+    --after for the page that follows. Pages never repeat or skip a record, even
+    while jobs are sent and finish.
 
     With --status running: the jobs live workers run now (from their heartbeat,
     every TASKYARD_HEARTBEAT_SECONDS), the longest running first. A record a live
     worker runs shows as running in any list, and not under --status queued or
     retrying, whatever the record says.
+
+    System jobs (the scheduler's tick every minute, the daily maintenance) are left
+    out unless --system is given or --actor names one.
     """
+    shown: list[JobInfo] | list[RunningJobInfo] = redact_value(
+        job_listing(
+            session,
+            stale_after=_heartbeat_window(),
+            tenant_id=tenant_id,
+            status=status,
+            actor=actor,
+            since=since,
+            until=until,
+            limit=limit,
+            after=after,
+            error_contains=error_contains,
+            exclude_queue=None if system or actor else _system_queue(),
+        )
+    )
+    return shown
+
+
+def job_listing(
+    session: Session,
+    *,
+    stale_after: dt.timedelta,
+    tenant_id: int | None = None,
+    status: str | None = None,
+    actor: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 50,
+    after: Position | None = None,
+    error_contains: str | None = None,
+    exclude_queue: str | None = None,
+    until: dt.datetime | None = None,
+) -> list[JobInfo] | list[RunningJobInfo]:
+    """A page of `jobs list` (the console's jobs page too): records, running ones marked.
+
+    `exclude_queue`: leave out the records of this queue (the system queue's, unless asked).
+    `since` and `until` (excluded): records sent in that range; running jobs started in it.
+    """
+    check_time_range(since, until)
     if status == JOB_RUNNING:
-        return _running_list(session, tenant_id=tenant_id, actor=actor, since=since, limit=limit)
+        if error_contains is not None:
+            raise CommandFailed(
+                "--error does not apply to --status running: a running job's error is not "
+                "written yet; leave one of them out"
+            )
+        if after is not None:
+            raise CommandFailed(
+                "--after does not apply to --status running: what runs now is one list, "
+                "the longest running first (raise --limit for more)"
+            )
+        return _running_list(
+            session,
+            stale_after=stale_after,
+            tenant_id=tenant_id,
+            actor=actor,
+            since=since,
+            until=until,
+            limit=limit,
+        )
     now = dt.datetime.now(dt.UTC)
-    running = {
-        job["message_id"] for job in running_jobs(session, now=now, stale_after=_heartbeat_window())
-    }
+    running = {job["message_id"] for job in running_jobs(session, now=now, stale_after=stale_after)}
     # Those left out below (they run) are made up for by reading as many more.
     found = list_jobs(
         session,
@@ -209,11 +371,16 @@ def jobs_list(
         status=status,
         actor=actor,
         since=since,
+        until=until,
+        after=after,
         limit=limit + len(running),
+        error_contains=error_contains,
+        exclude_queue=exclude_queue,
     )
     infos: list[JobInfo] = []
     for record in found:
         info = job_info(record)
+        info["cursor"] = job_cursor(record)
         if record.message_id in running and _runs(record):
             if status is not None:
                 continue  # asked for queued (or retrying) jobs: this one runs
@@ -240,29 +407,38 @@ def jobs_retry(ctx: click.Context, message_id: str, as_json: bool) -> None:
     A dead job is requeued from its dead letter (the same message id, as
     `dead-letters requeue` does); a cancelled one is sent as a new message.
     """
-    job = run(ctx, lambda s: job_info(get_job(s, message_id)))
+    info = retry_job(transact(ctx), ctx.ensure_object(State).load_broker, message_id)
+    emit(info, as_json, value_printer("message_id"))
+
+
+def retry_job(
+    run_in_transaction: Transact, load_broker: Callable[[], Broker], message_id: str
+) -> RetryInfo:
+    """`jobs retry` (and the console's retry): requeue a dead job, or send a cancelled one again.
+
+    The broker is loaded only once the job is known to be retryable.
+    """
+    job = run_in_transaction(lambda s: job_info(get_job(s, message_id)))
     if job["status"] not in (JOB_DEAD, JOB_CANCELLED):
         raise CommandFailed(
             f"job {message_id} is {job['status']}: only a dead or cancelled job can be retried"
         )
-    has_letter = run(ctx, lambda s: s.get(DeadLetter, message_id) is not None)
-    info: RetryInfo
+    has_letter = run_in_transaction(lambda s: s.get(DeadLetter, message_id) is not None)
     if job["status"] == JOB_DEAD and has_letter:
-        [again] = requeue(ctx, message_id=message_id)
-        info = {"retried": message_id, "message_id": again, "how": "requeued"}
-    else:
-        if job["args"].get("tenant_id") != job["tenant_id"]:
-            # A record refused for its route keeps the arguments it came with, which
-            # may name another tenant: sending them would run it as that tenant.
-            raise CommandFailed(
-                f"job {message_id} names tenant {job['args'].get('tenant_id')!r} in its "
-                f"arguments but belongs to tenant {job['tenant_id']!r}: it is not retried; "
-                "send a new job for the right tenant instead"
-            )
-        broker = ctx.ensure_object(State).load_broker()
-        message = broker.get_actor(job["actor"]).send_with_options(kwargs=job["args"])
-        info = {"retried": message_id, "message_id": message.message_id, "how": "sent"}
-    emit(info, as_json, value_printer("message_id"))
+        from cli.dead_letters import requeue_dead_letters  # (the broker's modules: only here)
+
+        [again] = requeue_dead_letters(run_in_transaction, load_broker(), message_id=message_id)
+        return {"retried": message_id, "message_id": again, "how": "requeued"}
+    if job["args"].get("tenant_id") != job["tenant_id"]:
+        # A record refused for its route keeps the arguments it came with, which
+        # may name another tenant: sending them would run it as that tenant.
+        raise CommandFailed(
+            f"job {message_id} names tenant {job['args'].get('tenant_id')!r} in its "
+            f"arguments but belongs to tenant {job['tenant_id']!r}: it is not retried; "
+            "send a new job for the right tenant instead"
+        )
+    message = load_broker().get_actor(job["actor"]).send_with_options(kwargs=job["args"])
+    return {"retried": message_id, "message_id": message.message_id, "how": "sent"}
 
 
 @jobs.command("cancel")
@@ -271,6 +447,8 @@ def jobs_retry(ctx: click.Context, message_id: str, as_json: bool) -> None:
 @click.pass_context
 def jobs_cancel(ctx: click.Context, message_id: str, as_json: bool) -> None:
     """Cancel a job that has not run yet, or ask a running one to stop."""
+    from services.job_control import cancel_job  # (the outbox's modules: only here)
+
     window = _heartbeat_window()
     status = run(ctx, lambda s: cancel_job(s, message_id, stale_after=window))
     emit(

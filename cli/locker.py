@@ -7,7 +7,16 @@ import sys
 import click
 from sqlalchemy.orm import Session
 
-from cli.common import ID, CommandFailed, State, json_option, main, run, transaction_command
+from cli.common import (
+    CommandFailed,
+    State,
+    TenantWasFirst,
+    json_option,
+    main,
+    run,
+    tenant_option,
+    transaction_command,
+)
 from cli.render import emit, value_printer
 from services.locker import delete_secret, get_secret, list_secret_keys, set_secret
 from services.tenants import get_tenant
@@ -33,13 +42,13 @@ def _read_value(key: str) -> str:
     return value
 
 
-@locker.command("set")
-@click.argument("tenant_id", metavar="TENANT", type=ID)
+@locker.command("set", cls=TenantWasFirst)
+@tenant_option("The tenant whose secret it is.", required=True)
 @click.argument("key")
 @json_option
 @click.pass_context
 def locker_set(ctx: click.Context, tenant_id: int, key: str, as_json: bool) -> None:
-    """Store secret KEY of TENANT, read from stdin or a hidden prompt."""
+    """Store secret KEY of a tenant, read from stdin or a hidden prompt."""
     secret_keys = ctx.ensure_object(State).load_settings().secret_keys
     value = _read_value(key)
 
@@ -52,14 +61,14 @@ def locker_set(ctx: click.Context, tenant_id: int, key: str, as_json: bool) -> N
     emit(info, as_json, lambda i: click.echo(f"stored {key} for tenant {tenant_id}"))
 
 
-@locker.command("get")
-@click.argument("tenant_id", metavar="TENANT", type=ID)
+@locker.command("get", cls=TenantWasFirst)
+@tenant_option("The tenant whose secret it is.", required=True)
 @click.argument("key")
 @click.option("--reveal", is_flag=True, help="Print the value itself (otherwise only that it is).")
 @json_option
 @click.pass_context
 def locker_get(ctx: click.Context, tenant_id: int, key: str, reveal: bool, as_json: bool) -> None:
-    """Check that secret KEY of TENANT decrypts; --reveal prints it."""
+    """Check that secret KEY of a tenant decrypts; --reveal prints it."""
     secret_keys = ctx.ensure_object(State).load_settings().secret_keys
     secret = run(ctx, lambda s: get_secret(s, tenant_id, key, secret_keys=secret_keys))
     shown = secret.reveal() if reveal else "********"
@@ -72,22 +81,25 @@ def _print_names(names: list[str]) -> None:
         click.echo("\n".join(names))
 
 
-@transaction_command(locker, "list", _print_names)
-@click.argument("tenant_id", metavar="TENANT", type=ID)
+@transaction_command(locker, "list", _print_names, cls=TenantWasFirst)
+@tenant_option("The tenant whose secrets to name.", required=True)
 def locker_list(session: Session, tenant_id: int) -> list[str]:
-    """The names (never the values) of TENANT's secrets."""
+    """The names (never the values) of a tenant's secrets."""
     get_tenant(session, tenant_id)
     return list_secret_keys(session, tenant_id)
 
 
-@locker.command("delete")
-@click.argument("tenant_id", metavar="TENANT", type=ID)
+@locker.command("delete", cls=TenantWasFirst)
+@tenant_option("The tenant whose secret it is.", required=True)
 @click.argument("key")
 @json_option
 @click.pass_context
 def locker_delete(ctx: click.Context, tenant_id: int, key: str, as_json: bool) -> None:
-    """Delete secret KEY of TENANT."""
+    """Delete secret KEY of a tenant."""
     if not run(ctx, lambda s: delete_secret(s, tenant_id, key)):
-        raise CommandFailed(f"tenant {tenant_id} has no locker entry {key!r}: see `locker list`")
+        raise CommandFailed(
+            f"tenant {tenant_id} has no locker entry {key!r}: "
+            f"see `taskyard locker list --tenant {tenant_id}`"
+        )
     info = {"tenant_id": tenant_id, "key": key, "deleted": True}
     emit(info, as_json, lambda i: click.echo(f"deleted {key} of tenant {tenant_id}"))

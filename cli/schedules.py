@@ -11,11 +11,13 @@ from cli.common import (
     ID,
     CommandFailed,
     State,
+    TenantWasFirst,
     json_argument,
     json_option,
     main,
     remove_command,
     run,
+    tenant_option,
     transaction_command,
 )
 from cli.render import emit, fields_printer, records_printer, value_printer
@@ -38,8 +40,8 @@ def schedule() -> None:
     """Add, list, show, pause, resume, remove and run tenants' schedules."""
 
 
-@schedule.command("add")
-@click.argument("tenant_id", metavar="TENANT", type=ID)
+@schedule.command("add", cls=TenantWasFirst)
+@tenant_option("The tenant it runs for.", required=True)
 @click.argument("actor")
 @click.option("--cron", required=True, help="Five fields: minute hour day month weekday.")
 @click.option("--tz", "timezone", default="UTC", show_default=True, help="An IANA zone.")
@@ -63,7 +65,7 @@ def schedule_add(
     catch_up: str,
     as_json: bool,
 ) -> None:
-    """Run ACTOR for TENANT on a cron schedule; prints the schedule's id."""
+    """Run ACTOR for a tenant on a cron schedule; prints the schedule's id."""
     args = json_argument(raw_args, "--args")
     from actors.schedules import schedulable_actors
 
@@ -99,7 +101,7 @@ def schedule_add(
         "schedules", ("id", "tenant_id", "actor", "cron", "timezone", "enabled", "next_slot_at")
     ),
 )
-@click.option("--tenant", "tenant_id", type=ID, help="Only this tenant's schedules.")
+@tenant_option("Only this tenant's schedules.")
 def schedule_list(session: Session, tenant_id: int | None) -> list[ScheduleInfo]:
     """List schedules, oldest first."""
     return [schedule_info(session, x) for x in list_schedules(session, tenant_id=tenant_id)]

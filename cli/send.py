@@ -5,27 +5,33 @@ from __future__ import annotations
 import click
 
 from cli.common import (
-    ID,
+    Bounded,
     CommandFailed,
     State,
     json_argument,
     json_option,
     main,
     shown_broker_url,
+    tenant_option,
 )
 from cli.render import emit, value_printer
 from middleware.runtime import runtime_of
 
 # How long `send` waits for RabbitMQ to take the job before it says it has not (yet).
 PUBLISH_WAIT_SECONDS = 5.0
+# The longest `--delay`: a year.
+MAX_DELAY_SECONDS = 365 * 86400
 
 
 @main.command()
 @click.argument("actor")
-@click.option("--tenant", "tenant_id", type=ID, required=True, help="The tenant it runs for.")
+@tenant_option("The tenant it runs for.", required=True)
 @click.option("--args", "raw_args", metavar="JSON", help="The actor's arguments, a JSON object.")
 @click.option(
-    "--delay", type=click.FloatRange(0, 365 * 86400), help="Seconds to wait before it runs."
+    "--delay",
+    type=Bounded(float, 0, MAX_DELAY_SECONDS, "delay"),
+    metavar="SECONDS",
+    help="Seconds to wait before it runs (up to a year).",
 )
 @json_option
 @click.pass_context
@@ -62,7 +68,9 @@ def send(
             kwargs={**args, "tenant_id": tenant_id}, delay=delay_ms
         )
     except InvalidArguments as exc:
-        raise CommandFailed(f"{exc}: see the actor's arguments in the README") from exc
+        raise CommandFailed(
+            f"{exc}: docs/reference/actors.md lists each actor's arguments"
+        ) from exc
     # The send is durable already; wait a moment for RabbitMQ to take it, to say if not.
     if outbox is not None:
         settled = outbox.clearer.flush(PUBLISH_WAIT_SECONDS)

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TypedDict
 
 import click
+from dramatiq.broker import Broker
 from sqlalchemy.orm import Session
 
-from cli.common import ID, CommandFailed, State, json_option, main, run, transaction_command
+from cli.common import (
+    ID,
+    CommandFailed,
+    State,
+    Transact,
+    json_option,
+    main,
+    run,
+    transact,
+    transaction_command,
+)
 from cli.render import emit, fields_printer, progress, records_printer, value_printer
 from db.models import JOB_FINAL_STATES, JOB_SUCCEEDED, TENANT_ACTIVE, TENANT_DISABLED
 from services.jobs import get_job, job_info
@@ -66,6 +78,18 @@ _status_command("disable", TENANT_DISABLED)
 _status_command("enable", TENANT_ACTIVE)
 
 
+def send_tenant_deletion(
+    run_in_transaction: Transact, load_broker: Callable[[], Broker], tenant_id: int
+) -> str:
+    """Send the resumable `delete_tenant` job for a tenant that exists; its message id.
+
+    `tenant delete` and the web console both delete through this.
+    """
+    run_in_transaction(lambda s: get_tenant(s, tenant_id))
+    message = load_broker().get_actor("delete_tenant").send(tenant_id=tenant_id)
+    return str(message.message_id)
+
+
 class DeletionInfo(TypedDict):
     """What `taskyard tenant delete` sent, and with --wait how the deletion ended."""
 
@@ -86,12 +110,12 @@ def _print_deletion(info: DeletionInfo) -> None:
 @click.pass_context
 def tenant_delete(ctx: click.Context, tenant_id: int, wait: bool, as_json: bool) -> None:
     """Delete tenant ID and all its data and queues, in the background (a `delete_tenant` job)."""
-    run(ctx, lambda s: get_tenant(s, tenant_id))
-    broker = ctx.ensure_object(State).load_broker()
-    message = broker.get_actor("delete_tenant").send(tenant_id=tenant_id)
+    message_id = send_tenant_deletion(
+        transact(ctx), ctx.ensure_object(State).load_broker, tenant_id
+    )
     info: DeletionInfo = {
         "tenant_id": tenant_id,
-        "message_id": message.message_id,
+        "message_id": message_id,
         "status": "queued",
         "result": None,
     }
@@ -99,12 +123,12 @@ def tenant_delete(ctx: click.Context, tenant_id: int, wait: bool, as_json: bool)
         with progress(None, f"deleting tenant {tenant_id}", quiet=as_json) as advance:
             while info["status"] not in JOB_FINAL_STATES:
                 time.sleep(WAIT_POLL_SECONDS)
-                job = run(ctx, lambda s: job_info(get_job(s, message.message_id)))
+                job = run(ctx, lambda s: job_info(get_job(s, message_id)))
                 info["status"], info["result"] = job["status"], job["result"] or job["error"]
                 advance(1)
         if info["status"] != JOB_SUCCEEDED:
             raise CommandFailed(
                 f"deletion of tenant {tenant_id} ended {info['status']}: {info['result']}; "
-                f"see `taskyard jobs show {message.message_id}`"
+                f"see `taskyard jobs show {message_id}`"
             )
     emit(info, as_json, _print_deletion)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import click
 import pika
@@ -15,7 +15,14 @@ from cli.common import EXIT_FAILED, State, json_option, main, run, shown_broker_
 from cli.render import duration, emit, records_table, show
 from db.migrate import check_schema
 from db.session import make_engine
-from services.workers import WorkerInfo, last_scheduler_tick, list_workers, stale_window
+from services.store import StoreStats, store_stats
+from services.workers import (
+    WorkerInfo,
+    last_scheduler_tick,
+    list_workers,
+    stale_window,
+    unserved_tenants,
+)
 from settings import Settings
 
 # The scheduler ticks every minute; two minutes allows one late or lost tick.
@@ -68,11 +75,12 @@ def workers(ctx: click.Context, include_stale: bool, as_json: bool) -> None:
 
 
 class Check(TypedDict):
-    """One line of `taskyard health`."""
+    """One line of `taskyard health`; the `store` line carries every table's figures."""
 
     check: str
     ok: bool
     detail: str
+    store: NotRequired[StoreStats]
 
 
 class _CheckFailed(Exception):
@@ -121,6 +129,19 @@ def _fresh_workers(ctx: click.Context, settings: Settings) -> str:
             f"no worker heartbeat in the last {_stale_after(settings).total_seconds():g} s: "
             "start one with `dramatiq actors`"
         )
+    unserved = run(
+        ctx,
+        lambda s: unserved_tenants(
+            s, now=now, stale_after=_stale_after(settings), queue_prefix=settings.queue_prefix
+        ),
+    )
+    if unserved:
+        shown = ", ".join(map(str, unserved[:10])) + (" ..." if len(unserved) > 10 else "")
+        raise _CheckFailed(
+            f"{len(live)} live worker(s), but {len(unserved)} tenant(s) have none serving "
+            f"their queue ({shown}): their jobs wait in RabbitMQ, nothing is lost; start a "
+            "worker that serves them (TASKYARD_TENANTS including them, or unset)"
+        )
     return f"{len(live)} live worker(s)"
 
 
@@ -134,22 +155,101 @@ def _fresh_tick(ctx: click.Context) -> str:
     return f"the last tick finished {age:.0f} s ago"
 
 
+def size(value: int | None) -> str:
+    """Bytes for a person: 512 B, 3.2 MiB, 41.0 GiB."""
+    if value is None:
+        return "-"
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"
+
+
+def _store_detail(stats: StoreStats) -> str:
+    """The store line: the job records' size and age, and those stuck past retention."""
+    jobs = next(t for t in stats["tables"] if t["table"] == "jobs")
+    total = None
+    if jobs["heap_bytes"] is not None:
+        total = jobs["heap_bytes"] + (jobs["index_bytes"] or 0)
+    age = jobs["oldest_age_seconds"]
+    oldest = f", the oldest sent {duration(age)} ago" if age is not None else ""
+    lag = jobs["retention_lag_seconds"]
+    if lag:
+        oldest += f" ({duration(lag)} past the retention)"
+    stuck = f"{stats['stuck_jobs']:,}{'+' if stats['stuck_capped'] else ''}"
+    return (
+        f"jobs: about {jobs['rows']:,} records, "
+        f"{size(total) if total is not None else 'size unknown'}{oldest}; {stuck} stuck "
+        f"(queued or retrying, sent over {stats['retention_days']} d ago: "
+        "TASKYARD_JOB_RETENTION_DAYS)"
+    )
+
+
+STORE_COLUMNS = ("table", "rows", "heap", "indexes", "oldest", "retention", "lag")
+
+
+def _print_store(stats: StoreStats) -> None:
+    rows = [
+        {
+            "table": t["table"],
+            "rows": f"{t['rows']:,}",
+            "heap": size(t["heap_bytes"]),
+            "indexes": size(t["index_bytes"]),
+            "oldest": duration(t["oldest_age_seconds"])
+            if t["oldest_age_seconds"] is not None
+            else None,
+            "retention": duration(t["retention_seconds"])
+            if t["retention_seconds"] is not None
+            else None,
+            "lag": duration(t["retention_lag_seconds"])
+            if t["retention_lag_seconds"] is not None
+            else None,
+        }
+        for t in stats["tables"]
+    ]
+    show(records_table("tables (rows: an estimate)", STORE_COLUMNS, rows))
+
+
 def _first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def _store_check(ctx: click.Context, settings: Settings) -> Check:
+    retention = settings.job_retention_days
+    try:
+        stats = run(ctx, lambda s: store_stats(s.connection(), retention_days=retention))
+    except Exception as exc:
+        return {
+            "check": "store",
+            "ok": False,
+            "detail": f"{type(exc).__name__}: {_first_line(exc)}",
+        }
+    return {"check": "store", "ok": True, "detail": _store_detail(stats), "store": stats}
 
 
 def _print_checks(checks: list[Check]) -> None:
     for check in checks:
         mark = "ok  " if check["ok"] else "FAIL"
         click.echo(f"{mark} {check['check']:<10} {check['detail']}")
+    for check in checks:
+        if "store" in check:
+            _print_store(check["store"])
 
 
 @main.command()
 @json_option
 @click.pass_context
 def health(ctx: click.Context, as_json: bool) -> None:
-    """Check the broker, the database, its schema, the workers and the scheduler; exit 0 if ok."""
+    """Check the broker, the database, its schema, the workers and the scheduler; exit 0 if ok.
+
+    Then the store: each table's rows, size and oldest record, how far past its
+    retention that record is (lag), and the job records stuck (queued or retrying)
+    past TASKYARD_JOB_RETENTION_DAYS.  Stuck records are
+    reported, not a failure: the probe answers for what runs now.
+    """
     settings = ctx.ensure_object(State).load_settings()
     probes: list[tuple[str, Callable[[], str]]] = [
         ("broker", lambda: _check_broker(settings)),
@@ -175,6 +275,8 @@ def health(ctx: click.Context, as_json: bool) -> None:
                 else f"{type(exc).__name__}: {_first_line(exc)}"
             )
             checks.append({"check": name, "ok": False, "detail": detail})
+    if all(c["ok"] for c in checks if c["check"] in ("database", "schema")):
+        checks.append(_store_check(ctx, settings))
     emit(checks, as_json, _print_checks)
     if not all(check["ok"] for check in checks):
         ctx.exit(EXIT_FAILED)

@@ -2,23 +2,24 @@
 
 A job record's upsert and its final update run for every message, so their
 per-call cost is the worker's speed limit on short jobs.  Built through the ORM
-on every call (the statement, its cache key, the ORM bulk-DML layer), a job's
-record cost about 3,400 µs of CPU here; as hot statements about 700 µs
-(`python -m bench.hot_path`).  A `HotStatement` is a Core statement with bound
-parameters only, built on first use:
+on every call, a statement pays for building it, its cache key and the ORM
+bulk-DML layer every time; a hot statement pays for none of these
+(`python -m bench.hot_path` measures both; its figures are in BENCHMARKS.md).
+A `HotStatement` is a Core statement with bound parameters only, built on
+first use:
 
 - On PostgreSQL its SQL is compiled once and run with `exec_driver_sql`, on
   the session's own connection and transaction, or on a Core connection (the
-  send path's one-statement writes skip the ORM session: about 140 µs less CPU
-  a send).  SQLAlchemy still wraps driver errors and notices dead connections;
-  only the per-call compile-cache lookup and bind processing are skipped, so
-  JSON parameters are encoded here.
+  send path's one-statement writes skip the ORM session and its flush).
+  SQLAlchemy still wraps driver errors and notices dead connections; only the
+  per-call compile-cache lookup and bind processing are skipped, so JSON
+  parameters are encoded here.
 - On PostgreSQL, unless `TASKYARD_DB_PREPARED_STATEMENTS=false`, it is also a
   prepared statement: `PREPARE` once per server connection (a pool's warm-up
   does it before the first job), then `EXECUTE` with the parameters, so the
   server no longer parses and plans the record's statements for every job
-  (`python -m bench.hot_path`: a fifth less database CPU per job, 405 to 410
-  against 530 to 535 µs here, and 6 to 15 % more jobs/s).  A connection whose
+  (`python -m bench.hot_path` measures the database CPU per job with and
+  without).  A connection whose
   prepared statements are gone (a pooler in transaction mode, `DISCARD ALL`)
   or stale (a migration changed their result) fails that one statement, and
   the pool replaces it; after a statement gone, the process warns once and

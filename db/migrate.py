@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, make_url, pool, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 logger = logging.getLogger(__name__)
 # Alembic announces every plugin it loads at INFO: noise in every worker's start-up log.
@@ -33,14 +36,55 @@ class SchemaBehind(RuntimeError):
     """The database's schema is not at the revision this code expects."""
 
 
+# Alembic (with every dialect it supports) is imported only to migrate, or to explain a
+# schema that is not at the head: a command or a worker at the head revision, the usual
+# case, starts without it (`check_schema`'s fast path).
+_REVISION = re.compile(r"^revision(?::[^=]+)? = [\"']([^\"']+)[\"']$", re.MULTILINE)
+_DOWN_REVISION = re.compile(
+    r"^down_revision(?::[^=]+)? = (?:None|[\"']([^\"']+)[\"'])$", re.MULTILINE
+)
+
+
 def _scripts_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def _script_directory() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_scripts_config())
+
+
+def head_from_files() -> str | None:
+    """The head revision read from the revision files alone, or None if they are not linear.
+
+    Each file names its `revision` and its `down_revision` as plain strings; the head
+    is the one no other names.  Anything else (a merge, a branch, a file this cannot
+    read) gives None, and Alembic decides.
+    """
+    downs: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        source = path.read_text()
+        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if revision is None or down is None:
+            return None
+        downs[revision.group(1)] = down.group(1)
+    heads = set(downs) - {down for down in downs.values() if down is not None}
+    roots = [rev for rev, down in downs.items() if down is None]
+    return heads.pop() if len(heads) == 1 and len(roots) == 1 else None
+
+
+def _current_without_alembic(engine: Engine) -> str | None:
+    """The database's revision from alembic_version (one row), or None when unsure."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def alembic_config(database_url: str) -> Config:
@@ -61,6 +105,8 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None when it has no Taskyard tables."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
@@ -126,9 +172,16 @@ def upgrade_to_head(database_url: str) -> str:
                 )
                 connection.commit()
             try:
+                from alembic import command
+
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
                 connection.commit()
+                # Imported here: services import the models, which this module must not need.
+                from services.partitions import ensure_partitions
+
+                # The next days' partitions of `jobs`, should the daily job not have run.
+                ensure_partitions(connection, today=dt.datetime.now(dt.UTC).date())
             finally:
                 if locked:
                     connection.rollback()
@@ -145,6 +198,13 @@ def upgrade_to_head(database_url: str) -> str:
 
 def check_schema(engine: Engine) -> None:
     """Raise SchemaBehind unless the database behind `engine` is at the head revision."""
+    fast_head = head_from_files()
+    if fast_head is not None:
+        try:
+            if _current_without_alembic(engine) == fast_head:
+                return
+        except OperationalError:
+            pass  # explained below, with Alembic's reading
     head = head_revision()
     shown = _shown(engine.url)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
-from db.base import Base, BigIntPk, BigIntType, CreatedAt, TenantId, UpdatedAt
+from db.base import Base, BigIntPk, BigIntType, CreatedAt, JsonType, TenantId, UpdatedAt
 
 TENANT_ACTIVE = "active"
 TENANT_DISABLED = "disabled"
@@ -82,6 +82,15 @@ class Ingest(Base):
     __table_args__ = (
         Index(None, "tenant_id", "created_at"),
         Index(None, "tenant_id", "message_id"),
+        # Retention's (services/retention.py), from the oldest.
+        Index(None, "created_at"),
+        # The sweeper's look for running ingests whose last item never completed them.
+        Index(
+            "ix_ingests_running",
+            "created_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
     )
 
     id: Mapped[BigIntPk]
@@ -137,9 +146,24 @@ class Job(Base):
     """
 
     __tablename__ = "jobs"
+    # Every listing reads its page from one of these, newest `created_at` first (migration
+    # 0009); `updated_at` stays unindexed, so it never stops an update from being heap-only.
     __table_args__ = (
-        Index(None, "tenant_id", "status"),
         Index(None, "status", "finished_at"),
+        Index(None, "created_at"),
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "tenant_id", "status", "created_at"),
+        Index(None, "status", "created_at"),
+        Index(None, "actor", "created_at"),
+        Index(None, "tenant_id", "actor", "created_at"),
+        # A schedule's last runs join their records by (schedule, slot) (migration 0013).
+        Index(
+            "ix_jobs_schedule_slot",
+            "schedule_id",
+            "slot_at",
+            postgresql_where=text("schedule_id IS NOT NULL"),
+            sqlite_where=text("schedule_id IS NOT NULL"),
+        ),
     )
 
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -157,11 +181,20 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[dict[str, Any] | None]
+    # The failed attempts, oldest first (services/jobs.py `record_failure` appends one in
+    # the statement that records the failure); NULL for a job that never failed.
+    attempt_history: Mapped[list[Any] | None] = mapped_column(JsonType, nullable=True)
+    # What the actor returned, as JSON (any JSON value; NULL: None, or not kept).
+    result: Mapped[Any] = mapped_column(JsonType, nullable=True)
+    # Why the result was not kept (not JSON, too large); NULL when it was (services/results.py).
+    result_dropped: Mapped[str | None] = mapped_column(Text)
     # Set when a schedule sent the job: which one, and for which slot. Not a foreign
     # key: the record outlives a removed schedule.
     schedule_id: Mapped[int | None] = mapped_column(BigIntType)
     slot_at: Mapped[dt.datetime | None]
+    # When the record was first written (at send, or at the end of a message sent around
+    # Taskyard's send()); never changed after, so listings page by it.
+    created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
 
 
@@ -186,6 +219,61 @@ class OutboxMessage(Base):
     created_at: Mapped[CreatedAt]
 
 
+class JobGroup(Base):
+    """A Dramatiq group run with completion callbacks: its id (the group's uuid) and size.
+
+    Written by `group.run()` (Taskyard's GroupCallbacks), before its members are sent.
+    """
+
+    __tablename__ = "job_groups"
+    __table_args__ = (Index(None, "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int]
+    created_at: Mapped[CreatedAt]
+
+
+class JobGroupMember(Base):
+    """A member of a group that finished (succeeded, or dead), written in its own transaction.
+
+    Counted per world (a tenant, system, or plain Dramatiq): a message of another
+    tenant naming the group's id counts in a group of its own world, never in this one.
+    `callbacks` are the member's completion callbacks, checked against its world.
+    """
+
+    __tablename__ = "job_group_members"
+    __table_args__ = (
+        UniqueConstraint("group_id", "world", "message_id"),
+        Index(None, "tenant_id"),
+        Index(None, "created_at"),
+    )
+
+    id: Mapped[BigIntPk]
+    group_id: Mapped[str] = mapped_column(String(64))
+    world: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[int | None] = mapped_column(BigIntType)
+    message_id: Mapped[str] = mapped_column(String(36))
+    dead: Mapped[bool] = mapped_column(default=False)
+    callbacks: Mapped[list[Any]]
+    created_at: Mapped[CreatedAt]
+
+
+class JobGroupCompletion(Base):
+    """A group's completion in one world, claimed once: its callbacks were sent with it."""
+
+    __tablename__ = "job_group_completions"
+    __table_args__ = (UniqueConstraint("group_id", "world"), Index(None, "tenant_id"))
+
+    id: Mapped[BigIntPk]
+    group_id: Mapped[str] = mapped_column(String(64))
+    world: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[int | None] = mapped_column(BigIntType)
+    # succeeded: every member succeeded and the callbacks were sent; failed: a member died.
+    outcome: Mapped[str] = mapped_column(String(16))
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    completed_at: Mapped[CreatedAt]
+
+
 class DeadLetter(Base):
     """A message that will not be retried, kept until an operator requeues or purges it.
 
@@ -196,9 +284,17 @@ class DeadLetter(Base):
 
     __tablename__ = "dead_letters"
     __table_args__ = (
+        Index(None, "created_at"),
         Index(None, "tenant_id", "created_at"),
         Index(None, "actor", "created_at"),
         Index(None, "reason", "created_at"),
+        # Retention's: only a requeued letter expires (the others wait for an operator).
+        Index(
+            "ix_dead_letters_requeued",
+            "requeued_at",
+            postgresql_where=text("requeued_at IS NOT NULL"),
+            sqlite_where=text("requeued_at IS NOT NULL"),
+        ),
     )
 
     message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -225,6 +321,8 @@ class CancelRequest(Base):
     """
 
     __tablename__ = "cancel_requests"
+    # Retention's (services/retention.py), from the oldest.
+    __table_args__ = (Index(None, "requested_at"),)
 
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     requested_at: Mapped[CreatedAt]
@@ -272,6 +370,8 @@ class ScheduleRun(Base):
     __table_args__ = (
         UniqueConstraint("schedule_id", "slot_at"),
         Index(None, "tenant_id", "created_at"),
+        # Retention's (services/retention.py), from the oldest.
+        Index(None, "created_at"),
     )
 
     id: Mapped[BigIntPk]
@@ -381,5 +481,28 @@ class GithubRepository(Base):
     description: Mapped[str | None] = mapped_column(Text)
     default_branch: Mapped[str | None] = mapped_column(String(200))
     html_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+WEB_ADMIN = "admin"
+WEB_VIEWER = "viewer"
+WEB_ROLES = (WEB_ADMIN, WEB_VIEWER)
+
+
+class WebUser(Base):
+    """An operator who may sign in to the web console: a viewer reads, an admin also acts.
+
+    `tenant_ids` limits the user to those tenants (null: every tenant); the
+    password is kept only as its Argon2id hash.
+    """
+
+    __tablename__ = "web_users"
+
+    id: Mapped[BigIntPk]
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    tenant_ids: Mapped[list[Any] | None]
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]

@@ -18,7 +18,7 @@ NEXT_STEPS = """\
 Next:
   make run        a worker and the scheduler on RabbitMQ and PostgreSQL (see README.md)
   taskyard --help the operator's command line
-  README.md       'Sending a job', 'One message's life', 'Tenants', 'Schedules'"""
+  docs/tutorial.md  your first jobs, a schedule, a dead letter, an actor of your own"""
 
 
 def summary(result: DemoResult) -> dict[str, Any]:
@@ -59,8 +59,15 @@ def _table(result: DemoResult) -> Table:
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the demo's SQLite database and log here (default: a new temporary directory).",
 )
-def demo_command(as_json: bool, workdir: Path | None) -> None:
+@click.option(
+    "--web",
+    is_flag=True,
+    help="Then serve the web console on the demo's records (TASKYARD_WEB_PORT) until Ctrl-C.",
+)
+def demo_command(as_json: bool, workdir: Path | None, web: bool) -> None:
     """Run the demo: SQLite and the in-process broker, the production actors and middleware."""
+    if web and as_json:
+        raise click.UsageError("--web serves the console after the demo; --json prints and exits")
     console = Console(stderr=True, quiet=as_json or not sys.stderr.isatty())
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -95,3 +102,7 @@ def demo_command(as_json: bool, workdir: Path | None) -> None:
         out.print(NEXT_STEPS)
     if not result.finished:
         raise SystemExit(1)
+    if web:
+        from demo.console import serve_demo_console
+
+        serve_demo_console(result.log_file.parent)

@@ -28,6 +28,16 @@ ACTOR_ONLY: dict[str, str] = {
 _NONE_MEANS_UNSET = frozenset({"max_age", "notify_shutdown", "throws", "retry_when"})
 
 
+def is_taskyard(actor: Any) -> bool:
+    """Whether `actor` was declared as Taskyard's (keyword arguments, a tenant or the system).
+
+    Any other actor on Taskyard's broker is a plain Dramatiq one: the engine
+    runs it too (`middleware.plain_actors`), with its positional arguments, in
+    a world of its own (no tenant).
+    """
+    return "tenant_scoped" in actor.options
+
+
 class OptionRefused(MiddlewareError, ValueError):
     """An actor or message option Taskyard cannot honour; the message says what to use instead.
 

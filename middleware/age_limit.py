@@ -12,6 +12,7 @@ from dramatiq.common import current_millis, q_name
 from dramatiq.middleware import AgeLimit, SkipMessage
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.models import JOB_EXPIRED
 from middleware.actor_options import check_actor_options
 from middleware.db_session import KEPT_AS_DEAD_LETTER
 from middleware.retry_policy import attempt_of
@@ -78,8 +79,13 @@ class JobAgeLimit(AgeLimit):
         try:
             with self.session_factory.begin() as session:
                 queue = q_name(message.queue_name)
-                jobs.mark_expired(
-                    session, message.message_id, actor=message.actor_name, queue=queue, error=error
+                jobs.mark_not_run(
+                    session,
+                    message.message_id,
+                    actor=message.actor_name,
+                    queue=queue,
+                    status=JOB_EXPIRED,
+                    error=error,
                 )
                 record_dead_letter(
                     session,

@@ -21,7 +21,16 @@ class MessageContext:
     joins the group commit instead.
     """
 
-    __slots__ = ("_factory", "_session", "held", "message", "tenants_known", "token")
+    __slots__ = (
+        "_factory",
+        "_session",
+        "after_commit",
+        "held",
+        "holding",
+        "message",
+        "tenants_known",
+        "token",
+    )
 
     def __init__(
         self,
@@ -37,8 +46,15 @@ class MessageContext:
         self._factory = session_factory
         # Sends held until the transaction commits (written just before it).
         self.held: list[JobRecord] = []
+        # Whether a send now is held for the transaction: always in a producer's
+        # transaction; in a worker only while the engine runs the job's body (a send
+        # from a middleware's hook, before or after it, is made at once instead).
+        self.holding = message is None
         # Tenants a held send named that this transaction has already found.
         self.tenants_known: set[int] = set()
+        # Work for once the transaction has committed (a group's completion, an ingest's),
+        # run outside it: each opens what it needs (`Outbox.follow_on`).
+        self.after_commit: list[Callable[[], object]] = []
         # The ContextVar token that made this context current (to restore the previous one).
         self.token: object | None = None
 
@@ -94,3 +110,17 @@ def current_message() -> Message[Any]:
     if ctx is None or ctx.message is None:
         raise RuntimeError("current_message() is only available while an actor runs")
     return ctx.message
+
+
+def after_commit(work: Callable[[], object]) -> None:
+    """Run `work` once the running job's transaction has committed, outside it.
+
+    `work` opens what it needs (a transaction with held sends:
+    `Outbox.follow_on`).  A failure there is logged, never the job's: what
+    `work` does must be completed by something else too (a sweeper) if the
+    process dies between the two.
+    """
+    ctx = _context.get()
+    if ctx is None or ctx.message is None:
+        raise RuntimeError("after_commit() is only available while an actor runs")
+    ctx.after_commit.append(work)

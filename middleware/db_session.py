@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
-from dramatiq import Message, Worker
+from dramatiq import Actor, Message, Worker
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import JOB_FINAL_STATES, TENANT_DELETING, TENANT_DISABLED
+from db.models import JOB_FINAL_STATES, JOB_SKIPPED, TENANT_DELETING, TENANT_DISABLED
 from middleware.context import MessageContext, current_context, enter_context, leave_context
 from middleware.follow_ups import FollowUps
 from middleware.group_commit import GroupCommit
+from middleware.groups import GroupCompletion
 from middleware.outbox import Outbox
 from middleware.outbox_rows import job_record
+from middleware.plain_actors import adopt, prefix_queue
 from middleware.retry_policy import Decision, RetryPolicy, attempt_of, outcome_of
 from middleware.tenant_routing import RouteRefused, TenantRouting
 from middleware.worker_state import WorkerState
@@ -37,11 +38,11 @@ from services.errors import (
     WorkerCrashed,
     describe_error,
 )
+from services.groups import Member, record_member
 from services.records import JobRecord
+from services.results import keep_result
 from transport.rabbitmq import Refusal
 
-# A result bigger than this is not kept on the job record (return ids, not data).
-MAX_RESULT_BYTES = 8_192
 # Errors that must not be recorded as a job failure: the process is going away.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 # Failures that concern the tenant, not the job: the actor's give-up hook is not run.
@@ -62,23 +63,6 @@ KEPT_AS_DEAD_LETTER = "taskyard_dead_letter_id"
 
 
 OnGiveUp = Callable[[Session, dict[str, Any], str], None]
-
-
-def small_result(result: Any, logger: logging.Logger) -> dict[str, Any] | None:
-    """The actor's return value as the small JSON dict the job record keeps."""
-    if result is None:
-        return None
-    value = result if isinstance(result, dict) else {"value": result}
-    try:
-        encoded = json.dumps(value, default=str)
-    except (TypeError, ValueError):
-        logger.warning("Result of type %s is not JSON; not kept", type(result).__name__)
-        return {"unserializable": type(result).__name__}
-    if len(encoded) > MAX_RESULT_BYTES:
-        logger.warning("Result of %d bytes is over %d; not kept", len(encoded), MAX_RESULT_BYTES)
-        return {"truncated": True, "bytes": len(encoded)}
-    loaded: dict[str, Any] = json.loads(encoded)
-    return loaded
 
 
 class DbSession(Middleware):
@@ -104,6 +88,7 @@ class DbSession(Middleware):
         policy: RetryPolicy | None = None,
         outbox: Outbox | None = None,
         follow_ups: FollowUps | None = None,
+        groups: GroupCompletion | None = None,
         group_commit_linger_seconds: float = 0.0,
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
@@ -120,6 +105,17 @@ class DbSession(Middleware):
         self.outbox = outbox
         # Callbacks and pipeline stages, held in the job's transaction.
         self.follow_ups = follow_ups
+        # Groups with completion callbacks: members recorded here, groups completed after.
+        self.groups = groups
+
+    def before_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        """A plain `@dramatiq.actor`'s queue goes under the queue prefix, as Taskyard's do."""
+        if self.routing is not None:
+            prefix_queue(actor, self.routing.queue_prefix)
+
+    def after_declare_actor(self, broker: Broker, actor: Actor[Any, Any]) -> None:
+        """A plain `@dramatiq.actor` declared on this broker runs through the engine too."""
+        adopt(actor, self)
 
     def before_consumer_thread_shutdown(self, broker: Broker, thread: Any) -> None:
         """Write the records still waiting for the group commit, so their messages are acked."""
@@ -144,9 +140,9 @@ class DbSession(Middleware):
         """Open `count` pooled connections and run a job record's statements on each, rolled back.
 
         A new PostgreSQL connection costs its first jobs a connect and the new
-        backend's first look at the tables; left to the first jobs, 8 threads
-        pay that at once and a fresh worker's first jobs waited 40-70 ms
-        (`python -m bench`, latency).  Done before the consumers start, nothing
+        backend's first look at the tables; left to the first jobs, every
+        thread pays that at once and a fresh worker's first jobs wait for it
+        (the latency scenario of `python -m bench`).  Done before the consumers start, nothing
         waits for it but the boot.  Returns how many connections were warmed;
         a failure is logged, not fatal: the jobs would open their own.
         """
@@ -200,12 +196,13 @@ class DbSession(Middleware):
         # A record already final is left alone: that is the "already finished" skip.
         try:
             with self.session_factory.begin() as session:
-                jobs.mark_skipped(
+                jobs.mark_not_run(
                     session,
                     message.message_id,
                     actor=message.actor_name,
                     queue=q_name(message.queue_name),
-                    reason="skipped before it ran",
+                    status=JOB_SKIPPED,
+                    error="skipped before it ran",
                 )
         except Exception:
             self.logger.warning("Could not mark %s skipped", message.message_id, exc_info=True)
@@ -238,7 +235,9 @@ class DbSession(Middleware):
         return refused
 
     def run(self, broker: Broker, message: Message[Any], call: Callable[[], Any]) -> Any:
-        """Run `call` for `message` and write its record: one statement, after the body.
+        """Run `call` for `message` and write its record (one statement, after the body).
+
+        Returns what `call` returned (the record keeps it in its JSON form).
 
         Nothing is written before the body: the record's final state is the
         job's one statement.  A job that used its session (or sent messages)
@@ -246,6 +245,7 @@ class DbSession(Middleware):
         a job that did neither hands it to the group commit, and its message
         is acknowledged once that commit is durable.  A failure rolls the
         transaction back and is recorded in a transaction of its own.
+        Returns what the actor returned; the record keeps it as `keep_result` says.
         """
         broker.get_actor(message.actor_name)  # an unknown actor raises ActorNotFound
         # Checked again here (the consumer checked it for RabbitMQ): any broker, before
@@ -261,6 +261,8 @@ class DbSession(Middleware):
         if ctx is None or ctx.message is not message:
             ctx = MessageContext(message=message, session_factory=self.session_factory)
             token = enter_context(ctx)
+        # Sends from here on are held for the job's transaction (and its failure's).
+        ctx.holding = True
         try:
             try:
                 if refused is not None:
@@ -280,42 +282,67 @@ class DbSession(Middleware):
                 vouched = self._check_state(message, record)
                 record.started_at = dt.datetime.now(dt.UTC)
                 returned = call()
-                result = record.result = small_result(returned, self.logger)
+                record.result, record.result_dropped = keep_result(returned, self.logger)
                 if self.follow_ups is not None:
                     # The callback and the next stage are written with the record's statement.
                     self.follow_ups.hold_after_success(
                         broker, ctx, message, returned, record.tenant_id
                     )
+                member = (
+                    self.groups.member(broker, message, record.tenant_id, dead=False)
+                    if self.groups is not None
+                    else None
+                )
                 record.finished_at = dt.datetime.now(dt.UTC)
-                if ctx.opened or ctx.held or not vouched:
-                    self._commit(broker, ctx, record)
+                if ctx.opened or ctx.held or ctx.after_commit or member or not vouched:
+                    self._commit(broker, ctx, record, member)
                 else:
                     self._group_commit(message, record)
             except _Finished:
-                self.logger.info(
-                    "%s %s already finished; skipped",
-                    message.actor_name,
-                    message.message_id,
-                    extra={"message_id": message.message_id, "actor": message.actor_name},
-                )
-                raise SkipMessage("job already finished") from None
+                self._skip_finished(message)
             except _PASS_THROUGH:
                 raise
             except BaseException as exc:
                 ctx.held.clear()
+                ctx.after_commit.clear()
                 if ctx.opened:
                     ctx.session.rollback()
-                self._record_failure(broker, message, ctx.session, record, exc)
+                if self._record_failure(broker, message, ctx.session, record, exc):
+                    self._skip_finished(message)
                 raise
-            return result
+            return returned
         finally:
+            ctx.holding = False
             ctx.close()
             if token is not None:
                 leave_context(token)
 
-    def _commit(self, broker: Broker, ctx: MessageContext, finished: JobRecord) -> None:
-        """Write held sends and the record's final statement in the job's transaction; commit."""
+    def _skip_finished(self, message: Message[Any]) -> NoReturn:
+        """Skip a copy whose job is final already: acknowledged, nothing run or recorded."""
+        self.logger.info(
+            "%s %s already finished; skipped",
+            message.actor_name,
+            message.message_id,
+            extra={"message_id": message.message_id, "actor": message.actor_name},
+        )
+        raise SkipMessage("job already finished") from None
+
+    def _commit(
+        self,
+        broker: Broker,
+        ctx: MessageContext,
+        finished: JobRecord,
+        member: Member | None = None,
+    ) -> None:
+        """Write held sends and the record's final statement in the job's transaction; commit.
+
+        A member of a group is recorded in the same transaction; once it has
+        committed, its group is completed if it was the last (`after_commit`).
+        """
         session = ctx.session
+        if member is not None and self.groups is not None:
+            record_member(session, member)
+            ctx.after_commit.append(self.groups.completer(broker, member))
         pending = self.write_held(session, ctx)
         done = jobs.finish(session, finished)
         if not done.written:
@@ -328,6 +355,20 @@ class DbSession(Middleware):
             _require_active_tenant(finished.tenant_id, done.tenant_status)
         session.commit()
         self.publish(broker, pending)
+        self.run_after_commit(broker, ctx)
+
+    def run_after_commit(self, broker: Broker, ctx: MessageContext) -> None:
+        """Run the work held for after the job's commit, each in a transaction of its own."""
+        work, ctx.after_commit = ctx.after_commit, []
+        for item in work:
+            try:
+                item()
+            except Exception as exc:
+                self.logger.warning(
+                    "Work after the commit of %s failed (%s); a sweeper completes it",
+                    ctx.message.message_id if ctx.message is not None else "a transaction",
+                    describe_error(exc),
+                )
 
     def write_held(self, session: Session, ctx: MessageContext) -> list[JobRecord]:
         """Write the transaction's held sends (records and outbox rows), just before it commits."""
@@ -411,7 +452,14 @@ class DbSession(Middleware):
         session: Session,
         record: JobRecord,
         exc: BaseException,
-    ) -> None:
+    ) -> bool:
+        """Record the failure (and the dead letter, when no attempt follows) and act on it.
+
+        True when the job's record is final already: the copy that failed
+        comes after a commit that went through although its worker saw it
+        fail (the database went down as it committed).  Nothing is recorded
+        then, no dead letter contradicts the record, and the copy is skipped.
+        """
         dead_letter_id = message.message_id
         if isinstance(exc, AttemptsSpent):
             # The deliveries after the last attempt only came back to be recorded.
@@ -431,7 +479,22 @@ class DbSession(Middleware):
         pending: list[JobRecord] = []
         try:
             with session.begin():
-                jobs.record_failure(session, record, error=error, dead=not decision.retry)
+                written = jobs.record_failure(
+                    session,
+                    record,
+                    error=error,
+                    dead=not decision.retry,
+                    error_class=type(exc).__name__,
+                    message=str(exc).strip() or "(no message)",
+                    traceback="".join(traceback.format_exception(exc)),
+                )
+                if (
+                    not written
+                    and not isinstance(exc, _TENANT_ERRORS)
+                    and not jobs.taken_ids(session, [record])
+                ):
+                    # Final already, and this job's (a refused message is always kept).
+                    raise _Finished()  # rolled back
                 if not decision.retry:
                     record_dead_letter(
                         session,
@@ -454,9 +517,20 @@ class DbSession(Middleware):
                 ctx = current_context()
                 if gave_up and ctx is not None:
                     self._hold_on_failure(broker, ctx, message, record, exc)
+                    member = (
+                        self.groups.member(broker, message, record.tenant_id, dead=True)
+                        if self.groups is not None
+                        else None
+                    )
+                    if member is not None and self.groups is not None:
+                        # A dead member finishes its group too (which then sends no callback).
+                        record_member(session, member)
+                        ctx.after_commit.append(self.groups.completer(broker, member))
                     # What the hook sent (a failure notification) and the on_failure callback
                     # are written in this transaction and published once it commits.
                     pending = self.write_held(session, ctx)
+        except _Finished:
+            return True
         except (OperationalError, InterfaceError) as db_error:
             # The database is away: never let the message vanish into RabbitMQ's
             # expiring dead-letter queue; try it again once the record can be written,
@@ -481,10 +555,14 @@ class DbSession(Middleware):
                 # DeadLetters.before_nack keeps only what no one kept before it.
                 setattr(exc, KEPT_AS_DEAD_LETTER, dead_letter_id)
             self.publish(broker, pending)
+            ctx = current_context()
+            if ctx is not None:
+                self.run_after_commit(broker, ctx)
         # The decision, as recorded, carried out here: the retry re-enqueued, or the
         # message failed (the worker nacks it).
         if policy is not None and isinstance(message, MessageProxy):
             policy.act(broker, message, exc, decision)
+        return False
 
     def _hold_on_failure(
         self,

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from dramatiq import Actor, Message
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Callbacks, Pipelines
 
+from middleware.actor_options import is_taskyard
 from services.errors import PermanentError, valid_tenant_id
+from services.groups import MAX_GROUP_ID_CHARS
 from transport.rabbitmq import DEFAULT_MAX_MESSAGE_BYTES, Refusal
 
 if TYPE_CHECKING:
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
 # actor (Dramatiq appends it to the positional arguments, which Taskyard's actors refuse).
 PIPE_RESULT = "pipe_result"
 CALLBACK_OPTIONS = ("on_success", "on_failure")
+# What Dramatiq's group.run() puts on each member (the last stage, for a pipeline).
+GROUP_OPTION = "group_completion_uuid"
+GROUP_CALLBACKS_OPTION = "group_completion_callbacks"
+# A group's completion sends at most this many callbacks.
+MAX_GROUP_CALLBACKS = 100
 # A follow-up is sent as a message; over the consumer's limit it would only be refused there.
 MAX_FOLLOW_UP_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 
@@ -54,12 +61,8 @@ class FollowUpRefused(PermanentError, ValueError):
         super().__init__(refusal.error, reason=refusal.reason)
 
 
-def is_taskyard(actor: Actor[Any, Any]) -> bool:
-    """Whether `actor` is Taskyard's (the engine runs it, in a transaction) or a plain one."""
-    return "tenant_scoped" in actor.options
-
-
-def _world(actor: Actor[Any, Any], kwargs: Mapping[str, Any]) -> World:
+def world_of(actor: Actor[Any, Any], kwargs: Mapping[str, Any]) -> World:
+    """The world a message of `actor` with `kwargs` runs in: its tenant, system or plain."""
     if not is_taskyard(actor):
         return ("dramatiq", None)
     if actor.options.get("tenant_scoped"):
@@ -86,7 +89,7 @@ def follow_up_refusal(
     job's own world: the same tenant for a tenant's job (a callback gets the
     job's tenant; a stage must name it), system for system, plain for plain.
     """
-    world = _world(actor, message.kwargs)
+    world = world_of(actor, message.kwargs)
     stage_actor, options, stage = actor, message.options, 1
     while True:
         where = f"stage {stage} ({stage_actor.actor_name}): " if stage > 1 else ""
@@ -97,44 +100,82 @@ def follow_up_refusal(
             target = actors.get(name) if isinstance(name, str) else None
             if target is None:
                 return Refusal("unknown_actor", f"{where}{option} names no known actor: {name!r}")
-            if _world(target, {"tenant_id": world[1]}) != world:
+            if world_of(target, {"tenant_id": world[1]}) != world:
                 return Refusal(
                     "invalid_options",
                     f"{where}{option} {name} is not an actor of {_describe(world)}; a callback "
                     "stays within the world of the job that sends it",
                 )
+        refused = _group_refusal(actors, options, world, where)
+        if refused is not None:
+            return refused
         data = options.get("pipe_target")
         if data is None:
             return None
         stage += 1
-        if not (
-            isinstance(data, dict)
-            and isinstance(data.get("kwargs"), dict)
-            and isinstance(data.get("options"), dict)
-            and isinstance(data.get("args"), list | tuple)
-        ):
-            return Refusal("invalid_options", f"stage {stage} of the pipeline is not a message")
-        name = data.get("actor_name")
-        target = actors.get(name) if isinstance(name, str) else None
-        if target is None:
-            return Refusal(
-                "unknown_actor",
-                f"stage {stage} of the pipeline names no known actor: {data.get('actor_name')!r}",
-            )
-        if is_taskyard(target) and data["args"]:
-            return Refusal(
-                "invalid_arguments",
-                f"stage {stage}: {target.actor_name} takes keyword arguments only",
-            )
-        target_world = _world(target, data["kwargs"])
-        if target_world != world:
-            both_tenants = world[0] == target_world[0] == "tenant"
-            return Refusal(
-                "tenant_mismatch" if both_tenants else "invalid_options",
-                f"stage {stage} of the pipeline ({target.actor_name}) runs for "
-                f"{_describe(target_world)}, not for {_describe(world)} as the job sending it",
-            )
-        stage_actor, options = target, data["options"]
+        what = f"stage {stage} of the pipeline"
+        refused = _message_data_refusal(actors, data, world, what)
+        if refused is not None:
+            return refused
+        stage_actor, options = actors[data["actor_name"]], data["options"]
+
+
+def _message_data_refusal(
+    actors: Mapping[str, Actor[Any, Any]], data: Any, world: World, what: str
+) -> Refusal | None:
+    """Why a message carried as data (a pipeline stage, a group callback) may not be sent."""
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("kwargs"), dict)
+        and isinstance(data.get("options"), dict)
+        and isinstance(data.get("args"), list | tuple)
+    ):
+        return Refusal("invalid_options", f"{what} is not a message")
+    name = data.get("actor_name")
+    target = actors.get(name) if isinstance(name, str) else None
+    if target is None:
+        return Refusal("unknown_actor", f"{what} names no known actor: {name!r}")
+    if is_taskyard(target) and data["args"]:
+        return Refusal(
+            "invalid_arguments", f"{what}: {target.actor_name} takes keyword arguments only"
+        )
+    target_world = world_of(target, data["kwargs"])
+    if target_world != world:
+        both_tenants = world[0] == target_world[0] == "tenant"
+        return Refusal(
+            "tenant_mismatch" if both_tenants else "invalid_options",
+            f"{what} ({target.actor_name}) runs for "
+            f"{_describe(target_world)}, not for {_describe(world)} as the job sending it",
+        )
+    return None
+
+
+def _group_refusal(
+    actors: Mapping[str, Actor[Any, Any]], options: Mapping[str, Any], world: World, where: str
+) -> Refusal | None:
+    """Why a message's group options (its group's id, its completion callbacks) are refused."""
+    group_id = options.get(GROUP_OPTION)
+    callbacks = options.get(GROUP_CALLBACKS_OPTION)
+    if group_id is None and callbacks is None:
+        return None
+    if not isinstance(group_id, str) or not 0 < len(group_id) <= MAX_GROUP_ID_CHARS:
+        return Refusal(
+            "invalid_options",
+            f"{where}{GROUP_OPTION} must be a group's id of 1 to {MAX_GROUP_ID_CHARS} characters",
+        )
+    if not isinstance(callbacks, list) or not 0 < len(callbacks) <= MAX_GROUP_CALLBACKS:
+        return Refusal(
+            "invalid_options",
+            f"{where}{GROUP_CALLBACKS_OPTION} must be a list of 1 to {MAX_GROUP_CALLBACKS} "
+            "messages",
+        )
+    for index, data in enumerate(callbacks, start=1):
+        refused = _message_data_refusal(
+            actors, data, world, f"{where}group completion callback {index}"
+        )
+        if refused is not None:
+            return refused
+    return None
 
 
 def check_follow_ups(broker: Broker, message: Message[Any]) -> None:
@@ -169,10 +210,10 @@ def _checked(follow_up: Message[Any], sender: str) -> Message[Any]:
 class FollowUps(Callbacks, Pipelines):
     """Sends a job's callbacks and next pipeline stage; for Taskyard's actors, in its transaction.
 
-    A Taskyard actor's follow-ups are held by the engine (`DbSession.run`) in
-    the job's transaction; this middleware's own after-hook sends only a plain
-    Dramatiq actor's, as Dramatiq's Callbacks and Pipelines do.  A Dramatiq
-    subclass, so `add_middleware(..., after=Callbacks)` finds it.
+    Every job's follow-ups, a plain Dramatiq actor's included, are held by the
+    engine (`DbSession.run`) in the job's transaction; Dramatiq's after-hooks,
+    which would send them again after the acknowledgement, are switched off.
+    A Dramatiq subclass, so `add_middleware(..., after=Callbacks)` finds it.
     """
 
     def __init__(self, *, outbox: Outbox | None = None) -> None:
@@ -280,30 +321,18 @@ class FollowUps(Callbacks, Pipelines):
         self, broker: Broker, actor: Actor[Any, Any], data: dict[str, Any], result: Any
     ) -> FollowUp:
         """The pipeline's next stage, its queue chosen by its actor (never by the bytes)."""
-        target = broker.get_actor(data["actor_name"])
-        options = dict(data["options"])
-        # A delivery's own (set by a delayed enqueue), never the next stage's.
-        options.pop("eta", None)
-        ignore = options.get("pipe_ignore") or actor.options.get("pipe_ignore")
-        if is_taskyard(target):
-            kwargs = dict(data["kwargs"])
-            if not ignore:
-                kwargs[PIPE_RESULT] = result
-            built = target.message_with_options(kwargs=kwargs, **options)
-        else:
-            args = tuple(data["args"]) + (() if ignore else (result,))
-            built = Message(
-                queue_name=target.queue_name,
-                actor_name=target.actor_name,
-                args=args,
-                kwargs=dict(data["kwargs"]),
-                options=options,
-            )
-        # The stage keeps the id the producer knows it by (pipeline.get_results reads it).
-        built = built.copy(
-            message_id=data["message_id"], message_timestamp=data["message_timestamp"]
-        )
-        return _checked(built, actor.actor_name), options.get("delay")
+        ignore = data["options"].get("pipe_ignore") or actor.options.get("pipe_ignore")
+        built, delay = message_from_data(broker, data, () if ignore else (result,))
+        return _checked(built, actor.actor_name), delay
+
+    def group_callbacks(
+        self, broker: Broker, callbacks: list[dict[str, Any]], sender: str
+    ) -> list[FollowUp]:
+        """A completed group's callbacks, as messages to send (checked by `follow_up_refusal`)."""
+        return [
+            (_checked(built, sender), delay)
+            for built, delay in (message_from_data(broker, data, ()) for data in callbacks)
+        ]
 
     def after_process_message(
         self,
@@ -313,27 +342,39 @@ class FollowUps(Callbacks, Pipelines):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Send a plain Dramatiq actor's follow-ups, as Dramatiq does (Taskyard's are held)."""
-        job = cast(Message[Any], message)  # the proxy stands for its message
-        actor = broker.actors.get(job.actor_name)
-        if actor is None or is_taskyard(actor):
-            return
-        refused = self.refusal(broker, actor, job)
-        if refused is not None:
-            self.logger.error(
-                "Follow-ups of %s %s not sent (%s: %s)",
-                message.actor_name,
-                message.message_id,
-                refused.reason,
-                refused.error,
-                extra={"message_id": message.message_id, "actor": message.actor_name},
-            )
-            return
-        sends: list[FollowUp] = []
-        if exception is None:
-            sends = self.after_success(broker, job, result, None, pipe=not message.failed)
-        elif exception is not None and message.failed:
-            # Failed for good (the retry policy gave up), not every failed attempt.
-            sends = self.after_failure(broker, job, exception, None)
-        for follow_up, delay in sends:
-            broker.enqueue(follow_up, delay=delay)
+        """Nothing: the engine held this job's follow-ups in its transaction."""
+
+
+def message_from_data(
+    broker: Broker, data: dict[str, Any], piped: tuple[Any, ...]
+) -> tuple[Message[Any], int | None]:
+    """The message `data` describes (a pipeline stage, a group callback), and its delay.
+
+    Its queue is chosen by its actor (never by the bytes); it keeps the id the
+    producer knows it by (`get_results` reads it).  `piped`: the previous
+    stage's result, appended as Dramatiq does (a Taskyard actor gets it as
+    the `pipe_result` keyword).
+    """
+    target = broker.get_actor(data["actor_name"])
+    options = dict(data["options"])
+    # A delivery's own (set by a delayed enqueue), never the next message's.
+    options.pop("eta", None)
+    if is_taskyard(target):
+        kwargs = dict(data["kwargs"])
+        if piped:
+            kwargs[PIPE_RESULT] = piped[0]
+        built = target.message_with_options(kwargs=kwargs, **options)
+    else:
+        built = Message(
+            queue_name=target.queue_name,
+            actor_name=target.actor_name,
+            args=tuple(data["args"]) + piped,
+            kwargs=dict(data["kwargs"]),
+            options=options,
+        )
+    ids: dict[str, Any] = {}
+    if isinstance(data.get("message_id"), str):
+        ids["message_id"] = data["message_id"]
+    if type(data.get("message_timestamp")) is int:
+        ids["message_timestamp"] = data["message_timestamp"]
+    return built.copy(**ids), options.get("delay")

@@ -16,9 +16,9 @@ class FrozenHeap(Middleware):
     A worker process holds some 100,000 objects after boot (modules, SQLAlchemy's
     mappers and caches, pika, Prometheus).  Python's full (generation 2)
     collection walks them all, holding the GIL, so every job of the process
-    stops while it runs: 51-64 ms over the booted heap, 0.0 ms once it is frozen
-    (`python -m bench.gc_pause`); one such pass of 88 ms was seen in a worker's
-    latency run.  They live as long as the process, so the collector
+    stops while it runs; once they are frozen, it walks none of them
+    (`python -m bench.gc_pause` times a pass before and after).  They live as
+    long as the process, so the collector
     has nothing to find among them; what jobs allocate later is collected as
     before.
     """

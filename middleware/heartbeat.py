@@ -11,6 +11,9 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dramatiq import Middleware
@@ -18,9 +21,19 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.worker import Worker
 from sqlalchemy.orm import Session, sessionmaker
 
+from middleware.probes import ProcessProbe, remove_probe, write_probe
 from services.errors import valid_tenant_id
 from services.workers import RunningEntry, beat, remove_worker
 from transport.consumer import is_delay_queue
+
+# The readiness probe reads the database's migration revision this often.
+SCHEMA_CHECK_SECONDS = 30.0
+
+
+def _metrics_dir() -> Path | None:
+    """The command's directory, shared with its exposition server (set by `Metrics`)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(directory) if directory else None
 
 
 class Heartbeat(Middleware):
@@ -35,12 +48,23 @@ class Heartbeat(Middleware):
     """
 
     def __init__(
-        self, *, session_factory: sessionmaker[Session], interval_seconds: float = 2.0
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        interval_seconds: float = 2.0,
+        check_schema: Callable[[], None] | None = None,
+        probe_dir: Callable[[], Path | None] = _metrics_dir,
+        host: str = "",
     ) -> None:
         self.logger = logging.getLogger(type(self).__name__)
         self.session_factory = session_factory
         self.interval_seconds = interval_seconds
-        self.host = socket.gethostname()
+        # For the readiness probe: whether the database's migrations match this code,
+        # checked every SCHEMA_CHECK_SECONDS (the last answer and when it was read).
+        self.check_schema = check_schema
+        self._schema: tuple[float, str | None] | None = None
+        self.probe_dir = probe_dir
+        self.host = host or socket.gethostname()
         self.pid = os.getpid()
         self.started_at = dt.datetime.now(dt.UTC)
         self.worker_id = f"{self.host}:{self.pid}:{int(self.started_at.timestamp())}"
@@ -90,8 +114,53 @@ class Heartbeat(Middleware):
                 )
         except Exception:
             self.logger.warning("Could not write the heartbeat; trying again", exc_info=True)
+            self._write_probe(worker, database=False)
             return False
+        self._write_probe(worker, database=True)
         return True
+
+    def _schema_problem(self) -> str | None:
+        """Why the database's migrations do not match this code (None: they do), cached."""
+        if self.check_schema is None:
+            return None
+        now = time.monotonic()
+        if self._schema is not None and now - self._schema[0] < SCHEMA_CHECK_SECONDS:
+            return self._schema[1]
+        try:
+            self.check_schema()
+            problem = None
+        except Exception as exc:
+            problem = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        self._schema = (now, problem)
+        return problem
+
+    def _write_probe(self, worker: Worker | None, *, database: bool) -> None:
+        """Write this process's probe file (`middleware.probes`); never fails the beat."""
+        directory = self.probe_dir()
+        if directory is None or worker is None:
+            return
+        threads = list(getattr(worker, "workers", []))
+        # One consumer thread may serve many queues (Taskyard's multiplexing one).
+        consumers = list({id(c): c for c in getattr(worker, "consumers", {}).values()}.values())
+        schema_error = self._schema_problem() if database else None
+        try:
+            write_probe(
+                directory,
+                ProcessProbe(
+                    pid=self.pid,
+                    at=time.time(),
+                    interval=self.interval_seconds,
+                    worker_threads=len(threads),
+                    worker_threads_alive=sum(1 for t in threads if t.is_alive()),
+                    consumers=len(consumers),
+                    consumers_alive=sum(1 for c in consumers if c.is_alive()),
+                    database=database,
+                    schema=schema_error is None,
+                    schema_error=schema_error,
+                ),
+            )
+        except OSError:
+            self.logger.warning("Could not write the probe file in %s", directory, exc_info=True)
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Write the first beat, then one every interval from a daemon thread."""
@@ -114,6 +183,9 @@ class Heartbeat(Middleware):
                 remove_worker(session, self.worker_id)
         except Exception:
             self.logger.warning("Could not delete the heartbeat row", exc_info=True)
+        directory = self.probe_dir()
+        if directory is not None:
+            remove_probe(directory, self.pid)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         """Note the message as in progress on this thread (the next beat writes it)."""

@@ -9,6 +9,7 @@ once per host rather than per process: queue depth and the outbox backlog.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -20,7 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pika
 from sqlalchemy import Engine, func, select, text
 
 from db.models import OutboxMessage
@@ -29,6 +29,9 @@ from db.models import OutboxMessage
 # from its first line (see middleware/log_setup.py).
 from middleware.log_setup import configure_logging
 from middleware.metrics_labels import queue_label
+from middleware.probes import LIVE_PATH, READY_PATH, probe_status
+from services.store import STUCK_CAP, StoreStats, store_stats
+from transport.queue_depth import read_ready
 
 # Directories are named after the command's main process: its pid and start time.
 DIR_PREFIX = "taskyard-metrics-"
@@ -106,7 +109,13 @@ def bind_server(
 
 
 class HostCollector:
-    """Queue depth (ready messages) per queue label and the outbox backlog, cached for a while."""
+    """Queue depth per queue label, the outbox backlog and the store's tables, cached a while.
+
+    The store's figures are one per Taskyard table (a fixed set of label values):
+    rows (PostgreSQL's estimate), bytes of heap and of indexes, the oldest
+    record's age and how far past its retention it is, and the job records stuck
+    past retention.
+    """
 
     def __init__(
         self,
@@ -117,8 +126,11 @@ class HostCollector:
         list_queues: Callable[[], list[str]],
         every_seconds: float = HOST_METRICS_EVERY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        retention_days: int = 30,
     ) -> None:
         self.broker_url = broker_url
+        self.retention_days = retention_days
+        self.store: StoreStats | None = None
         self.engine = engine
         self.queue_prefix = queue_prefix
         self.list_queues = list_queues
@@ -128,6 +140,9 @@ class HostCollector:
         self._measured_at: float | None = None
         self.ready: dict[str, int] = {}
         self.outbox: int | None = None
+        # Whether the last measure reached each dependency (1) or not (0): "broker" from the
+        # queue depth's connection, "database" from the outbox count.
+        self.up: dict[str, int] = {}
 
     def refresh(self) -> None:
         """Measure again if the last measure is older than `every_seconds`."""
@@ -138,28 +153,28 @@ class HostCollector:
             self._measured_at = now
             try:
                 self.ready = self._ready_by_label()
+                self.up["broker"] = 1
             except Exception:
+                self.up["broker"] = 0
                 logger.warning("Could not measure queue depth in RabbitMQ", exc_info=True)
             try:
                 self.outbox = self._outbox_backlog()
+                self.up["database"] = 1
             except Exception:
+                self.up["database"] = 0
                 logger.warning("Could not count the outbox backlog", exc_info=True)
+            try:
+                with self.engine.begin() as conn:
+                    self.store = store_stats(conn, retention_days=self.retention_days)
+            except Exception:
+                logger.warning("Could not measure the store's tables", exc_info=True)
 
     def _ready_by_label(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        connection = pika.BlockingConnection(pika.URLParameters(self.broker_url))
-        try:
-            channel = connection.channel()
-            for queue in self.list_queues():
-                try:
-                    frame = channel.queue_declare(queue, passive=True)
-                except pika.exceptions.ChannelClosedByBroker:
-                    channel = connection.channel()  # a missing queue closes the channel
-                    continue
+        for queue, found in read_ready(self.broker_url, self.list_queues()).items():
+            if found is not None:  # (a queue not declared yet)
                 label = queue_label(queue, self.queue_prefix)
-                totals[label] = totals.get(label, 0) + int(frame.method.message_count)
-        finally:
-            connection.close()
+                totals[label] = totals.get(label, 0) + found.ready
         return totals
 
     def _outbox_backlog(self) -> int:
@@ -187,6 +202,62 @@ class HostCollector:
         if self.outbox is not None:
             backlog.add_metric([], self.outbox)
         yield backlog
+        up = GaugeMetricFamily(
+            "taskyard_dependency_up",
+            "Whether this command's last measure reached the dependency: 1 yes, 0 no "
+            "(`broker`: RabbitMQ, `database`: PostgreSQL).",
+            labels=["dependency"],
+        )
+        for dependency, value in sorted(self.up.items()):
+            up.add_metric([dependency], value)
+        yield up
+        yield from self._store_metrics()
+
+    def _store_metrics(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        rows = GaugeMetricFamily(
+            "taskyard_table_rows",
+            "Rows of each Taskyard table (PostgreSQL's estimate).",
+            labels=["table"],
+        )
+        size = GaugeMetricFamily(
+            "taskyard_table_bytes",
+            "Bytes of each Taskyard table: its heap (with TOAST) and its indexes.",
+            labels=["table", "part"],
+        )
+        oldest = GaugeMetricFamily(
+            "taskyard_table_oldest_record_age_seconds",
+            "Age of the oldest record of each dated Taskyard table (jobs: since its send).",
+            labels=["table"],
+        )
+        lag = GaugeMetricFamily(
+            "taskyard_retention_lag_seconds",
+            "How far past its table's retention the oldest record is, per table with a "
+            "retention (jobs, schedule_runs: TASKYARD_JOB_RETENTION_DAYS; workers: a day); "
+            "0 when on time. The daily retention job drops a day's job records at its first "
+            "run after the whole day expired: up to a day and a few hours is normal.",
+            labels=["table"],
+        )
+        stuck = GaugeMetricFamily(
+            "taskyard_jobs_stuck",
+            "Job records still queued or retrying, sent longer ago than "
+            f"TASKYARD_JOB_RETENTION_DAYS (counted up to {STUCK_CAP:,}).",
+        )
+        if self.store is not None:
+            for table in self.store["tables"]:
+                name = table["table"]
+                rows.add_metric([name], table["rows"])
+                if table["heap_bytes"] is not None:
+                    size.add_metric([name, "heap"], table["heap_bytes"])
+                if table["index_bytes"] is not None:
+                    size.add_metric([name, "indexes"], table["index_bytes"])
+                if table["oldest_age_seconds"] is not None:
+                    oldest.add_metric([name], table["oldest_age_seconds"])
+                if table["retention_lag_seconds"] is not None:
+                    lag.add_metric([name], table["retention_lag_seconds"])
+            stuck.add_metric([], self.store["stuck_jobs"])
+        yield from (rows, size, oldest, lag, stuck)
 
 
 def make_handler(directory: Path, extra: Iterable[Any]) -> type[BaseHTTPRequestHandler]:
@@ -198,8 +269,18 @@ def make_handler(directory: Path, extra: Iterable[Any]) -> type[BaseHTTPRequestH
             import prometheus_client as prom
             from prometheus_client import multiprocess
 
-            if self.path.split("?")[0] not in ("/metrics", "/"):
-                self.send_error(404, "metrics are at /metrics")
+            path = self.path.split("?")[0]
+            if path in (LIVE_PATH, READY_PATH):
+                status, body = probe_status(directory, path)
+                encoded = json.dumps(body, indent=1).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(encoded)))
+                self.end_headers()
+                self.wfile.write(encoded)
+                return
+            if path not in ("/metrics", "/"):
+                self.send_error(404, "metrics are at /metrics, probes at /healthz and /readyz")
                 return
             for flush in list(BEFORE_SCRAPE):
                 flush()
@@ -243,6 +324,7 @@ def run_exposition_server() -> int:
         engine=engine,
         queue_prefix=settings.queue_prefix,
         list_queues=list_queues,
+        retention_days=settings.job_retention_days,
     )
     extra = [] if settings.uses_stub_broker else [host]
     try:

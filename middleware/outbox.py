@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy.exc
@@ -15,17 +15,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JOB_DEAD, Tenant
-from middleware.context import MessageContext
+from middleware.context import MessageContext, current_context, enter_context, leave_context
 from middleware.follow_ups import check_follow_ups
 from middleware.outbox_clearer import OutboxClearer
 from middleware.outbox_rows import job_record, send_engine, write_sends
 from middleware.outbox_sweeper import SweeperThread, sweep_due
 from middleware.runtime import runtime_of
 from services import outbox
-from services.errors import SendFailed, UnknownTenant
+from services.errors import SendFailed, UnknownTenant, describe_error
 from services.job_control import record_queued
 from services.records import JobRecord
-from transport.rabbitmq import TaskyardRabbitmqBroker, check_priority, publish_all
+from transport.rabbitmq import TaskyardRabbitmqBroker, check_priority, publish_all, publish_now
 
 # The database is away: a send goes out anyway and its record is made on arrival.
 _DB_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
@@ -64,6 +64,9 @@ class Outbox(Middleware):
         self.sweeper: SweeperThread | None = None
         # Deletes the rows of confirmed publishes, in batches, on a thread of its own.
         self.clearer = OutboxClearer(self.sends)
+        # Called by the sweeper's thread after each sweep (groups whose completion a
+        # crash left unclaimed); each paces itself.
+        self.also: list[Callable[[Broker], object]] = []
 
     def is_long(self, delay: int | None) -> bool:
         """Whether a delay (ms) is too long for RabbitMQ's delay queue."""
@@ -112,6 +115,19 @@ class Outbox(Middleware):
         if record.row_id is not None and not self.is_long(delay):
             self.publish(broker, [record])
 
+    def submit(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        """Send `message` from wherever this thread is: the one rule of every send's path.
+
+        Held for the transaction this thread has open (a job's body, its failure's
+        transaction, a producer's `taskyard_transaction`), else recorded and
+        published now (`send`): never held where nothing would write it.
+        """
+        ctx = current_context()
+        if ctx is not None and ctx.holding:
+            self.hold(broker, ctx, message, delay)
+        else:
+            self.send(broker, message, delay)
+
     def hold(
         self, broker: Broker, ctx: MessageContext, message: Message[Any], delay: int | None
     ) -> None:
@@ -150,6 +166,33 @@ class Outbox(Middleware):
             and record.row_id is not None
             and not self.is_long(record.delay)
         ]
+
+    def follow_on(self, broker: Broker, work: Callable[[MessageContext], object]) -> bool:
+        """Run `work` in a transaction of its own, its sends held and published once it commits.
+
+        For work that follows a committed job (`context.after_commit`) or a
+        sweeper's.  The job's context, if any, is current again afterwards.
+        A failure is logged and rolled back; False then.
+        """
+        session = self.session_factory()
+        ctx = MessageContext(message=None, session=session)
+        token = enter_context(ctx)
+        pending: list[JobRecord] = []
+        try:
+            with session.begin():
+                work(ctx)
+                held, ctx.held = ctx.held, []
+                pending = self.write_held(session, held)
+        except Exception as exc:
+            self.logger.warning(
+                "Work after a commit failed (%s); a sweeper completes it", describe_error(exc)
+            )
+            return False
+        finally:
+            leave_context(token)
+            session.close()
+        self.publish(broker, pending)
+        return True
 
     def publish(self, broker: Broker, pending: Sequence[JobRecord]) -> None:
         """Hand what a committed transaction wrote to the publisher; nobody waits for it.
@@ -214,7 +257,7 @@ class Outbox(Middleware):
                 self.logger.warning(
                     "Database unreachable (%s); retry kept in RabbitMQ", type(exc).__name__
                 )
-        broker.enqueue(message, delay=delay)
+        publish_now(broker, message, delay=delay)
 
     def park(self, broker: Broker, message: Message[Any], delay: int | None) -> bool:
         """Write a message that could not be published to the outbox, for the sweeper to send.
@@ -238,7 +281,10 @@ class Outbox(Middleware):
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Start the sweeper thread of this worker process."""
         self.sweeper = SweeperThread(
-            self.session_factory, poll_seconds=self.poll_seconds, batch_size=self.batch_size
+            self.session_factory,
+            poll_seconds=self.poll_seconds,
+            batch_size=self.batch_size,
+            also=self.also,
         )
         self.sweeper.start(broker)
 

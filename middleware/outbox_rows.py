@@ -28,6 +28,7 @@ from sqlalchemy import (
 from db.hot import PREPARE_OPTION, Executor, HotStatement, connection_of
 from db.models import JOB_DEAD, JOB_QUEUED, Job, OutboxMessage
 from db.session import refuse_closed_connection
+from middleware.actor_options import is_taskyard
 from services import outbox
 from services.errors import UnknownTenant, valid_tenant_id
 from services.job_control import (
@@ -54,14 +55,21 @@ def job_record(
     was refused is not the named tenant's job).
     """
     tenant_id = message.kwargs.get("tenant_id")
-    scoped = broker.get_actor(message.actor_name).options.get("tenant_scoped")
+    actor = broker.get_actor(message.actor_name)
+    scoped = actor.options.get("tenant_scoped")
+    # A plain Dramatiq actor's positional arguments are kept beside its keywords.
+    args = (
+        dict(message.kwargs)
+        if is_taskyard(actor)
+        else {"args": list(message.args), "kwargs": dict(message.kwargs)}
+    )
     schedule_id, slot = message.options.get(SCHEDULE_OPTION), message.options.get(SLOT_OPTION)
     return JobRecord(
         message_id=message.message_id,
         tenant_id=tenant_id if scoped and credited and valid_tenant_id(tenant_id) else None,
         actor=message.actor_name,
         queue=q_name(message.queue_name),
-        args=dict(message.kwargs),
+        args=args,
         enqueued_at=dt.datetime.fromtimestamp(message.message_timestamp / 1000, dt.UTC),
         schedule_id=schedule_id if type(schedule_id) is int else None,
         slot_at=dt.datetime.fromisoformat(slot) if isinstance(slot, str) else None,

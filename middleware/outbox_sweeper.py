@@ -14,8 +14,11 @@ from dramatiq.broker import Broker
 from dramatiq.errors import DecodeError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.models import OutboxMessage
 from services import outbox
-from services.errors import BrokerRefused
+from services.dead_letters import record_dead_letter
+from services.errors import BrokerRefused, describe_error
+from services.jobs import mark_undeliverable
 from transport.rabbitmq import publish_all
 
 logger = logging.getLogger("Outbox")
@@ -27,6 +30,8 @@ logger = logging.getLogger("Outbox")
 REFUSED_RETRY_SECONDS = 60.0
 # Queues named in one report line; the rest are counted.
 REPORTED_QUEUES = 5
+# The dead-letter reason of a body that cannot be decoded (as the consumer refuses one).
+UNDECODABLE = "undecodable"
 
 
 class RefusedRows:
@@ -92,8 +97,9 @@ def sweep_due(
     sweepers in many processes share the work.  A crash after a publish and
     before the commit publishes that batch again: harmless, because the job
     record makes a second copy of a finished message skip.  A row RabbitMQ
-    refuses (`BrokerRefused`) stays, due again `REFUSED_RETRY_SECONDS` later;
-    any other failure stops the sweep and is raised.
+    refuses (`BrokerRefused`) stays, due again `REFUSED_RETRY_SECONDS` later; a
+    row that cannot be decoded becomes a dead letter (reason `undecodable`) and
+    leaves the outbox; any other failure stops the sweep and is raised.
     """
     refusals: list[BrokerRefused] = []
     try:
@@ -116,11 +122,14 @@ def _sweep_batches(
             at = now or dt.datetime.now(dt.UTC)
             rows = outbox.claim_due(session, now=at, limit=batch_size)
             decoded: list[tuple[int, Message[Any]]] = []
+            undecodable: list[int] = []
+            last_error = ""
             for row in rows:
                 try:
                     message = Message.decode(row.body.encode())
-                except DecodeError:
-                    logger.error("Outbox row %d cannot be decoded; left in place", row.id)
+                except DecodeError as exc:
+                    last_error = _keep_undecodable(session, row, exc)
+                    undecodable.append(row.id)
                     continue
                 # Published now, on its own queue: whatever delay it had has passed.
                 message.options.pop("eta", None)
@@ -136,9 +145,20 @@ def _sweep_batches(
                     refusals.append(error)
                 elif failed is None:
                     failed = error
-            outbox.delete_messages(session, done)
+            # Published, or kept as dead letters: either way out of the outbox, so the
+            # rows behind them come up in the next batch.
+            outbox.delete_messages(session, done + undecodable)
             later = at + dt.timedelta(seconds=REFUSED_RETRY_SECONDS)
             outbox.postpone_messages(session, refused, later)
+        if undecodable:
+            # One line a batch, not one a row.
+            logger.error(
+                "%d outbox row(s) cannot be decoded (last: %s); kept as dead letters "
+                "(reason %s) and removed from the outbox",
+                len(undecodable),
+                last_error,
+                UNDECODABLE,
+            )
         if failed is not None:
             # RabbitMQ is away: the rest waits for the next round.
             raise failed
@@ -147,13 +167,52 @@ def _sweep_batches(
             return total
 
 
+def _keep_undecodable(session: Session, row: OutboxMessage, exc: DecodeError) -> str:
+    """Move an outbox row whose body cannot be decoded to the dead letters; the error.
+
+    It would never publish, and left in place it would be claimed again at the
+    head of every batch.  Kept as any undecodable body is (reason `undecodable`,
+    the raw body, not requeueable), under its row's message id, queue and
+    tenant, which Taskyard wrote beside the body; the caller deletes the row in
+    the same transaction, so the dead letter and the deletion commit together.
+    Its job record, if still waiting, becomes dead with the same error.
+    """
+    cause = exc.__cause__ or exc
+    error = f"outbox row {row.id} cannot be decoded ({describe_error(cause)})"
+    # The actor is named in the body; its job record (same queue and tenant) knows it.
+    actor = mark_undeliverable(
+        session, row.message_id, queue=row.queue, tenant_id=row.tenant_id, error=error
+    )
+    record_dead_letter(
+        session,
+        message_id=row.message_id,
+        queue=row.queue,
+        reason=UNDECODABLE,
+        error=error,
+        traceback=None,
+        attempts=0,
+        actor=actor,
+        tenant_id=row.tenant_id,
+        raw_body=row.body,
+        replace=False,
+    )
+    return error
+
+
 class SweeperThread:
     """Calls `sweep_due` every `poll_seconds` until stopped (a quick indexed query when idle)."""
 
     def __init__(
-        self, session_factory: sessionmaker[Session], *, poll_seconds: float, batch_size: int
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        poll_seconds: float,
+        batch_size: int,
+        also: Sequence[Callable[[Broker], object]] = (),
     ) -> None:
         self.session_factory = session_factory
+        # Called after each sweep (and after a failed one): work that shares this thread.
+        self.also = list(also)
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
         self._stop = threading.Event()
@@ -177,6 +236,11 @@ class SweeperThread:
     def _loop(self, broker: Broker) -> None:
         failing: str | None = None
         while not self._stop.wait(self.poll_seconds):
+            for work in self.also:
+                try:
+                    work(broker)
+                except Exception:
+                    logger.warning("Sweeper work %r failed", work, exc_info=True)
             try:
                 swept = sweep_due(broker, self.session_factory, batch_size=self.batch_size)
             except Exception as exc:

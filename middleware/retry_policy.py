@@ -19,7 +19,7 @@ from dramatiq.middleware import Middleware
 from middleware.actor_options import check_actor_options
 from middleware.outbox import Outbox
 from services.errors import PermanentError, TransientError
-from transport.rabbitmq import MAX_ATTEMPTS_CAP
+from transport.rabbitmq import MAX_ATTEMPTS_CAP, publish_now
 
 # Set on a message whose failure the policy has acted on (re-enqueued or failed).
 ACTED = "taskyard_failure_acted_on"
@@ -314,7 +314,7 @@ class RetryPolicy(Middleware):
                 if outbox is not None:  # a long backoff waits in the outbox, not in worker memory
                     outbox.retry(broker, retried, delay)
                 else:
-                    broker.enqueue(retried, delay=delay)
+                    publish_now(broker, retried, delay=delay)
             except Exception as exc:
                 # RabbitMQ refused or could not take the retry (an outage, a memory
                 # alarm): acknowledging the message now would lose the job.
@@ -375,7 +375,7 @@ class RetryPolicy(Middleware):
             if self.outbox is not None:
                 self.outbox.send(broker, exhausted, None)
             else:
-                broker.enqueue(exhausted)
+                publish_now(broker, exhausted)
         except Exception as exc:
             self.logger.error(
                 "Could not send on_retry_exhausted %s for %s %s (%s: %s)",

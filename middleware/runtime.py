@@ -14,21 +14,31 @@ build, naming the rule and why it holds.
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from dramatiq import Message
 from dramatiq.broker import Broker
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import GroupCallbacks, Middleware
+from dramatiq.worker import ConsumerThread
 from sqlalchemy.orm import Session, sessionmaker
+
+from transport.rabbitmq import PUBLISH_ATTRIBUTE, publish_now
 
 if TYPE_CHECKING:
     from middleware.db_session import DbSession
     from middleware.dead_letters import DeadLetters
+    from middleware.groups import GroupCompletion
     from middleware.outbox import Outbox
     from middleware.retry_policy import RetryPolicy
     from middleware.tenant_routing import TenantRouting
     from middleware.worker_state import WorkerState
     from settings import Settings
+
+logger = logging.getLogger("Runtime")
 
 # Where the broker keeps its runtime.
 _ATTRIBUTE = "taskyard_runtime"
@@ -46,6 +56,7 @@ class Runtime:
     policy: RetryPolicy
     engine: DbSession
     dead_letters: DeadLetters
+    groups: GroupCompletion
     # Every middleware, in the order the broker runs their before-hooks.
     middleware: tuple[Middleware, ...]
 
@@ -53,6 +64,82 @@ class Runtime:
         """Make this the runtime of `broker` (the actor class finds it there)."""
         check_order(self.middleware)
         setattr(broker, _ATTRIBUTE, self)
+        # Dramatiq's public send goes through the outbox here (`recorded_enqueue`);
+        # what has its record already is published with the broker's own (`publish_now`).
+        setattr(broker, PUBLISH_ATTRIBUTE, broker.enqueue)
+        broker.enqueue = functools.partial(recorded_enqueue, broker)  # type: ignore[method-assign]
+        _keep_own_group_callbacks(broker)
+
+    def send(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
+        """Send `message` as `actor.send()` does: refused at once, or recorded and published.
+
+        Raises `RouteRefused` for a message that would be refused where it is
+        going (the consumer's check, made at send), and whatever the outbox's
+        `submit` raises (`UnknownTenant`, `SendFailed`, `PriorityRefused`, ...).
+        """
+        # Imported here: tenant_routing imports what imports this module.
+        from middleware.tenant_routing import RouteRefused
+
+        refused = self.engine.refusal(broker, message)
+        if refused is not None:
+            raise RouteRefused(refused)
+        self.outbox.submit(broker, message, delay)
+
+
+def recorded_enqueue(
+    broker: Broker, message: Message[Any], *, delay: int | float | None = None
+) -> Message[Any]:
+    """`broker.enqueue` on a broker with Taskyard's runtime: the job's record, then the publish.
+
+    Dramatiq's own sends call `broker.enqueue`: a plain actor's `send()`,
+    `pipeline.run()` (its first stage), `group.run()` (its members), Dramatiq
+    middleware added by the user.  Each becomes a job as `actor.send()` makes
+    one: its queued record and outbox row commit together (or are held for
+    the transaction open on this thread), then it is published.
+
+    Published as it is, with no record written: a message for an actor this
+    process does not declare (only the worker that runs it knows its actor;
+    its record is written there), and any enqueue from a worker's consumer
+    thread, which runs no actor's code: that is Dramatiq's worker moving a
+    due delayed message (a delayed send, a retry) to its queue, whose record
+    exists already.
+    """
+    runtime = runtime_of(broker)
+    if (
+        runtime is None
+        or message.actor_name not in broker.actors
+        or isinstance(threading.current_thread(), ConsumerThread)
+    ):
+        return publish_now(broker, message, delay=None if delay is None else int(delay))
+    runtime.send(broker, message, None if delay is None else int(delay))
+    return message
+
+
+def _keep_own_group_callbacks(broker: Broker) -> None:
+    """Make `broker.add_middleware` ignore any GroupCallbacks but Taskyard's, with an INFO line.
+
+    Taskyard tracks groups in PostgreSQL; a second GroupCallbacks (Dramatiq's,
+    with a Redis backend) would count the members again and could send the
+    callbacks a second time, or first, if placed before Taskyard's.
+    """
+    add = broker.add_middleware
+
+    def add_middleware(
+        middleware: Middleware, *, before: type | None = None, after: type | None = None
+    ) -> None:
+        if isinstance(middleware, GroupCallbacks) and not getattr(
+            middleware, "taskyard_groups", False
+        ):
+            logger.info(
+                "%s not added: Taskyard tracks groups and their completion callbacks in "
+                "PostgreSQL itself",
+                type(middleware).__name__,
+            )
+            return
+        add(middleware, before=before, after=after)
+
+    # An attribute of this broker only: its class and other brokers are left alone.
+    setattr(broker, "add_middleware", add_middleware)  # noqa: B010
 
 
 def runtime_of(broker: Broker) -> Runtime | None:

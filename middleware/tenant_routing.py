@@ -12,8 +12,10 @@ from dramatiq.broker import Broker
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
+from middleware.actor_options import is_taskyard
 from middleware.worker_state import WorkerState
 from services.errors import PermanentError, valid_tenant_id
+from settings import tenant_of_queue_name, tenant_queue_name
 from transport.rabbitmq import Refusal
 
 
@@ -62,7 +64,7 @@ class TenantRouting(Middleware):
 
     def queue_for(self, tenant_id: int) -> str:
         """The queue of one tenant."""
-        return f"{self.queue_prefix}tenant.{tenant_id}"
+        return tenant_queue_name(self.queue_prefix, tenant_id)
 
     def refusal(self, actor: Actor[Any, Any] | None, message: Message[Any]) -> Refusal | None:
         """Why `message` may not run on the queue it arrived on; None when it may.
@@ -83,7 +85,7 @@ class TenantRouting(Middleware):
                 f"no actor named {name!r} on this worker (message on {queue!r}); deploy the "
                 "code that declares it, then requeue the dead letter",
             )
-        if "tenant_scoped" in actor.options and message.args:
+        if is_taskyard(actor) and message.args:
             return Refusal(
                 "invalid_arguments",
                 f"{name} takes keyword arguments only (got {len(message.args)} positional)",
@@ -119,13 +121,7 @@ class TenantRouting(Middleware):
 
     def tenant_of_queue(self, queue_name: str) -> int | None:
         """The tenant whose queue (or delay queue) this is; None for any other queue."""
-        head = f"{self.queue_prefix}tenant."
-        rest = q_name(queue_name)
-        digits = rest[len(head) :]
-        # ASCII only: str.isdigit() and int() also take the digits of other scripts.
-        if not rest.startswith(head) or not (digits.isascii() and digits.isdigit()):
-            return None
-        return int(digits)
+        return tenant_of_queue_name(self.queue_prefix, queue_name)
 
     def still_served(self, queue_name: str) -> bool:
         """Whether a queue RabbitMQ deleted should be declared and consumed again.

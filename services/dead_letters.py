@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from sqlalchemy import ColumnElement, and_, delete, func, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -14,6 +14,9 @@ from sqlalchemy.orm import Session
 
 from db.models import JOB_QUEUED, JOB_SUCCEEDED, DeadLetter, Job
 from services.errors import NotFound, PermanentError
+from services.pagination import Position, encode_cursor
+from services.pagination import after as keyset_after
+from services.pagination import order as keyset_order
 
 MAX_ERROR_LENGTH = 4_000
 # The end of a traceback names the error; its start is what gets cut.
@@ -35,6 +38,12 @@ class DeadLetterFilter:
     reason: str | None = None
     since: dt.datetime | None = None
     include_requeued: bool = False
+    # Only these (a selection of the web console); None: any.
+    message_ids: tuple[str, ...] | None = None
+    # Only those whose error contains this text, in any case (a scan: narrow it by tenant).
+    error_contains: str | None = None
+    # Only those dead before this moment (excluded).
+    until: dt.datetime | None = None
 
 
 class DeadLetterInfo(TypedDict):
@@ -53,6 +62,8 @@ class DeadLetterInfo(TypedDict):
     created_at: str
     requeued_at: str | None
     requeueable: bool
+    # In a listing: where the next page starts after this dead letter (`--after`).
+    cursor: NotRequired[str]
 
 
 def _fit(value: str, limit: int, *, keep_end: bool = False) -> str:
@@ -169,17 +180,38 @@ def _conditions(flt: DeadLetterFilter) -> list[ColumnElement[bool]]:
         conditions.append(DeadLetter.reason == flt.reason)
     if flt.since is not None:
         conditions.append(DeadLetter.created_at >= flt.since)
+    if flt.until is not None:
+        conditions.append(DeadLetter.created_at < flt.until)
     if not flt.include_requeued:
         conditions.append(DeadLetter.requeued_at.is_(None))
+    if flt.message_ids is not None:
+        conditions.append(DeadLetter.message_id.in_(flt.message_ids))
+    if flt.error_contains is not None:
+        conditions.append(DeadLetter.error.icontains(flt.error_contains, autoescape=True))
     return conditions
 
 
+# The listing name a dead-letter cursor carries (services/pagination.py).
+DEAD_LETTERS_LISTING = "dead-letters"
+
+
+def dead_letter_cursor(dead: DeadLetter) -> str:
+    """The cursor that resumes a listing of dead letters after `dead`."""
+    return encode_cursor(DEAD_LETTERS_LISTING, dead.created_at, dead.message_id)
+
+
 def list_dead_letters(
-    session: Session, flt: DeadLetterFilter, *, limit: int = 100
+    session: Session,
+    flt: DeadLetterFilter,
+    *,
+    after: Position | None = None,
+    limit: int = 100,
 ) -> list[DeadLetter]:
-    """The newest dead letters first, filtered."""
+    """The newest dead letters first, filtered, from `after` on (a keyset page)."""
     query = select(DeadLetter).where(*_conditions(flt))
-    query = query.order_by(DeadLetter.created_at.desc(), DeadLetter.message_id).limit(limit)
+    query = query.where(*keyset_after(session, DeadLetter.created_at, DeadLetter.message_id, after))
+    query = query.order_by(*keyset_order(session, DeadLetter.created_at, DeadLetter.message_id))
+    query = query.limit(limit)
     return list(session.scalars(query))
 
 
@@ -247,6 +279,12 @@ def count_requeueable(session: Session, flt: DeadLetterFilter) -> int:
     return int(session.scalar(query) or 0)
 
 
+def count_dead_letters(session: Session, flt: DeadLetterFilter) -> int:
+    """How many dead letters `flt` matches (what `purge_dead_letters(flt)` would delete)."""
+    query = select(func.count()).select_from(DeadLetter).where(*_conditions(flt))
+    return int(session.scalar(query) or 0)
+
+
 def take_for_requeue(
     session: Session,
     *,
@@ -256,7 +294,7 @@ def take_for_requeue(
 ) -> list[dict[str, Any]]:
     """Mark dead letters requeued, queue their jobs again, and return the messages to publish.
 
-    Publish each with `broker.enqueue(dramatiq.Message(**d))` before committing:
+    Publish each with `publish_now(broker, dramatiq.Message(**d))` before committing:
     a failed publish then rolls the whole requeue back, and a message that
     arrives before the commit waits on its job record's lock, then runs.
     """

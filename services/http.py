@@ -14,7 +14,8 @@ import requests
 from urllib3.exceptions import ReadTimeoutError
 
 from services.errors import FetchFailed, FetchRefused
-from services.url_guard import check_url, redact_url
+from services.redaction import redact_url
+from services.url_guard import check_url
 from settings import Settings
 
 CHUNK_BYTES = 64 * 1024

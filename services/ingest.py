@@ -7,15 +7,17 @@ from typing import Any, TypedDict
 
 import requests
 from marshmallow import ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from db.hot import Executor
 from db.models import (
     INGEST_COMPLETED,
     INGEST_FAILED,
     INGEST_RUNNING,
     ITEM_FAILED,
     ITEM_PENDING,
+    ITEM_PROCESSED,
     ITEM_REJECTED,
     Ingest,
     IngestItem,
@@ -198,6 +200,138 @@ class IngestOutcome(TypedDict):
     failed: int
 
 
+def item_counts(session: Session, tenant_id: int, ingest_id: int) -> tuple[int, int]:
+    """How many of a running ingest's items are processed, and failed, as committed now."""
+    rows = session.execute(
+        select(IngestItem.status, func.count())
+        .where(
+            IngestItem.tenant_id == tenant_id,
+            IngestItem.ingest_id == ingest_id,
+            IngestItem.status.in_([ITEM_PROCESSED, ITEM_FAILED]),
+        )
+        .group_by(IngestItem.status)
+    ).all()
+    counts = {status: int(count) for status, count in rows}
+    return counts.get(ITEM_PROCESSED, 0), counts.get(ITEM_FAILED, 0)
+
+
+def _pending(tenant_id: Any, ingest_id: Any) -> Any:
+    return (
+        select(IngestItem.id)
+        .where(
+            IngestItem.tenant_id == tenant_id,
+            IngestItem.ingest_id == ingest_id,
+            IngestItem.status == ITEM_PENDING,
+        )
+        .exists()
+    )
+
+
+def _counted(status: str) -> Any:
+    return (
+        select(func.count())
+        .where(
+            IngestItem.tenant_id == Ingest.tenant_id,
+            IngestItem.ingest_id == Ingest.id,
+            IngestItem.status == status,
+        )
+        .scalar_subquery()
+    )
+
+
+def may_complete(executor: Executor, tenant_id: int, ingest_id: int) -> bool:
+    """Whether a running ingest has no pending item left, after an item's commit.
+
+    Run by the items that may be their ingest's last (`ItemProcessed.may_be_last`)
+    and by the dead ones, outside their transactions.  An item not started yet
+    answers at once (its own transaction comes after, and checks if it may be
+    the last); otherwise this waits for the items in flight to commit (their
+    rows are locked by their claims): the last item to start sees them all
+    finished here, however many items committed while it ran.  Then one read:
+    the ingest running, none of its items pending.  The row locks taken here
+    are a transaction's: the caller rolls it back (nothing is written).
+    """
+    pending = (
+        select(IngestItem.id)
+        .where(
+            IngestItem.tenant_id == tenant_id,
+            IngestItem.ingest_id == ingest_id,
+            IngestItem.status == ITEM_PENDING,
+        )
+        .limit(1)
+    )
+    if executor.execute(pending.with_for_update(read=True, skip_locked=True)).first():
+        return False
+    if executor.execute(pending.with_for_update(read=True)).first():
+        return False
+    found = executor.execute(
+        select(Ingest.id).where(
+            Ingest.id == ingest_id,
+            Ingest.tenant_id == tenant_id,
+            Ingest.status == INGEST_RUNNING,
+            ~_pending(tenant_id, ingest_id),
+        )
+    ).first()
+    return found is not None
+
+
+def complete_if_done(session: Session, tenant_id: int, ingest_id: int) -> IngestOutcome | None:
+    """Complete a running ingest none of whose items is pending; its outcome, or None.
+
+    Run after an item's transaction has committed, as a group's completion
+    is: each item changes only its own row, and this one statement claims
+    the completion (two last items at once: the second finds it completed),
+    writing the counts the items' rows add up to.
+    """
+    row = session.execute(
+        update(Ingest)
+        .where(
+            Ingest.id == ingest_id,
+            Ingest.tenant_id == tenant_id,
+            Ingest.status == INGEST_RUNNING,
+            ~_pending(tenant_id, ingest_id),
+        )
+        .values(
+            status=INGEST_COMPLETED,
+            finished_at=dt.datetime.now(dt.UTC),
+            processed=_counted(ITEM_PROCESSED),
+            failed=_counted(ITEM_FAILED),
+        )
+        .returning(Ingest.fetched, Ingest.valid, Ingest.rejected, Ingest.processed, Ingest.failed)
+    ).one_or_none()
+    if row is None:
+        return None
+    return {
+        "ingest_id": ingest_id,
+        "status": INGEST_COMPLETED,
+        "fetched": row.fetched,
+        "valid": row.valid,
+        "rejected": row.rejected,
+        "processed": row.processed,
+        "failed": row.failed,
+    }
+
+
+def stalled_ingests(
+    session: Session, *, older_than: dt.datetime, limit: int
+) -> list[tuple[int, int]]:
+    """(tenant, ingest) of running ingests with no pending item left, started before `older_than`.
+
+    Their last item's worker completes them right after its commit; these are
+    the ones a crash (or the database away) left running.
+    """
+    query = (
+        select(Ingest.tenant_id, Ingest.id)
+        .where(
+            Ingest.status == INGEST_RUNNING,
+            Ingest.created_at < older_than,
+            ~_pending(Ingest.tenant_id, Ingest.id),
+        )
+        .limit(limit)
+    )
+    return [(tenant_id, ingest_id) for tenant_id, ingest_id in session.execute(query).all()]
+
+
 def ingest_outcome(session: Session, tenant_id: int, ingest_id: int) -> IngestOutcome | None:
     """The ingest's status and counts as this transaction sees them now (None when unknown)."""
     row = session.execute(
@@ -212,14 +346,17 @@ def ingest_outcome(session: Session, tenant_id: int, ingest_id: int) -> IngestOu
     ).one_or_none()
     if row is None:
         return None
+    processed, failed = row.processed, row.failed
+    if row.status == INGEST_RUNNING:
+        processed, failed = item_counts(session, tenant_id, ingest_id)
     return {
         "ingest_id": ingest_id,
         "status": row.status,
         "fetched": row.fetched,
         "valid": row.valid,
         "rejected": row.rejected,
-        "processed": row.processed,
-        "failed": row.failed,
+        "processed": processed,
+        "failed": failed,
     }
 
 
@@ -229,6 +366,9 @@ def get_ingest(session: Session, ingest_id: int, *, tenant_id: int | None = None
     if ingest is None or (tenant_id is not None and ingest.tenant_id != tenant_id):
         owner = f" for tenant {tenant_id}" if tenant_id is not None else ""
         raise NotFound(f"ingest {ingest_id} does not exist{owner}")
+    processed, failed = ingest.processed, ingest.failed
+    if ingest.status == INGEST_RUNNING:
+        processed, failed = item_counts(session, ingest.tenant_id, ingest.id)
     return {
         "id": ingest.id,
         "tenant_id": ingest.tenant_id,
@@ -237,8 +377,8 @@ def get_ingest(session: Session, ingest_id: int, *, tenant_id: int | None = None
         "fetched": ingest.fetched,
         "valid": ingest.valid,
         "rejected": ingest.rejected,
-        "processed": ingest.processed,
-        "failed": ingest.failed,
+        "processed": processed,
+        "failed": failed,
         "error": ingest.error,
         "created_at": iso_utc(ingest.created_at),
         "finished_at": iso_utc(ingest.finished_at),

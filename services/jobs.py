@@ -5,21 +5,29 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Any, NamedTuple, TypedDict, cast
+from typing import Any, NamedTuple, NotRequired, TypedDict, cast
 
 from sqlalchemy import (
     JSON,
     Connection,
+    Integer,
     Select,
+    String,
     Table,
+    Text,
     and_,
     bindparam,
+    case,
     delete,
     func,
+    literal,
     literal_column,
     null,
     select,
     update,
+)
+from sqlalchemy import (
+    cast as sql_cast,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -28,19 +36,50 @@ from sqlalchemy.orm import Session
 from db.hot import Executor, HotStatement
 from db.models import (
     JOB_DEAD,
-    JOB_EXPIRED,
     JOB_FINAL_STATES,
     JOB_RETRYING,
-    JOB_SKIPPED,
     JOB_SUCCEEDED,
     Job,
     Tenant,
 )
 from services.errors import MessageIdTaken, NotFound
+from services.pagination import Position, encode_cursor
+from services.pagination import after as keyset_after
+from services.pagination import order as keyset_order
 from services.records import JobRecord
 
 # Errors are kept for reading, not for storing whole payloads.
 MAX_ERROR_LENGTH = 4_000
+# A job's failed attempts kept on its record: the first (often the cause: what later
+# attempts fail on may be what the first one left half done) and the latest ones
+# (what it fails on now).  Capped so that a job retried for days keeps a record of
+# bounded width, which each failure rewrites whole (JSONB is not appended in place).
+ATTEMPTS_KEPT_FIRST = 1
+ATTEMPTS_KEPT_LAST = 9
+ATTEMPTS_KEPT = ATTEMPTS_KEPT_FIRST + ATTEMPTS_KEPT_LAST
+# An attempt's error message is shorter than the record's last error.
+MAX_ATTEMPT_ERROR_LENGTH = 1_000
+# An attempt's traceback: its end, where the error was raised (the dead letter keeps the
+# last attempt's whole).
+MAX_ATTEMPT_TRACEBACK_LENGTH = 2_000
+
+
+class AttemptInfo(TypedDict):
+    """One attempt of a job: its number, when it ran, how it ended, and its error if it failed.
+
+    `outcome` is the record's status that attempt left: retrying, dead (failed), or
+    succeeded (the last attempt of a job that succeeded, read from the record itself).
+    """
+
+    attempt: int
+    started_at: str | None
+    finished_at: str | None
+    outcome: str
+    error_class: str | None
+    error: str | None
+    # The end of the attempt's traceback (None: not kept, as before migration 0013's
+    # history, or for a success).
+    traceback: str | None
 
 
 class JobInfo(TypedDict):
@@ -58,9 +97,17 @@ class JobInfo(TypedDict):
     finished_at: str | None
     duration_seconds: float | None
     error: str | None
-    result: dict[str, Any] | None
+    # Any JSON value; None: no result, or not kept (then `result_dropped` says why).
+    result: Any
+    result_dropped: str | None
     schedule_id: int | None
     slot_at: str | None
+    # In a listing: where the next page starts after this record (`--after`).
+    cursor: NotRequired[str]
+    # On one job's page (`jobs show`): its attempts, oldest first (`attempt_list`), and how
+    # many attempts between the first and the latest kept ones were not kept.
+    attempt_history: NotRequired[list[AttemptInfo]]
+    attempts_not_kept: NotRequired[int]
 
 
 def _insert(session: Session) -> Any:
@@ -70,26 +117,6 @@ def _insert(session: Session) -> Any:
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def _upsert_unless_final(
-    session: Session,
-    message_id: str,
-    fields: dict[str, Any],
-    changes: dict[str, Any],
-) -> Any:
-    """Insert the record with `fields` and `changes`, or apply `changes` unless it is final.
-
-    A record already final (a commit that went through although its
-    acknowledgement did not) is never changed by a later delivery, nor is
-    another job's record (the fields name another tenant, actor or queue).
-    """
-    stmt = _insert(session).values(message_id=message_id, **fields, **changes)
-    return stmt.on_conflict_do_update(
-        index_elements=[Job.message_id],
-        set_=changes,
-        where=and_(Job.status.not_in(JOB_FINAL_STATES), _same_job(Job.__table__, stmt.excluded)),
-    )
 
 
 def _same_job(jobs: Any, new: Any) -> Any:
@@ -175,6 +202,7 @@ def _build_finish(dialect: str) -> Any:
         started_at=bindparam("started_at"),
         finished_at=bindparam("finished_at"),
         result=bindparam("result", type_=_json(dialect)),
+        result_dropped=bindparam("result_dropped", type_=Text()),
     )
     tenant_status = (
         select(Tenant.status).where(Tenant.id == bindparam("tenant_id")).scalar_subquery()
@@ -187,6 +215,7 @@ def _build_finish(dialect: str) -> Any:
             "started_at": stmt.excluded.started_at,
             "finished_at": stmt.excluded.finished_at,
             "result": stmt.excluded.result,
+            "result_dropped": stmt.excluded.result_dropped,
             "error": null(),
             "updated_at": func.now(),
         },
@@ -218,17 +247,17 @@ def finish(session: Executor, job: JobRecord) -> Finish:
 # (one string for the driver to quote, not an array per column to adapt element by element).
 _FINISH_MANY_SQL = f"""
 INSERT INTO jobs AS j (message_id, tenant_id, actor, queue, args, enqueued_at, status,
-                       attempts, started_at, finished_at, result)
+                       attempts, started_at, finished_at, result, result_dropped)
 SELECT u.message_id, u.tenant_id, u.actor, u.queue, u.args, u.enqueued_at,
-       '{JOB_SUCCEEDED}', u.attempts, u.started_at, u.finished_at, u.result
+       '{JOB_SUCCEEDED}', u.attempts, u.started_at, u.finished_at, u.result, u.result_dropped
 FROM json_to_recordset(%(batch)s::json)
      AS u(message_id varchar, tenant_id bigint, actor varchar, queue varchar, args jsonb,
           enqueued_at timestamptz, attempts integer, started_at timestamptz,
-          finished_at timestamptz, result jsonb)
+          finished_at timestamptz, result jsonb, result_dropped text)
 ON CONFLICT (message_id) DO UPDATE SET
     status = '{JOB_SUCCEEDED}', attempts = excluded.attempts, started_at = excluded.started_at,
-    finished_at = excluded.finished_at, result = excluded.result, error = NULL,
-    updated_at = now()
+    finished_at = excluded.finished_at, result = excluded.result,
+    result_dropped = excluded.result_dropped, error = NULL, updated_at = now()
 WHERE j.status NOT IN ({", ".join(f"'{s}'" for s in sorted(JOB_FINAL_STATES))})
   AND j.actor = excluded.actor AND j.queue = excluded.queue
   AND j.tenant_id IS NOT DISTINCT FROM excluded.tenant_id
@@ -339,28 +368,13 @@ def count_redelivery(
     return found
 
 
-def mark_skipped(session: Session, message_id: str, *, actor: str, queue: str, reason: str) -> None:
-    """Record that a message was dropped before it ran (a stale scheduler tick, say).
+def mark_not_run(
+    session: Session, message_id: str, *, actor: str, queue: str, status: str, error: str
+) -> bool:
+    """Record that a message was dropped before it ran: final, `status` (skipped, expired).
 
-    Only the record of the same actor on the same queue: an id reused elsewhere changes nothing.
-    """
-    session.execute(
-        update(Job)
-        .where(
-            Job.message_id == message_id,
-            Job.status.not_in(JOB_FINAL_STATES),
-            Job.actor == actor,
-            Job.queue == queue,
-        )
-        .values(status=JOB_SKIPPED, finished_at=dt.datetime.now(dt.UTC), error=reason)
-    )
-
-
-def mark_expired(session: Session, message_id: str, *, actor: str, queue: str, error: str) -> bool:
-    """Record that a message was older than its max_age and never ran: final, `expired`.
-
-    As `mark_skipped`: only the record of the same actor on the same queue, and
-    only while it is not final.  True when a record was changed.
+    Only the record of the same actor on the same queue, and only while it is
+    not final: an id reused elsewhere changes nothing.  True when a record changed.
     """
     result = session.execute(
         update(Job)
@@ -370,16 +384,126 @@ def mark_expired(session: Session, message_id: str, *, actor: str, queue: str, e
             Job.actor == actor,
             Job.queue == queue,
         )
-        .values(
-            status=JOB_EXPIRED, finished_at=dt.datetime.now(dt.UTC), error=error[:MAX_ERROR_LENGTH]
-        )
+        .values(status=status, finished_at=dt.datetime.now(dt.UTC), error=error[:MAX_ERROR_LENGTH])
     )
     return bool(getattr(result, "rowcount", 0))
 
 
-def record_failure(session: Session, record: JobRecord, *, error: str, dead: bool) -> None:
-    """Record a failed attempt: `retrying`, or `dead` when no attempt follows."""
+def mark_undeliverable(
+    session: Session, message_id: str, *, queue: str, tenant_id: int | None, error: str
+) -> str | None:
+    """Record that a message can never be published (its stored body is unreadable): `dead`.
+
+    Only the record of the same queue and tenant is changed, and only while it
+    is not final.  Returns that record's actor (whatever its status), None when
+    the message has no record there: the body that would name it is unreadable.
+    """
+    same = (
+        Job.message_id == message_id,
+        Job.queue == queue,
+        Job.tenant_id.is_not_distinct_from(tenant_id),
+    )
+    actor: str | None = session.scalar(select(Job.actor).where(*same))
+    session.execute(
+        update(Job)
+        .where(*same, Job.status.not_in(JOB_FINAL_STATES))
+        .values(
+            status=JOB_DEAD, finished_at=dt.datetime.now(dt.UTC), error=error[:MAX_ERROR_LENGTH]
+        )
+    )
+    return actor
+
+
+def failed_attempt(
+    record: JobRecord,
+    *,
+    error_class: str,
+    message: str,
+    dead: bool,
+    finished_at: dt.datetime,
+    traceback: str | None = None,
+) -> dict[str, Any]:
+    """The entry `record_failure` appends to the record's `attempt_history` (JSON)."""
+    entry: dict[str, Any] = {
+        "attempt": record.attempts,
+        "started_at": _iso(record.started_at),
+        "finished_at": finished_at.isoformat(),
+        "outcome": JOB_DEAD if dead else JOB_RETRYING,
+        "error_class": error_class[:200],
+        "error": message[:MAX_ATTEMPT_ERROR_LENGTH],
+    }
+    if traceback:
+        entry["traceback"] = traceback[-MAX_ATTEMPT_TRACEBACK_LENGTH:]
+    return entry
+
+
+def _appended(dialect: str, entry: dict[str, Any]) -> Any:
+    """The record's `attempt_history` with `entry` appended, capped at `ATTEMPTS_KEPT`.
+
+    Past the cap, the oldest entry after the first `ATTEMPTS_KEPT_FIRST` ones
+    is dropped.  An expression on the row the upsert updates: the append costs
+    no statement of its own.
+    """
+    column = cast(Table, Job.__table__).c.attempt_history
+    if dialect == "postgresql":
+        history = func.coalesce(column, sql_cast(literal("[]"), JSONB))
+        trimmed = case(
+            (
+                func.jsonb_array_length(history) >= ATTEMPTS_KEPT,
+                history.op("-", return_type=JSONB())(literal(ATTEMPTS_KEPT_FIRST, Integer)),
+            ),
+            else_=history,
+        )
+        return trimmed.op("||", return_type=JSONB())(
+            bindparam("attempt_entry", [entry], type_=JSONB())
+        )
+    history = func.coalesce(column, literal("[]"))
+    trimmed = case(
+        (
+            func.json_array_length(history) >= ATTEMPTS_KEPT,
+            func.json_remove(history, f"$[{ATTEMPTS_KEPT_FIRST}]"),
+        ),
+        else_=history,
+    )
+    return func.json_insert(
+        trimmed, "$[#]", func.json(bindparam("attempt_entry", json.dumps(entry), type_=String()))
+    )
+
+
+def record_failure(
+    session: Session,
+    record: JobRecord,
+    *,
+    error: str,
+    dead: bool,
+    error_class: str | None = None,
+    message: str | None = None,
+    traceback: str | None = None,
+) -> bool:
+    """Record a failed attempt: `retrying`, or `dead` when no attempt follows.
+
+    The attempt (its number, start, end, outcome, `error_class` and `message`,
+    both taken from `error` when not given, and the end of its `traceback`
+    when given) is appended to the record's
+    `attempt_history` by the same statement.  A record already final (a
+    commit that went through although its acknowledgement did not) is never
+    changed by a later delivery, nor is another job's record (one of another
+    tenant, actor or queue under the same message id).
+    False when nothing was written: the record is final already (its commit
+    went through although the worker saw it fail), or it is another job's.
+    """
     now = dt.datetime.now(dt.UTC)
+    if error_class is None or message is None:
+        head, _, rest = error.partition(": ")
+        error_class, message = (head, rest) if rest else ("", error)
+    entry = failed_attempt(
+        record,
+        error_class=error_class,
+        message=message,
+        dead=dead,
+        finished_at=now,
+        traceback=traceback,
+    )
     fields = {
         "tenant_id": record.tenant_id,
         "actor": record.actor,
@@ -394,8 +518,67 @@ def record_failure(session: Session, record: JobRecord, *, error: str, dead: boo
         "finished_at": now if dead else None,
         "error": error[:MAX_ERROR_LENGTH],
     }
-    message_id = record.message_id
-    session.execute(_upsert_unless_final(session, message_id, fields, changes))
+    dialect = session.get_bind().dialect.name
+    stmt = _insert(session).values(
+        message_id=record.message_id, **fields, **changes, attempt_history=[entry]
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Job.message_id],
+        set_={**changes, "attempt_history": _appended(dialect, entry)},
+        where=and_(Job.status.not_in(JOB_FINAL_STATES), _same_job(Job.__table__, stmt.excluded)),
+    )
+    result = session.execute(stmt)
+    return bool(getattr(result, "rowcount", 1))
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _attempt(entry: object) -> AttemptInfo | None:
+    """One stored entry of `attempt_history`, or None when it is malformed (never raises)."""
+    if not isinstance(entry, dict):
+        return None
+    number = entry.get("attempt")
+    if not isinstance(number, int) or isinstance(number, bool):
+        return None
+    outcome = entry.get("outcome")
+    return {
+        "attempt": number,
+        "started_at": _text_or_none(entry.get("started_at")),
+        "finished_at": _text_or_none(entry.get("finished_at")),
+        "outcome": outcome if isinstance(outcome, str) else "failed",
+        "error_class": _text_or_none(entry.get("error_class")),
+        "error": _text_or_none(entry.get("error")),
+        "traceback": _text_or_none(entry.get("traceback")),
+    }
+
+
+def attempt_list(job: Job) -> tuple[list[AttemptInfo], int]:
+    """A job's attempts, oldest first, and how many were not kept (`ATTEMPTS_KEPT`).
+
+    The failed ones come from `attempt_history`; a job that succeeded after
+    failing gets its last attempt from the record itself (the success path
+    writes no history).  A record from before the history was kept, or that
+    failed without it (a dead letter requeued by hand), shows what its columns say.
+    """
+    stored = job.attempt_history if isinstance(job.attempt_history, list) else []
+    attempts = [found for entry in stored if (found := _attempt(entry)) is not None]
+    last = attempts[-1]["attempt"] if attempts else 0
+    if job.status == JOB_SUCCEEDED and job.attempts > last:
+        attempts.append(
+            {
+                "attempt": job.attempts,
+                "started_at": _iso(job.started_at),
+                "finished_at": _iso(job.finished_at),
+                "outcome": JOB_SUCCEEDED,
+                "error_class": None,
+                "error": None,
+                "traceback": None,
+            }
+        )
+    not_kept = max(0, (attempts[-1]["attempt"] if attempts else 0) - len(attempts))
+    return attempts, not_kept
 
 
 def job_info(job: Job) -> JobInfo:
@@ -417,6 +600,7 @@ def job_info(job: Job) -> JobInfo:
         "duration_seconds": duration,
         "error": job.error,
         "result": job.result,
+        "result_dropped": job.result_dropped,
         "schedule_id": job.schedule_id,
         "slot_at": _iso(job.slot_at),
     }
@@ -430,6 +614,15 @@ def get_job(session: Session, message_id: str) -> Job:
     return job
 
 
+# The listing name a job cursor carries (services/pagination.py).
+JOBS_LISTING = "jobs"
+
+
+def job_cursor(job: Job) -> str:
+    """The cursor that resumes a listing of jobs after `job`."""
+    return encode_cursor(JOBS_LISTING, job.created_at, job.message_id)
+
+
 def list_jobs(
     session: Session,
     *,
@@ -437,10 +630,23 @@ def list_jobs(
     status: str | None = None,
     actor: str | None = None,
     since: dt.datetime | None = None,
+    after: Position | None = None,
     limit: int = 50,
+    error_contains: str | None = None,
+    exclude_queue: str | None = None,
+    until: dt.datetime | None = None,
 ) -> list[Job]:
-    """The newest job records first, filtered."""
+    """The newest job records first (by creation), filtered, from `after` on (a keyset page).
+
+    Each filter and combination reads an index in this order (migration 0009);
+    `error_contains` (any case) is checked on the rows read, so narrow it with another.
+    `exclude_queue` (the system queue, say) only drops rows of the pages read.
+    `since` and `until` bound the creation time (`until` excluded): both narrow the
+    range of the same index, and a cursor resumes within it.
+    """
     query: Select[tuple[Job]] = select(Job)
+    if exclude_queue is not None:
+        query = query.where(Job.queue != exclude_queue)
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
     if status is not None:
@@ -448,15 +654,35 @@ def list_jobs(
     if actor is not None:
         query = query.where(Job.actor == actor)
     if since is not None:
-        query = query.where(Job.updated_at >= since)
-    return list(session.scalars(query.order_by(Job.updated_at.desc()).limit(limit)))
+        query = query.where(Job.created_at >= since)
+    if until is not None:
+        query = query.where(Job.created_at < until)
+    if error_contains is not None:
+        query = query.where(Job.error.icontains(error_contains, autoescape=True))
+    query = query.where(*keyset_after(session, Job.created_at, Job.message_id, after))
+    query = query.order_by(*keyset_order(session, Job.created_at, Job.message_id)).limit(limit)
+    return list(session.scalars(query))
 
 
-def count_by_status(session: Session, *, tenant_id: int | None = None) -> dict[str, int]:
-    """How many records are in each status."""
+def count_by_status(
+    session: Session,
+    *,
+    tenant_id: int | None = None,
+    since: dt.datetime | None = None,
+    exclude_queue: str | None = None,
+) -> dict[str, int]:
+    """How many records are in each status (of those sent since `since`, when given).
+
+    Without `since` every record is counted: a scan on a large table; with it,
+    the range of the creation index. `exclude_queue`: not that queue's records.
+    """
     query = select(Job.status, func.count()).group_by(Job.status)
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
+    if exclude_queue is not None:
+        query = query.where(Job.queue != exclude_queue)
+    if since is not None:
+        query = query.where(Job.created_at >= since)
     return {status: count for status, count in session.execute(query).all()}
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dramatiq import Message
+if TYPE_CHECKING:
+    from dramatiq import Message
 
 
 @dataclass(slots=True, eq=False)
@@ -46,7 +47,9 @@ class JobRecord:
     attempts: int = 0
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
-    result: dict[str, Any] | None = None
+    # What the record keeps of the actor's return value (services/results.py `keep_result`).
+    result: Any = None
+    result_dropped: str | None = None
 
     def queued(self) -> dict[str, Any]:
         """The columns of the record written at send (`services.job_control.queued_insert`)."""
@@ -74,6 +77,7 @@ class JobRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "result": self.result,
+            "result_dropped": self.result_dropped,
         }
 
     def outbox_row(self, now: dt.datetime) -> dict[str, Any]:

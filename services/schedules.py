@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any, TypedDict
 
 import marshmallow
-from sqlalchemy import select
+from sqlalchemy import BigInteger, func, literal, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from db.models import CATCH_UP_LATEST, CATCH_UP_MODES, TENANT_ACTIVE, Schedule, Tenant
+from db.models import (
+    CATCH_UP_LATEST,
+    CATCH_UP_MODES,
+    TENANT_ACTIVE,
+    Job,
+    Schedule,
+    ScheduleRun,
+    Tenant,
+)
 from services.cron import CronError, parse_cron, parse_timezone
 from services.errors import NotFound, ValidationFailed
 from services.schedule_slots import next_slot
@@ -234,3 +244,97 @@ def schedule_info(session: Session, schedule: Schedule) -> ScheduleInfo:
         "next_slot_at": _iso(schedule.next_slot_at),
         "blocked": blocked,
     }
+
+
+# Runs shown per schedule on the schedules page; a schedule's own page shows more.
+LAST_RUNS = 5
+
+
+class RunInfo(TypedDict):
+    """One claimed slot of a schedule with its job's outcome (the record's status now)."""
+
+    schedule_id: int
+    slot_at: str
+    claimed_at: str | None
+    message_id: str | None
+    # The job record's status; None: no record (not written yet, or purged by retention).
+    status: str | None
+
+
+def _run_info(schedule_id: int, row: Any) -> RunInfo:
+    return {
+        "schedule_id": schedule_id,
+        "slot_at": _utc(row.slot_at).isoformat(),
+        "claimed_at": _iso(_utc(row.created_at)),
+        "message_id": row.message_id,
+        "status": row.status,
+    }
+
+
+def last_runs(
+    session: Session, schedule_ids: Sequence[int], *, limit: int = LAST_RUNS
+) -> dict[int, list[RunInfo]]:
+    """The last `limit` claimed slots of each schedule, newest first, with their jobs' status.
+
+    Each schedule's claims are read newest first from the (schedule, slot) unique
+    index of `schedule_runs`, and each claim's record from `ix_jobs_schedule_slot`
+    (migration 0013): the cost grows with the schedules asked for, not with their
+    history.  On PostgreSQL one statement (a LATERAL join per schedule); elsewhere
+    one per schedule.
+    """
+    found: dict[int, list[RunInfo]] = {schedule_id: [] for schedule_id in schedule_ids}
+    if not found or limit < 1:
+        return found
+
+    def claims(schedule_id: Any) -> Any:
+        return (
+            select(ScheduleRun.schedule_id, ScheduleRun.slot_at, ScheduleRun.created_at)
+            .where(ScheduleRun.schedule_id == schedule_id)
+            .order_by(ScheduleRun.slot_at.desc())
+            .limit(limit)
+        )
+
+    def job_of(c: Any) -> Any:
+        # The claim's record by (schedule, slot): one (a slot sends one job), unordered so
+        # that the index alone finds it.
+        return (
+            select(Job.message_id, Job.status)
+            .where(Job.schedule_id == c.schedule_id, Job.slot_at == c.slot_at)
+            .limit(1)
+        )
+
+    def with_jobs(runs: Any) -> Any:
+        c = runs.c
+        job = job_of(c).lateral()
+        return (
+            select(c.schedule_id, c.slot_at, c.created_at, job.c.message_id, job.c.status)
+            .select_from(runs)
+            .outerjoin(job, true())
+            .order_by(c.schedule_id, c.slot_at.desc())
+        )
+
+    rows: list[Any] = []
+    if session.get_bind().dialect.name == "postgresql":
+        # LATERAL both ways: each schedule's claims, then each claim's record, are read
+        # by index lookups, however the planner estimates the tables.
+        ids = select(func.unnest(literal(list(found), ARRAY(BigInteger))).label("id")).subquery()
+        runs = claims(ids.c.id).lateral()
+        joined = select(runs).select_from(ids).join(runs, true()).subquery()
+        rows.extend(session.execute(with_jobs(joined)))
+    else:
+        # SQLite (the demo) has no LATERAL: a query per schedule, a lookup per claim.
+        for schedule_id in found:
+            for claim in session.execute(claims(schedule_id)):
+                job = session.execute(job_of(claim)).first()
+                rows.append(
+                    SimpleNamespace(
+                        schedule_id=claim.schedule_id,
+                        slot_at=claim.slot_at,
+                        created_at=claim.created_at,
+                        message_id=job.message_id if job else None,
+                        status=job.status if job else None,
+                    )
+                )
+    for row in rows:
+        found[row.schedule_id].append(_run_info(row.schedule_id, row))
+    return found

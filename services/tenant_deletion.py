@@ -24,6 +24,8 @@ from db.models import (
     IngestItem,
     Integration,
     Job,
+    JobGroupCompletion,
+    JobGroupMember,
     LockerEntry,
     OutboxMessage,
     Resource,
@@ -46,6 +48,8 @@ TENANT_TABLES: tuple[type[Any], ...] = (
     LockerEntry,
     OutboxMessage,
     DeadLetter,
+    JobGroupMember,
+    JobGroupCompletion,
     Job,
 )
 # Rows a worker may still write while the tenant is being deleted (a message

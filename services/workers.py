@@ -14,13 +14,18 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import JOB_SUCCEEDED, Job, Worker
+from db.models import JOB_SUCCEEDED, Job, Tenant, Worker
 from services.errors import valid_tenant_id
+from services.tenants import is_served
+from settings import tenant_of_queue_name
 
 # A worker is live while its last heartbeat is younger than this many beats.
 STALE_AFTER_BEATS = 3
 # The actor whose successful runs show that the scheduler ticks (schedules.py sends it).
 SCHEDULER_TICK_ACTOR = "scheduler_tick"
+# The newest successful tick records read for the last finish: ticks that overlap
+# (a slow one, a redelivered one) may finish out of order, a few at most.
+TICKS_READ = 10
 
 
 def stale_window(heartbeat_seconds: float) -> dt.timedelta:
@@ -115,6 +120,11 @@ def remove_worker(session: Session, worker_id: str) -> None:
     session.execute(delete(Worker).where(Worker.worker_id == worker_id))
 
 
+# Heartbeat rows silent this long belong to workers that are gone (the daily retention
+# job deletes them).
+STALE_WORKER_AGE = dt.timedelta(days=1)
+
+
 def purge_stale_workers(session: Session, *, older_than: dt.datetime) -> int:
     """Delete the rows of workers silent since before `older_than` (they vanished); how many."""
     result = session.execute(delete(Worker).where(Worker.heartbeat_at < older_than))
@@ -153,6 +163,44 @@ def list_workers(
     if not include_stale:
         query = query.where(Worker.heartbeat_at >= now - stale_after)
     return [worker_info(w, now=now, stale_after=stale_after) for w in session.scalars(query)]
+
+
+def serving_hosts(
+    session: Session, *, now: dt.datetime, stale_after: dt.timedelta, queue_prefix: str
+) -> dict[int, list[str]]:
+    """The hosts of the live workers that consume each tenant's queue, by tenant id.
+
+    From the heartbeat rows' queues: a worker pinned to some tenants
+    (`TASKYARD_TENANTS`) lists their queues only; an unpinned one every
+    tenant's.  A tenant no live worker serves is absent (`unserved_tenants`).
+    """
+    live = session.execute(
+        select(Worker.host, Worker.queues).where(Worker.heartbeat_at >= now - stale_after)
+    )
+    served: dict[int, set[str]] = {}
+    for host, queues in live:
+        for name in queues if isinstance(queues, list) else []:
+            if isinstance(name, str) and (
+                (tenant_id := tenant_of_queue_name(queue_prefix, name)) is not None
+            ):
+                served.setdefault(tenant_id, set()).add(host)
+    return {tenant_id: sorted(hosts) for tenant_id, hosts in served.items()}
+
+
+def unserved_tenants(
+    session: Session, *, now: dt.datetime, stale_after: dt.timedelta, queue_prefix: str
+) -> list[int]:
+    """Tenants a worker should serve that no live worker consumes the queue of, by id.
+
+    A tenant created less than `stale_after` ago is left out: an unpinned
+    worker picks a new tenant up at its next refresh.  Its jobs wait in its
+    queue meanwhile (nothing is lost); they run once a worker serving it starts.
+    """
+    served = serving_hosts(session, now=now, stale_after=stale_after, queue_prefix=queue_prefix)
+    wanted = session.execute(
+        select(Tenant.id, Tenant.status).where(Tenant.created_at < now - stale_after)
+    )
+    return sorted(t for t, status in wanted if is_served(status) and t not in served)
 
 
 def _moment(value: object) -> dt.datetime | None:
@@ -242,9 +290,17 @@ def running_job(
 
 
 def last_scheduler_tick(session: Session) -> dt.datetime | None:
-    """When a scheduler tick last finished successfully (its job record), if ever."""
-    query = select(func.max(Job.finished_at)).where(
-        Job.actor == SCHEDULER_TICK_ACTOR, Job.status == JOB_SUCCEEDED
+    """When a scheduler tick last finished successfully (its job record), if ever.
+
+    Read from the newest tick records (the actor's index, newest first), not by a
+    scan for the latest finish: as quick when the scheduler has been down for days.
+    """
+    newest = (
+        select(Job.finished_at)
+        .where(Job.actor == SCHEDULER_TICK_ACTOR, Job.status == JOB_SUCCEEDED)
+        .order_by(Job.created_at.desc())
+        .limit(TICKS_READ)
+        .subquery()
     )
-    value = session.scalar(query)
+    value = session.scalar(select(func.max(newest.c.finished_at)))
     return _aware(value) if value is not None else None

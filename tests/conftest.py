@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -11,11 +12,16 @@ from cryptography.fernet import Fernet
 
 # TASKYARD_* variables of the developer's shell must not change what the tests see,
 # except the test suite's own knobs (they are not settings).
-TEST_KNOBS = frozenset({"TASKYARD_LOAD_JOBS"})
+TEST_KNOBS = frozenset({"TASKYARD_LOAD_JOBS", "TASKYARD_CLUSTER_JOBS", "TASKYARD_SECURITY_SEED"})
 for _name in [n for n in os.environ if n.startswith("TASKYARD_") and n not in TEST_KNOBS]:
     del os.environ[_name]
 
-from tests.support import PG_SERVER_URL, require_servers  # noqa: E402  (after the clean-up)
+from tests.support import (  # noqa: E402  (after the clean-up)
+    PG_SERVER_URL,
+    delete_queues,
+    queues_named,
+    require_servers,
+)
 
 RUN_ID = uuid.uuid4().hex[:10]
 TEST_DATABASE = f"taskyard_test_{RUN_ID}"
@@ -33,6 +39,24 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from db.migrate import upgrade_to_head  # noqa: E402
 from db.session import make_engine  # noqa: E402
 from settings import Settings, load_settings  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def delete_run_queues() -> Iterator[None]:
+    """At the end of the run, every queue under its prefix is deleted from the shared RabbitMQ.
+
+    Tests and the workers they start declare queues under prefixes of their own beneath
+    the run's (a worker serving every tenant of the run's database declares three
+    queues a tenant): left behind, a day of CI runs leaves tens of thousands of queues.
+    """
+    yield
+    prefix = os.environ["TASKYARD_QUEUE_PREFIX"]
+    try:
+        names = queues_named(prefix)
+        if names:
+            delete_queues(os.environ["BROKER_URL"], names)
+    except Exception:  # the run's outcome is its tests'; a clean-up problem is only reported
+        logging.getLogger(__name__).warning("Could not delete the run's queues", exc_info=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,15 +113,24 @@ class WorkerProcess:
         self._log.close()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    state: Callable[[], str] | None = None,
+) -> Any:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds.
+
+    `state`, when given, describes what was found instead; the failure shows it.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    found = f"; found: {state()}" if state is not None else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}{found}")
 
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -177,7 +187,12 @@ def delete_prefix_queues(settings: Any, engine: Any) -> None:
 
     with Session(engine) as session:
         tenants = list(session.scalars(select(Tenant.id)))
-    names = [settings.system_queue, *(settings.tenant_queue(t) for t in tenants)]
+    # Plain Dramatiq actors' queue (the test actors use `default`) is under the prefix too.
+    names = [
+        settings.system_queue,
+        f"{settings.queue_prefix}default",
+        *(settings.tenant_queue(t) for t in tenants),
+    ]
     delete_queues(settings.broker_url, [q for n in names for q in (n, f"{n}.DQ", f"{n}.XQ")])
 
 
@@ -191,3 +206,37 @@ def queue_state(broker_url: str, name: str) -> tuple[int, int] | None:
         return None
     finally:
         connection.close()
+
+
+def dead_letter_arguments(name: str) -> dict[str, object]:
+    """A queue's arguments as Dramatiq declares them: dead letters go to its `.XQ` queue."""
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{name}.XQ"}
+
+
+def message_count(broker_url: str, name: str) -> int:
+    """The ready messages of an existing queue."""
+    state = queue_state(broker_url, name)
+    assert state is not None, f"queue {name} does not exist"
+    return state[0]
+
+
+def queues_named(prefix: str) -> list[str] | None:
+    """The shared RabbitMQ's queues whose name starts with `prefix`, read with `rabbitmqctl`
+    (AMQP cannot list queues); None where `rabbitmqctl` is missing or cannot reach the node.
+
+    The `rabbitmqctl` on PATH: Debian's wrapper runs it as the node's user, with its cookie.
+    """
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        return None
+    try:
+        listed = subprocess.run(
+            [rabbitmqctl, "list_queues", "name", "-q", "--no-table-headers"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [name for name in listed.stdout.split() if name.startswith(prefix)]

@@ -719,8 +719,8 @@ class ConsumerMultiplexing(Middleware):
         """Say the worker is ready only once its queues are consumed (or after a bounded wait).
 
         Runs after the tenant routing registered the tenants' queues.  Without
-        the wait, a fresh worker said it was ready some 50 ms before it consumed
-        anything, and its first jobs waited in their queues meanwhile.
+        the wait, a fresh worker said it was ready before it consumed anything,
+        and its first jobs waited in their queues meanwhile.
         """
         consumer = next(
             (c for c in worker.consumers.values() if isinstance(c, MultiplexingConsumer)), None

@@ -64,9 +64,10 @@ REFUSAL_ADVICE = {
     404: "create what the reply names, or fix the name",
     405: "another connection holds it exclusively; wait for that connection to close, or "
     "use another queue prefix",
-    406: "it exists with other arguments (left by another deployment, or declared by "
-    "hand): delete it (with its .DQ and .XQ queues) so that Taskyard declares it, or give "
-    "Taskyard a queue prefix of its own",
+    406: "it exists with other arguments (left by another deployment, declared by hand, or "
+    "of another kind than TASKYARD_QUEUE_TYPE): run `taskyard migrate-queues` to change "
+    "existing queues' kind, delete it (with its .DQ and .XQ queues) so that Taskyard "
+    "declares it, or give Taskyard a queue prefix of its own",
 }
 # AMQP carries a queue name in at most 255 bytes, and its .DQ and .XQ queues add 3.
 MAX_QUEUE_NAME_BYTES = 255 - len(".DQ")
@@ -140,6 +141,7 @@ class Publisher:
         parameters: pika.ConnectionParameters | list[pika.ConnectionParameters],
         *,
         queue_arguments: QueueArguments,
+        dead_queue_arguments: dict[str, Any] | None = None,
         max_attempts: int = 5,
         reconnect_seconds: float = 0.5,
         fail_after_connect_errors: int = 3,
@@ -149,6 +151,12 @@ class Publisher:
         self.logger = logging.getLogger(type(self).__name__)
         self.parameters = parameters
         self.queue_arguments = queue_arguments
+        # A .XQ queue's: Dramatiq's message TTL (and the queue's kind, when not classic).
+        self.dead_queue_arguments = (
+            {"x-message-ttl": DEAD_MESSAGE_TTL_MS}
+            if dead_queue_arguments is None
+            else dead_queue_arguments
+        )
         self.max_attempts = max_attempts
         self.reconnect_seconds = reconnect_seconds
         self.fail_after_connect_errors = fail_after_connect_errors
@@ -157,6 +165,8 @@ class Publisher:
         self.pid = os.getpid()
         self._incoming: collections.deque[Outgoing] = collections.deque()
         self._lock = threading.Lock()
+        # Items handed over whose future has not settled (queued, declaring, unconfirmed).
+        self._unsettled = 0
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         # Owned by the publisher thread from here on.
@@ -178,6 +188,8 @@ class Publisher:
         # Refusals RabbitMQ sent (each closed the channel), since this publisher started.
         self.refusals = 0
         self._connect_errors = 0
+        # Which node of a multi-node BROKER_URL the next connection goes to.
+        self._node = 0
 
     # --- any thread ---------------------------------------------------------
 
@@ -197,7 +209,7 @@ class Publisher:
         the message goes (the queue, or its delay queue).
         """
         item = Outgoing(queue_name, routing_key, body, message_id, priority)
-        self._incoming.append(item)
+        self._hand_over(item)
         self._ensure_started()
         self._wake()
         return item.future
@@ -205,10 +217,20 @@ class Publisher:
     def declare(self, queue_name: str) -> Future[None]:
         """Declare a queue with its delay and dead-letter queues; resolves once RabbitMQ has."""
         item = Outgoing(queue_name, queue_name, b"", "", None, declare_only=True)
-        self._incoming.append(item)
+        self._hand_over(item)
         self._ensure_started()
         self._wake()
         return item.future
+
+    def _hand_over(self, item: Outgoing) -> None:
+        with self._lock:
+            self._unsettled += 1
+        item.future.add_done_callback(self._on_settled)
+        self._incoming.append(item)
+
+    def _on_settled(self, _future: Future[None]) -> None:
+        with self._lock:
+            self._unsettled -= 1
 
     def refusal_of(self, queue_name: str) -> BrokerRefused | None:
         """RabbitMQ's refusal of `queue_name` if it came in the last `refused_hold_seconds`."""
@@ -223,7 +245,7 @@ class Publisher:
         if thread is None:
             return
         deadline = time.monotonic() + timeout
-        while (self._incoming or self._unconfirmed) and time.monotonic() < deadline:
+        while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         self._closing.set()
         connection = self._connection
@@ -235,10 +257,23 @@ class Publisher:
         thread.join(max(0.1, deadline - time.monotonic()))
         self._fail_all("the publisher closed before RabbitMQ confirmed")
 
+    def settle(self, timeout: float) -> bool:
+        """Wait up to `timeout` until every message handed over is confirmed or failed.
+
+        True if nothing is left in flight.  A publisher that never started has
+        nothing in flight.
+        """
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            if self._thread is None or not self._thread.is_alive():
+                break
+            time.sleep(0.005)
+        return not self.in_flight
+
     @property
     def in_flight(self) -> int:
-        """Messages handed over and not yet confirmed (approximate)."""
-        return len(self._incoming) + len(self._unconfirmed)
+        """Messages (and declarations) handed over whose future has not settled."""
+        return self._unsettled
 
     def _ensure_started(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -271,9 +306,7 @@ class Publisher:
         while not self._closing.is_set():
             try:
                 self._connection = pika.SelectConnection(
-                    self.parameters
-                    if not isinstance(self.parameters, list)
-                    else self.parameters[0],
+                    self._node_parameters(),
                     on_open_callback=self._on_connection_open,
                     on_open_error_callback=self._on_connection_error,
                     on_close_callback=self._on_connection_closed,
@@ -292,6 +325,28 @@ class Publisher:
                 time.sleep(
                     min(self.reconnect_seconds * 2 ** max(0, errors - 1), MAX_RECONNECT_SECONDS)
                 )
+
+    def _node_parameters(self) -> pika.ConnectionParameters:
+        """The node to connect to now: the one that answered last, or the next after a loss.
+
+        A multi-node `BROKER_URL` (`amqp://a;amqp://b`) is tried node by node,
+        in its order, going round; a node that failed or closed the connection
+        is left for the next.
+        """
+        if not isinstance(self.parameters, list):
+            return self.parameters
+        return self.parameters[self._node % len(self.parameters)]
+
+    def _next_node(self) -> None:
+        if isinstance(self.parameters, list) and len(self.parameters) > 1:
+            self._node += 1
+            self.logger.warning(
+                "Publisher moves to RabbitMQ node %d of %d (%s:%s)",
+                self._node % len(self.parameters) + 1,
+                len(self.parameters),
+                self._node_parameters().host,
+                self._node_parameters().port,
+            )
 
     def _release_ioloop(self) -> None:
         # The ioloop keeps a socket pair for add_callback_threadsafe until closed.
@@ -313,7 +368,10 @@ class Publisher:
     def _on_connection_error(self, connection: pika.SelectConnection, error: Exception) -> None:
         self._connect_errors += 1
         self.logger.warning("Publisher could not connect to RabbitMQ: %s", error)
-        if self._connect_errors >= self.fail_after_connect_errors:
+        self._next_node()
+        nodes = len(self.parameters) if isinstance(self.parameters, list) else 1
+        # Every node is tried before the callers are failed.
+        if self._connect_errors >= max(self.fail_after_connect_errors, nodes):
             # Callers get a clear error now rather than a timeout; what they sent was
             # never taken by RabbitMQ (or, after a lost confirm, may have been: the
             # job record makes such a copy skip).
@@ -326,6 +384,7 @@ class Publisher:
     def _on_connection_closed(self, connection: pika.SelectConnection, reason: Exception) -> None:
         if not self._closing.is_set():
             self.logger.warning("Publisher connection closed: %s; reconnecting", reason)
+            self._next_node()
         connection.ioloop.stop()
 
     def _close_connection(self) -> None:
@@ -451,7 +510,7 @@ class Publisher:
         steps = [
             (queue_name, arguments),
             (dq_name(queue_name), arguments),
-            (xq_name(queue_name), {"x-message-ttl": DEAD_MESSAGE_TTL_MS}),
+            (xq_name(queue_name), self.dead_queue_arguments),
         ]
 
         def declare_next(frame: pika.frame.Method[Any] | None = None) -> None:

@@ -18,11 +18,13 @@ import pika.exceptions
 from dramatiq import Message
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
-from dramatiq.common import current_millis, dq_name, q_name
+from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed
+from dramatiq.results import ResultBackend
 
 from services.errors import BrokerRefused, PriorityRefused
-from transport.publisher import Publisher, wait_all
+from settings import QUEUE_TYPES
+from transport.publisher import DEAD_MESSAGE_TTL_MS, Publisher, wait_all
 
 # How long a send waits for RabbitMQ's confirm before it fails with PublishFailed.
 DEFAULT_PUBLISH_TIMEOUT_SECONDS = 30.0
@@ -103,6 +105,10 @@ def _object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+def _list(value: Any) -> bool:
+    return isinstance(value, list)
+
+
 _DAY_MS = 24 * 60 * 60 * 1000
 # The most attempts any job gets, however its options are set (retry_when included).
 MAX_ATTEMPTS_CAP = 100
@@ -139,6 +145,14 @@ MESSAGE_OPTIONS: dict[str, Callable[[Any], bool]] = {
     "pipe_ignore": _flag,
     "pipe_target": _object,
     "delay": _count(0, MAX_DELAY_MS),
+    # Dramatiq's result options: accepted, no effect (a job's result is kept with its
+    # record, for the record's retention: middleware/results.py).
+    "store_results": _flag,
+    "result_ttl": _count(1, 2**53),
+    # Dramatiq's groups (middleware/groups.py): the group's id, and its completion
+    # callbacks, messages screened as this one is (`_callbacks_problem`).
+    "group_completion_uuid": _text,
+    "group_completion_callbacks": _list,
 }
 # How far ahead a delay queue's eta may be: longer delays wait in the outbox, so
 # only a crafted body has one further out (Dramatiq would hold it unacknowledged
@@ -167,7 +181,12 @@ def limit_conflict(options: Mapping[str, Any]) -> str | None:
 
 
 def _options_problem(
-    options: dict[str, Any], queue_name: str, max_eta_ahead_ms: int, *, stages: bool = True
+    options: dict[str, Any],
+    queue_name: str,
+    max_eta_ahead_ms: int,
+    *,
+    stages: bool = True,
+    callbacks: bool = True,
 ) -> str | None:
     for name, value in options.items():
         problem = option_problem(name, value)
@@ -181,7 +200,22 @@ def _options_problem(
             return "option 'eta' on a queue that is not a delay queue"
         if options["eta"] > current_millis() + max_eta_ahead_ms:
             return f"option 'eta' is more than {max_eta_ahead_ms // 1000} s ahead"
+    if callbacks:
+        problem = _callbacks_problem(options.get("group_completion_callbacks"), max_eta_ahead_ms)
+        if problem is not None:
+            return problem
     return _stages_problem(options.get("pipe_target"), max_eta_ahead_ms) if stages else None
+
+
+def _callbacks_problem(found: Any, max_eta_ahead_ms: int) -> str | None:
+    """Why a group's completion callbacks are refused: each is a message, screened one level."""
+    for index, data in enumerate(found or [], start=1):
+        problem = _shape_problem(data) or _options_problem(
+            data["options"], data["queue_name"], max_eta_ahead_ms, stages=False, callbacks=False
+        )
+        if problem is not None:
+            return f"option 'group_completion_callbacks', callback {index}: {problem}"
+    return None
 
 
 def _stages_problem(target: Any, max_eta_ahead_ms: int) -> str | None:
@@ -288,6 +322,20 @@ class ScreeningConsumer(_RabbitmqConsumer):
         return proxy
 
 
+# RabbitMQ moves a quorum queue's message to its .XQ queue after this many deliveries.
+# Above any actor's attempts: Taskyard counts a redelivered job's starts and keeps it
+# as a dead letter first (WorkerCrashed); this only stops a message that can never be
+# counted (a worker that dies before it reaches the database) from looping for ever.
+QUORUM_DELIVERY_LIMIT = 20
+
+
+def kind_arguments(queue_type: str) -> dict[str, Any]:
+    """The declaration arguments that make a queue of this kind (`TASKYARD_QUEUE_TYPE`)."""
+    if queue_type == "quorum":
+        return {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT}
+    return {}
+
+
 class TaskyardRabbitmqBroker(RabbitmqBroker):
     """Dramatiq's RabbitMQ broker: consumers refuse poison bodies, one publisher per process.
 
@@ -300,12 +348,19 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
     def __init__(
         self,
         *,
+        queue_type: str = QUEUE_TYPES[0],
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_poison: OnPoison | None = None,
         route_check: RouteCheck | None = None,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT_SECONDS,
         **kwargs: Any,
     ) -> None:
+        if queue_type not in QUEUE_TYPES:
+            raise ValueError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}")
+        if queue_type == "quorum" and kwargs.get("max_priority"):
+            # RabbitMQ 3.10's quorum queues keep no priorities.
+            raise ValueError("a quorum queue cannot have a max_priority")
+        self.queue_type = queue_type
         super().__init__(**kwargs)
         self.max_message_bytes = max_message_bytes
         self.on_poison = on_poison
@@ -314,6 +369,36 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
         self.publish_timeout = publish_timeout
         self._publisher: Publisher | None = None
         self._publisher_lock = threading.Lock()
+
+    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        """A tenant or system queue's (and its delay queue's) arguments, with its kind."""
+        arguments: dict[str, Any] = super()._build_queue_arguments(queue_name)  # type: ignore[no-untyped-call]
+        return arguments | kind_arguments(self.queue_type)
+
+    def dead_queue_arguments(self) -> dict[str, Any]:
+        """A .XQ queue's arguments: Dramatiq's message TTL, and the queue's kind."""
+        arguments = {"x-message-ttl": DEAD_MESSAGE_TTL_MS} | kind_arguments(self.queue_type)
+        # A dead-letter queue dead-letters nowhere: no delivery limit.
+        arguments.pop("x-delivery-limit", None)
+        return arguments
+
+    def arguments_of(self, name: str) -> dict[str, Any]:
+        """The arguments Taskyard declares a queue with: a queue's, its .DQ's or its .XQ's."""
+        if name.endswith(".XQ"):
+            return self.dead_queue_arguments()
+        return self._build_queue_arguments(q_name(name))
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name), durable=True, arguments=self.dead_queue_arguments()
+        )
+
+    def get_results_backend(self) -> ResultBackend:
+        """A `Results` backend added by hand, else the job records (`results_backend_of`)."""
+        # Imported here: the middleware package imports this module.
+        from middleware.results import results_backend_of
+
+        return results_backend_of(self)
 
     def named_parameters(self, role: str) -> Any:
         """The connection parameters, naming the connection for its role, host and process.
@@ -347,6 +432,7 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
                     publisher = self._publisher = Publisher(
                         self.named_parameters("publisher"),
                         queue_arguments=self._build_queue_arguments,
+                        dead_queue_arguments=self.dead_queue_arguments(),
                     )
         return publisher
 
@@ -422,6 +508,20 @@ class TaskyardRabbitmqBroker(RabbitmqBroker):
             self.emit_after("enqueue", message, delay)
         return [message for message, _ in sent]
 
+    def flush(self, queue_name: str) -> None:
+        """Drop every message of a queue (and of its delay and dead-letter queues).
+
+        What this process handed to its publisher before the call is waited
+        for first (up to `publish_timeout`), so that a message sent before a
+        flush is dropped by it, as on Dramatiq's broker, whose `send` returns
+        after RabbitMQ's confirm; it would otherwise reach the queue after the
+        purge.
+        """
+        publisher = self._publisher
+        if publisher is not None and publisher.pid == os.getpid():
+            publisher.settle(self.publish_timeout)
+        super().flush(queue_name)
+
     def close(self) -> None:
         """Close the publisher (after what is in flight), then Dramatiq's connections."""
         if self._publisher is not None and self._publisher.pid == os.getpid():
@@ -495,6 +595,24 @@ def check_priority(broker: Broker, message: Message[Any]) -> None:
         raise PriorityRefused(message.actor_name)
 
 
+# Where a broker with Taskyard's runtime keeps its own `enqueue`, which writes no record.
+PUBLISH_ATTRIBUTE = "taskyard_publish"
+
+
+def publish_now(broker: Broker, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+    """Publish a message as it is, writing no record: the broker's own `enqueue`.
+
+    On a broker with Taskyard's runtime, `broker.enqueue` (Dramatiq's public
+    send, which `group.run()`, `pipeline.run()` and a plain actor's `send()`
+    call) writes the job's record first, through the outbox.  What already has
+    its record (a retry, an outbox row, a requeued dead letter) is published
+    with this instead.
+    """
+    publish = getattr(broker, PUBLISH_ATTRIBUTE, None) or broker.enqueue
+    published: Message[Any] = publish(message, delay=delay)
+    return published
+
+
 def publish_all(
     broker: Broker,
     items: Sequence[tuple[Message[Any], int | None]],
@@ -510,7 +628,7 @@ def publish_all(
         outcomes: list[Exception | None] = []
         for message, delay in items:
             try:
-                broker.enqueue(message, delay=delay)
+                publish_now(broker, message, delay=delay)
                 outcomes.append(None)
             except Exception as exc:
                 outcomes.append(exc)

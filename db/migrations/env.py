@@ -12,6 +12,7 @@ from sqlalchemy import Connection, create_engine, pool
 
 import db.models  # noqa: F401  (importing it registers the tables on Base.metadata)
 from db.base import Base
+from services.partitions import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -44,6 +45,8 @@ def _run_on(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        # The jobs table's partitions are made at run time (services/partitions.py).
+        include_name=include_name,
         # SQLite cannot ALTER most things; batch mode copies the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
     )

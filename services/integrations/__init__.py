@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 from db.models import Integration
 from services.errors import FetchFailed, FetchRefused, NotFound, ValidationFailed
 from services.integrations import github, http_feed
+from services.redaction import redact_url
 from services.resources import format_errors
 from services.tenants import get_tenant
-from services.url_guard import check_url, redact_url
+from services.url_guard import check_url
 
 SYNC_SUCCEEDED = "succeeded"
 SYNC_FAILED = "failed"

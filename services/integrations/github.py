@@ -146,7 +146,7 @@ def _token(session: Session, integration: Integration, key: str, secret_keys: Se
         raise PermanentError(
             f"integration {integration.id} (github) needs a token: tenant "
             f"{integration.tenant_id} has no locker entry {key!r}; run "
-            f"`taskyard locker set {integration.tenant_id} {key}`, then requeue",
+            f"`taskyard locker set --tenant {integration.tenant_id} {key}`, then requeue",
             reason="missing_token",
         ) from None
 

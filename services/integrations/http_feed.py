@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Integration
 from services import locker
-from services.url_guard import ALLOWED_SCHEMES, redact_url
+from services.redaction import redact_url
+from services.url_guard import ALLOWED_SCHEMES
 
 
 class HttpFeedConfig(Schema):

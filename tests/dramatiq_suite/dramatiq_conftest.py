@@ -106,6 +106,13 @@ def _close(broker: Broker) -> None:
     runtime = runtime_of(broker)
     if runtime is not None:
         runtime.session_factory.kw["bind"].dispose()
+    from middleware.outbox import find_outbox
+
+    outbox = find_outbox(broker)
+    if outbox is not None:
+        # The send path's own engine (one pooled connection each): left open, every
+        # test's broker kept one, and the suite ran PostgreSQL out of connections.
+        outbox.sends.dispose()
 
 
 @pytest.fixture(params=BROKER_KINDS)

@@ -28,6 +28,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DIFFERENCES_FILE = HERE / "differences.toml"
 README = REPO / "README.md"
+
+
+def doc_pages() -> list[Path]:
+    """README.md and the documentation's pages: where an intended difference is explained."""
+    return [README, *sorted((REPO / "docs").rglob("*.md"))]
+
+
 STATUSES = ("not yet fixed", "intended", "flaky")
 BROKER_KINDS = ("plain", "taskyard")
 # Each Dramatiq test gets this long (some wait on a join that never ends when a message is lost).
@@ -218,11 +225,20 @@ class Difference:
     readme: str
 
 
-def load_differences(path: Path = DIFFERENCES_FILE, readme: Path = README) -> dict[str, Difference]:
-    """The listed tests; raises ValueError on a malformed entry or a README section not found."""
+def load_differences(
+    path: Path = DIFFERENCES_FILE, readme: Path | None = None
+) -> dict[str, Difference]:
+    """The listed tests; raises ValueError on a malformed entry or a docs section not found.
+
+    A section is a heading of README.md or of a docs page (`readme`: one page instead).
+    """
     data = tomllib.loads(path.read_text())
+    pages = doc_pages() if readme is None else [readme]
     headings = {
-        line.lstrip("#").strip() for line in readme.read_text().splitlines() if line.startswith("#")
+        line.lstrip("#").strip()
+        for page in pages
+        for line in page.read_text().splitlines()
+        if line.startswith("#")
     }
     listed: dict[str, Difference] = {}
     for group in data.get("difference", []):
@@ -235,7 +251,7 @@ def load_differences(path: Path = DIFFERENCES_FILE, readme: Path = README) -> di
             )
         if status == "intended" and section not in headings:
             raise ValueError(
-                f"{path.name}: an intended difference names the README section "
+                f"{path.name}: an intended difference names the README section (or docs page) "
                 f"documenting it; {section!r} is not one ({cause})"
             )
         for test in group["tests"]:

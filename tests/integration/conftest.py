@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -11,11 +12,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.tenants import create_tenant
 from settings import Settings
-from tests.support import WorkerProcess, delete_prefix_queues, worker_env
+from tests.support import WorkerProcess, delete_prefix_queues, delete_queues, worker_env
 
 pytestmark = pytest.mark.integration
 
 PIPELINE_ACTORS = ["tests.integration.pipeline_actors"]
+# How much of a worker's log a failed test shows.
+WORKER_LOG_TAIL = 8000
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +40,20 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    """A failed test that used a worker shows the end of that worker's log (CI keeps no files)."""
+    report: pytest.TestReport = yield
+    funcargs = getattr(item, "funcargs", {})
+    if report.failed and call.when == "call":
+        for name, value in funcargs.items():
+            if isinstance(value, WorkerProcess) and value.log_path.exists():
+                report.sections.append((f"{name}'s log, its end", value.log()[-WORKER_LOG_TAIL:]))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +80,12 @@ def delete_test_queues(settings: Settings, engine: Engine) -> Iterator[None]:
     """Delete this run's queues from RabbitMQ when the run ends."""
     yield
     delete_prefix_queues(settings, engine)
+
+
+@pytest.fixture
+def queue(settings: Settings) -> Iterator[str]:
+    """A queue name of this run that no worker consumes; it and its .DQ/.XQ queues are
+    deleted afterwards."""
+    name = f"{settings.queue_prefix}scratch.{uuid.uuid4().hex[:8]}"
+    yield name
+    delete_queues(settings.broker_url, [name + suffix for suffix in ("", ".DQ", ".XQ")])

@@ -38,6 +38,30 @@ EXPECTED = [
     ("6. Tenant scale", "new tenant", "taskyard"),
     ("7. Scheduler", "200 schedules, 20 due", "taskyard"),
     *[("8. Memory", f"RSS after {n} jobs", s) for n in (20, 60) for s in ("taskyard", "dramatiq")],
+    *[("9. Ingest", "feed items/s", s) for s in ("taskyard DB-writing job", "taskyard ingest")],
+    ("10. Job store: first page", "jobs list (20,000 records)", "taskyard"),
+    ("10. Job store: first page", "dead-letters list (20,000 records)", "taskyard"),
+    ("10. Job store: first page", "health: last scheduler tick", "taskyard"),
+    ("10. Job store", "storage per job", "taskyard"),
+    ("10. Job store", "row versions per job", "taskyard"),
+    ("10. Job store", "retention: drop an expired day", "taskyard"),
+    ("10. Job store", "DB-writing jobs/s", "taskyard during the drop"),
+    *[
+        ("12. Web console", f"{what}: {page}", system)
+        for what, system in (
+            ("server", "taskyard"),
+            ("server", "a static file's GET"),
+            ("first paint", "taskyard"),
+            ("first paint", "the sign-in form"),
+            ("DOMContentLoaded", "taskyard"),
+        )
+        for page in ("jobs", "one job", "tenants")
+    ],
+]
+# Figures that may be 0 or below (a slope), but must be there.
+SIGNED = [
+    ("11. Soak", f"{what}: slope", "taskyard")
+    for what in ("jobs table size", "throughput", "worker RSS")
 ]
 # Over the throughput runs' drain windows: worker processes, PostgreSQL and RabbitMQ together.
 CPU_TABLE = "1-2. Machine-wide CPU per job"
@@ -107,6 +131,10 @@ def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
         assert matching, f"no figure {figure!r} of {system} in {scenario}:\n{report}"
         for row in matching:
             assert float(row[3].replace(",", "")) > 0, f"{row} is not a measurement"
+    for scenario, figure, system in SIGNED:
+        assert any(
+            r[0].startswith(scenario) and r[1].startswith(figure) and r[2] == system for r in rows
+        ), f"no figure {figure!r} of {system} in {scenario}:\n{report}"
     # And the CPU per job table has both jobs of every system, with its parts named; a no-op
     # window of 40 jobs can be shorter than one kernel clock tick (0.00), not both jobs'
     cpu = [r for r in rows if r[0].startswith(CPU_TABLE)]

@@ -28,11 +28,18 @@ pytestmark = pytest.mark.integration
 def pg_stub_broker(settings: Settings, migrated_database: str) -> Iterator[tuple[Broker, Worker]]:
     """The production middleware on the real PostgreSQL, with an in-process broker."""
     broker = build_broker(dataclasses.replace(settings, broker_url="stub://"))
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
+    # Dramatiq's default poll (worker_timeout=1000): the in-process broker gives each of
+    # the database's tenants a consumer thread, and a shorter poll on each of them kept
+    # the machine's CPU busy.
+    worker = Worker(broker, worker_timeout=1000, worker_threads=2)
     worker.start()
     yield broker, worker
     worker.stop()
     broker.close()
+    # Queues declared after the stop (the tenant refresh) got consumer threads of their
+    # own, which the stop did not know of: stop them too, or they poll for ever.
+    for consumer in list(worker.consumers.values()):
+        consumer.stop()
 
 
 def shows_running(sessions: sessionmaker[Session], message_id: str) -> bool:

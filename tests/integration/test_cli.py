@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -12,7 +14,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import ensure_database, head_revision
 from db.models import ITEM_FAILED, ITEM_PROCESSED, ITEM_REJECTED, Ingest, IngestItem, Job
 from settings import Settings
-from tests.integration.cli_harness import as_json, assert_one_line_error, taskyard, unique
+from tests.integration.cli_harness import (
+    COMMAND,
+    REPO,
+    as_json,
+    assert_one_line_error,
+    taskyard,
+    unique,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -288,3 +297,22 @@ def test_debug_shows_the_traceback_then_the_error() -> None:
     assert "Traceback (most recent call last)" in result.stderr
     assert "UnknownTenant" in result.stderr
     assert result.stderr.splitlines()[-1].startswith("error: tenant 987654321")
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["table", "json"])
+def test_a_reader_that_stops_reading_leaves_the_command_successful(
+    make_tenant: Callable[[str], int], json_flag: list[str]
+) -> None:
+    # Given a listing with something to print
+    make_tenant("piped")
+    # When its reader exits without reading (as `| grep -q` does once it has its line)
+    command = " ".join(shlex.quote(part) for part in [*COMMAND, "tenant", "list", *json_flag])
+    result = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command} | true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    # Then the command succeeded, with nothing on stderr (as ripgrep and fd, not exit 1)
+    assert (result.returncode, result.stderr) == (0, "")

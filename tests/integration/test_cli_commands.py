@@ -123,7 +123,7 @@ def test_schedule_add_list_show_pause_resume_run_remove(
 
     added = as_json(
         taskyard(
-            "schedule", "add", tenant_id, "ingest_resources", "--cron", "0 3 * * *",
+            "schedule", "add", "--tenant", tenant_id, "ingest_resources", "--cron", "0 3 * * *",
             "--tz", "Europe/Paris", "--args", args, "--catch-up", "skip", "--json",
         )
     )  # fmt: skip
@@ -166,7 +166,7 @@ def test_schedule_add_refuses_bad_input(
     args = ("--args", '{"source_url": "https://feeds.example/x.json"}')
 
     line = assert_one_line_error(
-        taskyard("schedule", "add", tenant_id, "ingest_resources", *args, *extra), 1
+        taskyard("schedule", "add", "--tenant", tenant_id, "ingest_resources", *args, *extra), 1
     )
 
     assert expected in line
@@ -175,10 +175,12 @@ def test_schedule_add_refuses_bad_input(
 
 def test_schedule_add_for_an_unknown_tenant_or_actor_fails() -> None:
     unknown_tenant = taskyard(
-        "schedule", "add", "987654321", "ingest_resources", "--cron", "* * * * *",
+        "schedule", "add", "--tenant", "987654321", "ingest_resources", "--cron", "* * * * *",
         "--args", '{"source_url": "https://feeds.example/x.json"}',
     )  # fmt: skip
-    unknown_actor = taskyard("schedule", "add", "1", "no_such_actor", "--cron", "* * * * *")
+    unknown_actor = taskyard(
+        "schedule", "add", "--tenant", "1", "no_such_actor", "--cron", "* * * * *"
+    )
 
     assert "987654321" in assert_one_line_error(unknown_tenant, 1)
     assert "no_such_actor" in assert_one_line_error(unknown_actor, 1)

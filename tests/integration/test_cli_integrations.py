@@ -37,9 +37,11 @@ def test_an_http_feed_integration_is_added_synced_and_removed(
     config = json.dumps({"url": httpserver.url_for("/feed.json")})
 
     added = as_json(
-        taskyard("integration", "add", tenant, "http_feed", "--config", config, "--json")
+        taskyard(
+            "integration", "add", "--tenant", tenant, "http_feed", "--config", config, "--json"
+        )
     )
-    listed = as_json(taskyard("integration", "list", tenant, "--json"))
+    listed = as_json(taskyard("integration", "list", "--tenant", tenant, "--json"))
     synced = as_json(taskyard("integration", "sync", str(added["id"]), "--json"))
 
     def finished() -> str | None:
@@ -50,11 +52,11 @@ def test_an_http_feed_integration_is_added_synced_and_removed(
     assert added["kind"] == "http_feed"
     assert [i["id"] for i in listed] == [added["id"]]
     wait_for(finished, what="the sync job")
-    after = as_json(taskyard("integration", "list", tenant, "--json"))
+    after = as_json(taskyard("integration", "list", "--tenant", tenant, "--json"))
     assert after[0]["last_synced_at"] is not None
 
     assert taskyard("integration", "remove", str(added["id"])).returncode == 0
-    assert as_json(taskyard("integration", "list", tenant, "--json")) == []
+    assert as_json(taskyard("integration", "list", "--tenant", tenant, "--json")) == []
     gone = taskyard("integration", "sync", str(added["id"]))
     assert str(added["id"]) in assert_one_line_error(gone, 1)
 
@@ -73,15 +75,15 @@ def test_integration_add_refuses_bad_input(
     tenant = str(make_tenant("cli-integration-bad"))
 
     line = assert_one_line_error(
-        taskyard("integration", "add", tenant, kind, "--config", config), 1
+        taskyard("integration", "add", "--tenant", tenant, kind, "--config", config), 1
     )
 
     assert expected in line
-    assert as_json(taskyard("integration", "list", tenant, "--json")) == []
+    assert as_json(taskyard("integration", "list", "--tenant", tenant, "--json")) == []
 
 
 def test_integration_of_an_unknown_tenant_fails() -> None:
-    line = assert_one_line_error(taskyard("integration", "list", "987654321"), 1)
+    line = assert_one_line_error(taskyard("integration", "list", "--tenant", "987654321"), 1)
 
     assert "987654321" in line
 
@@ -110,6 +112,7 @@ def test_integration_add_refuses_an_internal_or_bad_url(
         taskyard(
             "integration",
             "add",
+            "--tenant",
             tenant,
             "http_feed",
             "--config",
@@ -121,7 +124,7 @@ def test_integration_add_refuses_an_internal_or_bad_url(
 
     assert expected in line
     assert "s3cret-pw" not in line
-    assert as_json(taskyard("integration", "list", tenant, "--json")) == []
+    assert as_json(taskyard("integration", "list", "--tenant", tenant, "--json")) == []
 
 
 def test_integration_add_refuses_a_github_base_url_on_the_metadata_address(
@@ -134,6 +137,7 @@ def test_integration_add_refuses_a_github_base_url_on_the_metadata_address(
         taskyard(
             "integration",
             "add",
+            "--tenant",
             tenant,
             "github",
             "--config",
@@ -153,7 +157,9 @@ def test_integration_add_keeps_the_feed_password_in_the_locker(
     tenant_id = make_tenant("cli-integration-secret")
     config = json.dumps({"url": "http://alice:s3cret-pw@127.0.0.1:9/feed.json"})
 
-    result = taskyard("integration", "add", str(tenant_id), "http_feed", "--config", config)
+    result = taskyard(
+        "integration", "add", "--tenant", str(tenant_id), "http_feed", "--config", config
+    )
     integration_id = int(result.stdout.strip())
 
     key = f"http_feed.{integration_id}.userinfo"

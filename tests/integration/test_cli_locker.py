@@ -39,12 +39,12 @@ def test_a_secret_set_from_stdin_is_hidden_revealed_listed_and_deleted(
 ) -> None:
     tenant = str(make_tenant("cli-locker"))
 
-    stored = locker("set", tenant, "github_token", stdin="ghp_s3cret\n")
-    hidden = as_json(locker("get", tenant, "github_token", "--json"))
-    revealed = locker("get", tenant, "github_token", "--reveal")
-    names = as_json(locker("list", tenant, "--json"))
-    deleted = locker("delete", tenant, "github_token")
-    gone = locker("get", tenant, "github_token")
+    stored = locker("set", "--tenant", tenant, "github_token", stdin="ghp_s3cret\n")
+    hidden = as_json(locker("get", "--tenant", tenant, "github_token", "--json"))
+    revealed = locker("get", "--tenant", tenant, "github_token", "--reveal")
+    names = as_json(locker("list", "--tenant", tenant, "--json"))
+    deleted = locker("delete", "--tenant", tenant, "github_token")
+    gone = locker("get", "--tenant", tenant, "github_token")
 
     assert stored.returncode == 0, stored.stderr
     assert "ghp_s3cret" not in stored.stdout + stored.stderr
@@ -60,17 +60,17 @@ def test_without_a_secret_key_the_locker_says_how_to_make_one(
 ) -> None:
     tenant = str(make_tenant("cli-locker-nokey"))
 
-    line = assert_one_line_error(locker("set", tenant, "token", stdin="x", keys=""), 1)
+    line = assert_one_line_error(locker("set", "--tenant", tenant, "token", stdin="x", keys=""), 1)
 
     assert "TASKYARD_SECRET_KEYS" in line
 
 
 def test_a_wrong_secret_key_cannot_read_and_says_so(make_tenant: Callable[[str], int]) -> None:
     tenant = str(make_tenant("cli-locker-wrong"))
-    assert locker("set", tenant, "token", stdin="x").returncode == 0
+    assert locker("set", "--tenant", tenant, "token", stdin="x").returncode == 0
 
     other = Fernet.generate_key().decode()
-    line = assert_one_line_error(locker("get", tenant, "token", keys=other), 1)
+    line = assert_one_line_error(locker("get", "--tenant", tenant, "token", keys=other), 1)
 
     assert "token" in line
 
@@ -78,8 +78,8 @@ def test_a_wrong_secret_key_cannot_read_and_says_so(make_tenant: Callable[[str],
 def test_set_refuses_an_unknown_tenant_and_an_empty_value(
     make_tenant: Callable[[str], int],
 ) -> None:
-    unknown = locker("set", "987654321", "token", stdin="x")
-    empty = locker("set", str(make_tenant("cli-locker-empty")), "token", stdin="")
+    unknown = locker("set", "--tenant", "987654321", "token", stdin="x")
+    empty = locker("set", "--tenant", str(make_tenant("cli-locker-empty")), "token", stdin="")
 
     assert "987654321" in assert_one_line_error(unknown, 1)
     assert "no value on stdin" in assert_one_line_error(empty, 1)

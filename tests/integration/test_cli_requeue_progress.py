@@ -8,7 +8,6 @@ import pty
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.dead_letters import REQUEUE_BATCH, record_dead_letter
 from settings import Settings
 from tests.integration.cli_harness import COMMAND
-from tests.support import REPO, delete_queues, queue_state
+from tests.support import REPO, queue_state
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +23,6 @@ pytestmark = pytest.mark.integration
 LETTERS = REQUEUE_BATCH + 7
 # Rich's control sequences (colours, cursor moves, erasing the transient bar).
 CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@pytest.fixture
-def queue(settings: Settings) -> Iterator[str]:
-    """A queue of this run that no worker consumes; deleted afterwards."""
-    name = f"{settings.queue_prefix}requeue-progress-{uuid.uuid4().hex[:8]}"
-    yield name
-    delete_queues(settings.broker_url, [name])
 
 
 def run_on_a_terminal(*args: str) -> tuple[int, str]:

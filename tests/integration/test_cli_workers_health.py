@@ -96,10 +96,15 @@ def test_health_passes_with_a_worker_and_a_fresh_tick(
     result = taskyard("health")
     checks = as_json(taskyard("health", "--json"))
 
-    # Then every check passes, one line each, and it exits 0
+    # Then every check passes, one line each (then the store's table), and it exits 0
     assert result.returncode == 0, result.stdout
-    assert len(result.stdout.splitlines()) == 5
-    assert [c["check"] for c in checks] == ["broker", "database", "schema", "workers", "scheduler"]
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:6]] == [
+        ["ok", name] for name in ("broker", "database", "schema", "workers", "scheduler", "store")
+    ]
+    assert [c["check"] for c in checks] == [
+        "broker", "database", "schema", "workers", "scheduler", "store",
+    ]  # fmt: skip
     assert all(c["ok"] for c in checks), checks
 
 

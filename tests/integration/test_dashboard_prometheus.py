@@ -68,8 +68,15 @@ PANELS: dict[str, Check] = {
     "Top tenants by throughput": positive,
     "Scheduler lag": lambda v: v >= 9 * 60,
     "Outbox backlog": finite,
+    "Dependencies reached": lambda v: v == 1,
     "Database commit p95": finite,
     "Worker heartbeat age": lambda v: 0 <= v < 30,
+    # Read by the metrics server from PostgreSQL's catalogue (services/store.py).
+    "Store: table size": positive,
+    "Store: rows by table": lambda v: v >= 0,
+    "Store: oldest record age": lambda v: v >= 0,
+    "Store: stuck job records": lambda v: v >= 0,
+    "Store: retention lag": lambda v: v >= 0,
 }
 
 

@@ -19,6 +19,7 @@ from db.models import DeadLetter, Ingest, Job
 from services.dead_letters import take_for_requeue
 from settings import Settings
 from tests.support import WorkerProcess, wait_for
+from transport.rabbitmq import publish_now
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +160,7 @@ def test_dead_job_is_requeued_after_its_cause_is_fixed(
     httpserver.expect_request("/later.json").respond_with_json(FEED)
     with sessions.begin() as session:
         [requeued] = take_for_requeue(session, message_id=sent.message_id)
-        brokers.broker.enqueue(dramatiq.Message(**requeued))
+        publish_now(brokers.broker, dramatiq.Message(**requeued))
 
     # Then the same message runs again from its first attempt and succeeds
     job = wait_for(lambda: job_of(sessions, sent.message_id, "succeeded"), what="requeued job")

@@ -21,6 +21,7 @@ from settings import Settings
 from tests.integration import fair_actors
 from tests.integration.test_tenant_scale import worker_child
 from tests.support import IN_CI, WorkerProcess, wait_for, worker_env
+from transport.rabbitmq import publish_now
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def test_a_quiet_tenant_goes_ahead_of_100_busy_tenants_within_the_prefetch_bound
         for _ in range(JOBS_EACH):
             message = fair_actors.fair_pause.message(tenant_id=tenant_id, seconds=PAUSE_SECONDS)
             message = dataclasses.replace(message, queue_name=own.tenant_queue(tenant_id))
-            brokers.broker.enqueue(message)
+            publish_now(brokers.broker, message)
     worker = WorkerProcess(
         tmp_path / "worker.log",
         worker_env(
@@ -86,7 +87,7 @@ def test_a_quiet_tenant_goes_ahead_of_100_busy_tenants_within_the_prefetch_bound
         # When the quiet tenant sends one job while the backlogs drain
         message = fair_actors.fair_pause.message(tenant_id=quiet, seconds=0)
         message = dataclasses.replace(message, queue_name=own.tenant_queue(quiet))
-        brokers.broker.enqueue(message)
+        publish_now(brokers.broker, message)
 
         # Then it starts within a second, while most of the busy tenants' jobs still wait
         def quiet_started() -> Job | None:

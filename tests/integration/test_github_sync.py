@@ -273,7 +273,7 @@ def test_missing_token_is_dead_and_says_how_to_fix_it(
 
     assert job.status == "dead"
     assert job.error is not None
-    assert f"taskyard locker set {tenant_id} github.token" in job.error
+    assert f"taskyard locker set --tenant {tenant_id} github.token" in job.error
     assert github.seen_auth == []
 
 

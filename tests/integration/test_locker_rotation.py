@@ -16,6 +16,7 @@ from db.models import Job, LockerEntry
 from services import locker
 from settings import Settings
 from tests.support import WorkerProcess, delete_prefix_queues, wait_for
+from transport.rabbitmq import publish_now
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def test_rotation_then_reencrypt_leaves_only_the_new_key_needed(
     # When a worker with NEW,OLD runs reencrypt_locker
     worker, own = private_worker(f"{new},{old}")
     message = reencrypt_locker.message_with_options().copy(queue_name=own.system_queue)
-    brokers.broker.enqueue(message)
+    publish_now(brokers.broker, message)
 
     def finished() -> Job | None:
         with sessions() as session:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from actors.maintenance import purge_job_records
-from db.models import JOB_SUCCEEDED, Job, Worker
+from db.models import JOB_SUCCEEDED, CancelRequest, DeadLetter, Job, Worker
 from tests.support import WorkerProcess, wait_for
 
 
@@ -46,6 +46,15 @@ def test_retention_deletes_old_records_and_vanished_workers_only(
                 )
             )
 
+        # A cancel request and a requeued dead letter past the retention, and a dead
+        # letter nobody requeued (kept until an operator purges it)
+        old = now - dt.timedelta(days=90)
+        session.add(CancelRequest(message_id=old_job, requested_at=old))
+        for letter_id, requeued in ((old_job, old), (new_job, None)):
+            letter = DeadLetter(message_id=letter_id, queue="q", reason="failed")
+            letter.created_at, letter.requeued_at = old, requeued
+            session.add(letter)
+
     message = purge_job_records.send()
 
     def finished() -> Job | None:
@@ -56,9 +65,13 @@ def test_retention_deletes_old_records_and_vanished_workers_only(
     job = wait_for(finished, what="the retention job")
     assert job.result is not None
     assert job.result["deleted"] >= 1 and job.result["stale_workers_deleted"] >= 1
+    assert job.result["unfinished"] == []
     with sessions() as session:
         assert session.get(Job, old_job) is None
         assert session.get(Job, new_job) is not None
+        assert session.get(CancelRequest, old_job) is None
+        assert session.get(DeadLetter, old_job) is None
+        assert session.get(DeadLetter, new_job) is not None
         ids = set(session.scalars(select(Worker.worker_id)))
     assert gone not in ids and alive in ids
     with sessions.begin() as session:

@@ -37,6 +37,7 @@ from tests.integration.test_publisher_refusals import (
     declare_as_dramatiq,
     delete_queues,
 )
+from tests.support import wait_for
 from transport.rabbitmq import TaskyardRabbitmqBroker
 
 pytestmark = pytest.mark.integration
@@ -165,7 +166,7 @@ def test_the_sweeper_puts_refused_rows_aside_and_publishes_them_once_the_queue_i
     side.outbox.sweep(side.broker, now=dt.datetime.now(dt.UTC))
     # Then they are published, and their rows gone
     assert side.rows(refused_queue) == []
-    assert count(side.settings, refused_queue) == 3
+    wait_for(lambda: count(side.settings, refused_queue) == 3, timeout=10, what="3 messages")
 
 
 def test_broker_priority_is_refused_at_send_and_nothing_is_recorded(side: Side) -> None:

@@ -5,44 +5,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pika
 import pytest
 from dramatiq import Message
 
 from settings import Settings
+from tests.support import dead_letter_arguments, message_count
 from transport.publisher import Publisher, PublishFailed, wait_all
-from transport.rabbitmq import TaskyardRabbitmqBroker
-
-
-def _arguments(name: str) -> dict[str, object]:
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{name}.XQ"}
-
-
-@pytest.fixture
-def queue(settings: Settings) -> Iterator[str]:
-    """A queue name of this run; it and its .DQ/.XQ are deleted afterwards."""
-    name = f"{settings.queue_prefix}publisher.{uuid.uuid4().hex[:8]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    channel = connection.channel()
-    for suffix in ("", ".DQ", ".XQ"):
-        channel.queue_delete(name + suffix)
-    connection.close()
-
-
-def _count(settings: Settings, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        connection.close()
+from transport.rabbitmq import TaskyardRabbitmqBroker, publish_now
 
 
 def _publisher(settings: Settings, **options: float) -> Publisher:
-    return Publisher(pika.URLParameters(settings.broker_url), queue_arguments=_arguments, **options)
+    return Publisher(
+        pika.URLParameters(settings.broker_url), queue_arguments=dead_letter_arguments, **options
+    )
 
 
 def test_a_batch_is_confirmed_on_one_connection_and_every_message_arrives(
@@ -59,10 +36,10 @@ def test_a_batch_is_confirmed_on_one_connection_and_every_message_arrives(
         assert publisher.connections_made == 1
     finally:
         publisher.close()
-    assert _count(settings, queue) == 2_000
+    assert message_count(settings.broker_url, queue) == 2_000
     # The delay and dead-letter queues were declared with it, as Dramatiq declares them.
-    assert _count(settings, f"{queue}.DQ") == 0
-    assert _count(settings, f"{queue}.XQ") == 0
+    assert message_count(settings.broker_url, f"{queue}.DQ") == 0
+    assert message_count(settings.broker_url, f"{queue}.XQ") == 0
 
 
 def test_a_queue_deleted_behind_the_publishers_back_is_declared_again(
@@ -78,13 +55,13 @@ def test_a_queue_deleted_behind_the_publishers_back_is_declared_again(
         wait_all([publisher.publish(queue, queue, b"2", message_id="b", priority=None)], 10)
     finally:
         publisher.close()
-    assert _count(settings, queue) == 1
+    assert message_count(settings.broker_url, queue) == 1
 
 
 def test_an_unreachable_broker_fails_the_send_quickly_with_a_clear_error() -> None:
     publisher = Publisher(
         pika.URLParameters("amqp://guest:guest@127.0.0.1:1/"),
-        queue_arguments=_arguments,
+        queue_arguments=dead_letter_arguments,
         reconnect_seconds=0.1,
     )
     started = time.monotonic()
@@ -103,7 +80,7 @@ def test_many_sending_threads_share_one_connection(settings: Settings, queue: st
     def send(n: int) -> None:
         try:
             for i in range(50):
-                broker.enqueue(Message(queue, "noop", (), {}, {}, message_id=f"{n}-{i}"))
+                publish_now(broker, Message(queue, "noop", (), {}, {}, message_id=f"{n}-{i}"))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -119,7 +96,25 @@ def test_many_sending_threads_share_one_connection(settings: Settings, queue: st
         assert broker.connections == set()
     finally:
         broker.close()
-    assert _count(settings, queue) == 400
+    assert message_count(settings.broker_url, queue) == 400
+
+
+def test_a_flush_drops_every_message_handed_over_before_it(settings: Settings, queue: str) -> None:
+    broker = TaskyardRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+    try:
+        # Given messages handed to the publisher and not yet confirmed (as an outbox
+        # send leaves them: it returns once PostgreSQL has the job)
+        sent = [
+            broker.enqueue_async(Message(queue, "noop", (), {}, {}, message_id=str(n)))[1]
+            for n in range(200)
+        ]
+        # When the queue is flushed at once
+        broker.flush(queue)
+        # Then every one of them was confirmed before the purge, and the purge dropped them all
+        assert all(future.done() and future.exception() is None for future in sent)
+    finally:
+        broker.close()
+    assert message_count(settings.broker_url, queue) == 0
 
 
 def test_a_delayed_message_goes_to_the_delay_queue_with_its_eta(
@@ -127,12 +122,12 @@ def test_a_delayed_message_goes_to_the_delay_queue_with_its_eta(
 ) -> None:
     broker = TaskyardRabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
     try:
-        sent = broker.enqueue(Message(queue, "noop", (), {}, {}), delay=60_000)
+        sent = publish_now(broker, Message(queue, "noop", (), {}, {}), delay=60_000)
     finally:
         broker.close()
     assert sent.queue_name == f"{queue}.DQ"
     assert sent.options["eta"] > time.time() * 1000 + 50_000
-    assert _count(settings, f"{queue}.DQ") == 1
+    assert message_count(settings.broker_url, f"{queue}.DQ") == 1
 
 
 def test_declare_creates_the_queue_again_even_after_this_connection_declared_it(
@@ -141,13 +136,13 @@ def test_declare_creates_the_queue_again_even_after_this_connection_declared_it(
     publisher = _publisher(settings)
     try:
         wait_all([publisher.declare(queue)], 10)
-        assert _count(settings, queue) == 0
+        assert message_count(settings.broker_url, queue) == 0
         connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
         connection.channel().queue_delete(queue)
         connection.close()
         # A consumer told "404" declares again: that must reach RabbitMQ.
         wait_all([publisher.declare(queue)], 10)
-        assert _count(settings, queue) == 0
+        assert message_count(settings.broker_url, queue) == 0
         assert publisher.connections_made == 1
     finally:
         publisher.close()

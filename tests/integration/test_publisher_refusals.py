@@ -18,7 +18,7 @@ from dramatiq import Message
 from services.errors import BrokerRefused
 from settings import Settings
 from transport.publisher import Publisher, PublishFailed, wait_all
-from transport.rabbitmq import TaskyardRabbitmqBroker
+from transport.rabbitmq import TaskyardRabbitmqBroker, publish_now
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def test_a_queue_left_with_other_arguments_fails_a_send_at_once_with_rabbitmqs_r
         # When Taskyard sends to it
         started = time.monotonic()
         with pytest.raises(BrokerRefused) as refused:
-            broker.enqueue(message(taken))
+            publish_now(broker, message(taken))
         elapsed = time.monotonic() - started
         # Then the send fails at once, with RabbitMQ's reply and what to do
         assert elapsed < AT_ONCE_SECONDS

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,14 @@ from tests.integration.cli_harness import as_json, taskyard
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
+
+
+def shown_seconds(text: str) -> int:
+    """The first duration the CLI printed as `<m>m<s>s`, in seconds."""
+    found = re.search(r"\b(\d+)m(\d+)s\b", text)
+    assert found, text
+    return int(found.group(1)) * 60 + int(found.group(2))
+
 
 WINDOW = dt.timedelta(seconds=6)
 # The command line's window for the rows these tests write: 3 beats of 30 s, so that a
@@ -262,7 +271,7 @@ def test_the_command_line_shows_running_jobs_from_beats_written_directly(
     assert (listed[0]["record_status"], listed[0]["attempts"]) == ("retrying", 1)
     assert (listed[1]["record_status"], listed[1]["args"]) == (None, None)
     assert table.returncode == 0, table.stderr
-    assert "Thread-8" in table.stdout and "3m2" in table.stdout
+    assert "Thread-8" in table.stdout and 200 <= shown_seconds(table.stdout) < 600
     # And the job shows where and since when it runs, though its record says retrying
     assert (shown["status"], shown["host"], shown["thread"]) == ("running", "it-host", "Thread-8")
     assert shown["running_seconds"] >= 200
@@ -272,8 +281,10 @@ def test_the_command_line_shows_running_jobs_from_beats_written_directly(
     # And `workers` lists each thread's job with its tenant and for how long
     assert workers.returncode == 0, workers.stderr
     line = next(line for line in workers.stdout.splitlines() if retrying in line)
-    for part in ("it-host", "31337", "Thread-8", "sync_feed", str(mine), "3m2"):
+    for part in ("it-host", "31337", "Thread-8", "sync_feed", str(mine)):
         assert part in line
+    # Running for about 3m20s: more when the machine is slow to run the commands
+    assert 200 <= shown_seconds(line) < 600
 
 
 @pytest.fixture
@@ -286,11 +297,18 @@ def pg_stub_worker(
     assert isinstance(broker, StubBroker)
     heartbeat = find_middleware(broker, Heartbeat)
     assert heartbeat is not None
-    worker = Worker(broker, worker_timeout=50, worker_threads=2)
+    # Dramatiq's default poll (worker_timeout=1000): the in-process broker gives each of
+    # the database's tenants a consumer thread, and a shorter poll on each of them kept
+    # the machine's CPU busy.
+    worker = Worker(broker, worker_timeout=1000, worker_threads=2)
     worker.start()
     yield broker, worker, heartbeat
     worker.stop()
     broker.close()
+    # Queues declared after the stop (the tenant refresh) got consumer threads of their
+    # own, which the stop did not know of: stop them too, or they poll for ever.
+    for consumer in list(worker.consumers.values()):
+        consumer.stop()
 
 
 def test_a_job_a_real_worker_runs_shows_running_until_it_finishes(

@@ -36,6 +36,7 @@ from db.models import (
 )
 from settings import Settings
 from tests.support import WorkerProcess, delete_prefix_queues, queue_state, wait_for
+from transport.rabbitmq import publish_now
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +166,7 @@ def send_delete(settings: Settings, **kwargs: Any) -> str:
     message = delete_tenant.message_with_options(kwargs=kwargs).copy(
         queue_name=settings.system_queue
     )
-    brokers.broker.enqueue(message)
+    publish_now(brokers.broker, message)
     return str(message.message_id)
 
 

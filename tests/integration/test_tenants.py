@@ -18,6 +18,7 @@ from db.models import DeadLetter, Job, Tenant
 from services.tenants import served_tenant_ids, set_tenant_status
 from settings import Settings
 from tests.support import WorkerProcess, queue_state, wait_for
+from transport.rabbitmq import publish_now
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +107,7 @@ def test_message_crafted_onto_another_tenants_queue_is_refused(
     crafted = dataclasses.replace(crafted, queue_name=settings.tenant_queue(tenant_a))
 
     # When it is delivered
-    brokers.broker.enqueue(crafted)
+    publish_now(brokers.broker, crafted)
 
     # Then it is refused before it becomes a job: a dead letter of no tenant names it
     def refusal() -> DeadLetter | None:
@@ -154,7 +155,7 @@ def test_pinned_worker_serves_only_its_tenants(
     for tenant_id in (tenant_a, tenant_b):
         message = ingest_resources.message(tenant_id=tenant_id, source_url=feed_url)
         message = dataclasses.replace(message, queue_name=pinned.tenant_queue(tenant_id))
-        sent[tenant_id] = brokers.broker.enqueue(message)
+        sent[tenant_id] = publish_now(brokers.broker, message)
 
     # Then A's runs and B's stays in its queue, untouched
     a_id, b_id = sent[tenant_a].message_id, sent[tenant_b].message_id
@@ -194,7 +195,9 @@ def test_a_new_tenants_first_job_starts_within_two_seconds_with_default_settings
 
     # When the new tenant's first job is sent
     message = ingest_resources.message(tenant_id=tenant_id, source_url=feed_url)
-    brokers.broker.enqueue(dataclasses.replace(message, queue_name=pinned.tenant_queue(tenant_id)))
+    publish_now(
+        brokers.broker, dataclasses.replace(message, queue_name=pinned.tenant_queue(tenant_id))
+    )
 
     # Then it starts within two seconds of its send (it waited 30 s and more before)
     wait_for(lambda: job_status(sessions, message.message_id) == "succeeded", what="first job")

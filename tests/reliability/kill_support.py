@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,11 @@ EFFECTS_DDL = [
 class Rig:
     """One scenario's tenant, queue prefix, producer, workers and counts."""
 
-    def __init__(self, database_url: str, settings: Settings, tmp_path: Path) -> None:
+    def __init__(
+        self, database_url: str, settings: Settings, tmp_path: Path, queue_type: str = "classic"
+    ) -> None:
         self.database_url = database_url
+        self.queue_type = queue_type
         self.engine = create_engine(database_url)
         with self.engine.begin() as conn:
             for statement in EFFECTS_DDL:
@@ -70,7 +73,9 @@ class Rig:
         self.signal_dir = tmp_path / "signals"
         self.signal_dir.mkdir()
         self.producer = brokers.build_broker(
-            dataclasses.replace(settings, database_url=database_url, queue_prefix=self.prefix)
+            dataclasses.replace(
+                settings, database_url=database_url, queue_prefix=self.prefix, queue_type=queue_type
+            )
         )
         outbox, routing = find_outbox(self.producer), find_middleware(self.producer, TenantRouting)
         assert outbox is not None and routing is not None
@@ -81,15 +86,22 @@ class Rig:
         self.sent: list[str] = []
 
     def start_worker(
-        self, name: str, threads: int = 4, options: Sequence[str] = ()
+        self,
+        name: str,
+        threads: int = 4,
+        options: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
     ) -> WorkerProcess:
-        """A ready worker serving only this rig's tenant."""
-        env = worker_env(
-            DATABASE_URL=self.database_url,
-            TASKYARD_QUEUE_PREFIX=self.prefix,
-            TASKYARD_TENANTS=str(self.tenant_id),
-            TASKYARD_METRICS_PORT="0",
-        )
+        """A ready worker serving only this rig's tenant (`extra_env`: more settings)."""
+        settings = {
+            "DATABASE_URL": self.database_url,
+            "BROKER_URL": self.broker_url,
+            "TASKYARD_QUEUE_PREFIX": self.prefix,
+            "TASKYARD_QUEUE_TYPE": self.queue_type,
+            "TASKYARD_TENANTS": str(self.tenant_id),
+            "TASKYARD_METRICS_PORT": "0",
+        }
+        env = worker_env(**(settings | dict(extra_env or {})))
         worker = WorkerProcess(
             self.tmp_path / f"{name}.log",
             env,
@@ -161,7 +173,9 @@ class Rig:
         self.producer.close()
         for engine in (self.outbox.session_factory.kw["bind"], self.outbox.sends):
             engine.dispose()
-        connection = pika.BlockingConnection(pika.URLParameters(self.broker_url))
+        # Any node of a multi-node BROKER_URL that answers.
+        nodes = [pika.URLParameters(url) for url in self.broker_url.split(";")]
+        connection = pika.BlockingConnection(nodes)
         channel = connection.channel()
         for name in (self.queue, self.routing.system_queue):
             for queue in (name, f"{name}.DQ", f"{name}.XQ"):
@@ -171,9 +185,11 @@ class Rig:
 
 
 @contextmanager
-def open_rig(database_url: str, settings: Settings, tmp_path: Path) -> Iterator[Rig]:
+def open_rig(
+    database_url: str, settings: Settings, tmp_path: Path, queue_type: str = "classic"
+) -> Iterator[Rig]:
     """A scenario's rig on the shared RabbitMQ and the reliability database; closed after."""
-    made = Rig(database_url, settings, tmp_path)
+    made = Rig(database_url, settings, tmp_path, queue_type)
     try:
         yield made
     finally:

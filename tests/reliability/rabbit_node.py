@@ -59,7 +59,13 @@ class RabbitNode:
     does not know.
     """
 
-    def __init__(self, *, config: Mapping[str, str] | None = None, advanced: str = "[].") -> None:
+    def __init__(
+        self,
+        *,
+        config: Mapping[str, str] | None = None,
+        advanced: str = "[].",
+        cookie: str | None = None,
+    ) -> None:
         self.name = f"taskyard-{uuid.uuid4().hex[:10]}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
@@ -71,6 +77,8 @@ class RabbitNode:
             **(config or {}),
         }
         self.advanced = advanced
+        # Nodes of one cluster share their Erlang cookie; a lone node makes its own.
+        self.cookie = cookie
         bin_dir = rabbitmq_bin()
         if bin_dir is None:
             raise RuntimeError("rabbitmq-server is not installed")
@@ -120,6 +128,10 @@ class RabbitNode:
         (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (self.base / "advanced.config").write_text(self.advanced + "\n")
         (self.base / "enabled_plugins").write_text("[].\n")
+        if self.cookie is not None:
+            cookie = self.base / ".erlang.cookie"
+            cookie.write_text(self.cookie)
+            cookie.chmod(0o400)
         self._hand_over()
         output = (self.base / "server.out").open("ab")
         self._output = output
@@ -172,6 +184,22 @@ class RabbitNode:
         if self._output is not None:
             self._output.close()
             self._output = None
+
+    def kill(self) -> None:
+        """SIGKILL to the node's process group, as a machine that dies; its data stays."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def join(self, other: RabbitNode) -> None:
+        """Make this running node a member of `other`'s cluster (same cookie needed)."""
+        self.ctl("stop_app")
+        self.ctl("join_cluster", other.name)
+        self.ctl("start_app")
+        self._wait_ready()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Halt the node and remove its directory."""

@@ -179,10 +179,16 @@ def test_token_and_signing_key_never_appear_in_anything_written(
         "worker log": worker.log(),
         "database": database_dump(rig),
         "metrics": metrics_text(worker),
-        "locker list": taskyard(rig, "locker", "list", str(rig.tenant_id)),
-        "locker get token": taskyard(rig, "locker", "get", str(rig.tenant_id), "github.token"),
-        "locker get key": taskyard(rig, "locker", "get", str(rig.tenant_id), "webhook.signing_key"),
-        "integration list": taskyard(rig, "integration", "list", str(rig.tenant_id), "--json"),
+        "locker list": taskyard(rig, "locker", "list", "--tenant", str(rig.tenant_id)),
+        "locker get token": taskyard(
+            rig, "locker", "get", "--tenant", str(rig.tenant_id), "github.token"
+        ),
+        "locker get key": taskyard(
+            rig, "locker", "get", "--tenant", str(rig.tenant_id), "webhook.signing_key"
+        ),
+        "integration list": taskyard(
+            rig, "integration", "list", "--tenant", str(rig.tenant_id), "--json"
+        ),
     }
     for message_id in all_jobs:
         outputs[f"jobs show {message_id}"] = taskyard(rig, "jobs", "show", message_id)
@@ -200,5 +206,7 @@ def test_token_and_signing_key_never_appear_in_anything_written(
     }
     assert leaks == {}
     # (And the search finds a secret where it is shown on purpose)
-    revealed = taskyard(rig, "locker", "get", str(rig.tenant_id), "github.token", "--reveal")
+    revealed = taskyard(
+        rig, "locker", "get", "--tenant", str(rig.tenant_id), "github.token", "--reveal"
+    )
     assert TOKEN in revealed

@@ -23,6 +23,7 @@ from tests.unit.middleware.test_dead_letter_recording import QUEUE, dead_letter,
 from tests.unit.middleware.test_dead_letter_recording import sessions as sessions
 from tests.unit.middleware.test_dead_letter_recording import stub as stub
 from tests.unit.services.test_http import LIMITS
+from transport.rabbitmq import publish_now
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,7 @@ def test_the_engine_refuses_a_system_actor_on_a_tenant_queue_on_any_broker(
         lambda tenant_id: ran.append(tenant_id)
     )
     message = actor.message(tenant_id=1).copy(queue_name=QUEUE)
-    stub.enqueue(message)
+    publish_now(stub, message)
     stub.join(QUEUE, fail_fast=False, timeout=10_000)
     # Then it never ran, and is a dead letter of no tenant
     assert ran == []

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from middleware.probes import main
 from settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ MAKEFILE = REPO / "Makefile"
 CI_SCRIPT = REPO / ".ci" / "run"
 
 # The services that run Taskyard's own image.
-APP_SERVICES = ("migrate", "worker", "scheduler")
+APP_SERVICES = ("migrate", "worker", "scheduler", "web")
 
 
 class RecordingEnv(Mapping[str, str]):
@@ -218,6 +219,7 @@ def test_compose_broker_url_matches_the_rabbitmq_service() -> None:
         ("worker", ["dramatiq", "actors"]),
         ("scheduler", ["periodiq", "schedules"]),
         ("migrate", ["taskyard", "migrate"]),
+        ("web", ["taskyard", "web"]),
     ],
 )
 def test_compose_service_runs_its_program(name: str, expected: list[str]) -> None:
@@ -339,7 +341,12 @@ def test_makefile_test_target_runs_the_whole_suite_in_one_pytest() -> None:
     pytest_lines = [line for line in recipe.splitlines() if "pytest" in line]
 
     assert len(pytest_lines) == 1
-    assert pytest_lines[0].split()[-1] == "tests"
+    words = pytest_lines[0].split()
+    # pytest's own arguments: the whole tree, nothing narrowing it (such as -k or -m);
+    # spread over xdist's processes a file at a time (a file's fixtures stay together)
+    arguments = words[words.index("pytest") + 1 :]
+    assert arguments[0] == "tests" and not {"-k", "-m"} & set(arguments)
+    assert arguments[arguments.index("--dist") + 1] == "loadfile"
 
 
 def test_makefile_help_is_the_default_goal() -> None:
@@ -386,3 +393,41 @@ def test_ci_script_runs_make_check_which_includes_the_test_suite() -> None:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 def test_ci_script_parses_as_bash() -> None:
     subprocess.run(["bash", "-n", str(CI_SCRIPT)], check=True, timeout=30)
+
+
+def worker_shutdown_timeout_ms(command: list[str]) -> int:
+    """The `--worker-shutdown-timeout` a worker command gives Dramatiq (ms)."""
+    assert "--worker-shutdown-timeout" in command, command
+    return int(command[command.index("--worker-shutdown-timeout") + 1])
+
+
+def test_dockerfile_healthcheck_asks_the_workers_liveness_probe() -> None:
+    checks = [args for keyword, args in dockerfile_instructions() if keyword == "HEALTHCHECK"]
+
+    assert len(checks) == 1
+    command = json.loads(checks[0][checks[0].index("CMD") + 3 :].strip())
+    assert command == ["python", "-m", "middleware.probes", "live"]
+
+
+def test_dockerfile_default_command_has_a_shutdown_timeout() -> None:
+    cmds = [args for keyword, args in dockerfile_instructions() if keyword == "CMD"]
+
+    assert worker_shutdown_timeout_ms(json.loads(cmds[-1])) > 0
+
+
+def test_compose_grace_period_outlasts_the_workers_shutdown_timeout() -> None:
+    grace = service("worker")["stop_grace_period"]
+    match = re.fullmatch(r"(\d+)s", grace)
+    assert match, grace
+    assert int(match.group(1)) * 1000 > worker_shutdown_timeout_ms(command_of("worker"))
+
+
+@pytest.mark.parametrize("name", ["migrate", "web"])
+def test_compose_services_without_a_probe_turn_the_images_healthcheck_off(name: str) -> None:
+    assert service(name)["healthcheck"] == {"disable": True}
+
+
+def test_compose_scheduler_asks_its_own_probe() -> None:
+    check = service("scheduler")["healthcheck"]
+    assert check["test"] == ["CMD", "python", "-m", "middleware.probes", "--scheduler", "live"]
+    assert main(["--scheduler", "sideways"]) == 2

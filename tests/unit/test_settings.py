@@ -67,6 +67,12 @@ def test_values_are_parsed_and_typed() -> None:
         ("TASKYARD_TENANT_WEIGHTS", "12=nan", "tenant=weight pairs"),
         ("TASKYARD_TENANT_WEIGHTS", "0=2", "tenant=weight pairs"),
         ("TASKYARD_TENANT_WEIGHTS", "12=2,12=3", "given twice"),
+        ("TASKYARD_WEB_PORT", "70000", "a TCP port number"),
+        ("TASKYARD_WEB_SESSION_MINUTES", "0", "minutes >= 1"),
+        ("TASKYARD_WEB_COOKIE_SECURE", "maybe", "true or false"),
+        ("TASKYARD_WEB_PROXY_USER_HEADER", "X-User: admin", "an HTTP header name"),
+        ("TASKYARD_RABBITMQ_API_URL", "amqp://guest:pw@127.0.0.1", "an http:// or https:// URL"),
+        ("TASKYARD_RABBITMQ_API_URL", "http://", "an http:// or https:// URL"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_was_expected(
@@ -75,6 +81,15 @@ def test_a_bad_value_names_the_variable_and_what_was_expected(
     with pytest.raises(SettingsError, match=name) as raised:
         load_settings({name: value})
     assert expected in str(raised.value)
+
+
+def test_the_web_consoles_settings_default_to_localhost_and_keep_the_key_out_of_repr() -> None:
+    settings = load_settings({"TASKYARD_WEB_SECRET_KEY": "k" * 40})
+    assert (settings.web_host, settings.web_port) == ("127.0.0.1", 9292)
+    assert settings.web_proxy_user_header == "" and not settings.web_cookie_secure
+    assert "k" * 40 not in repr(settings)
+    proxied = load_settings({"TASKYARD_WEB_PROXY_USER_HEADER": "X-Forwarded-User"})
+    assert proxied.web_proxy_user_header == "X-Forwarded-User"
 
 
 def test_tenant_weights_and_the_prefetch_bound_are_parsed() -> None:
@@ -113,10 +128,9 @@ def test_secret_keys_are_parsed_hidden_from_repr_and_a_bad_one_is_not_echoed() -
     assert "not-a-real-key-123" not in str(exc.value)
 
 
-def test_every_setting_is_in_the_readmes_table() -> None:
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("## Settings") : readme.index("## Command line")]
+def test_every_setting_is_in_the_settings_reference() -> None:
+    table = (REPO / "docs" / "reference" / "settings.md").read_text()
     for setting in dataclasses.fields(Settings):
         name = setting.name.upper()
         variable = name if name in ("BROKER_URL", "DATABASE_URL") else f"TASKYARD_{name}"
-        assert f"`{variable}`" in table, f"{variable} is not in README.md's settings table"
+        assert f"`{variable}`" in table, f"{variable} is not in docs/reference/settings.md"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 
@@ -23,6 +24,7 @@ from db.migrate import (
     head_revision,
     upgrade_to_head,
 )
+from services.partitions import include_name
 from settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -95,7 +97,13 @@ def test_upgrade_to_head_matches_the_models_exactly(
     assert current_revision(scratch_engine) == head
     with scratch_engine.connect() as connection:
         context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
+            connection,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                # The jobs table's partitions are made at run time, not by migrations.
+                "include_name": include_name,
+            },
         )
         assert compare_metadata(context, Base.metadata) == []
     check_schema(scratch_engine)
@@ -148,3 +156,156 @@ def test_0006_gives_workers_a_jsonb_running_list_that_defaults_to_empty(
         ).one()
 
     assert (row.running, row.kind) == ([], "array")
+
+
+# (old result, what 0008 makes of it: result, result_dropped)
+_OLD_RESULTS = {
+    "wrapped": ({"value": 7}, 7, None),
+    "dict": ({"changed": False}, {"changed": False}, None),
+    "dict with value and more": ({"value": 1, "x": 2}, {"value": 1, "x": 2}, None),
+    "unserializable": ({"unserializable": "set"}, None, "the result, of type set, is not JSON"),
+    "truncated": (
+        {"truncated": True, "bytes": 9000},
+        None,
+        "the result, 9000 bytes of JSON, is over the limit of 8192 bytes: return ids, not data",
+    ),
+    "truncated-looking dict": (
+        {"truncated": False, "bytes": 1},
+        {"truncated": False, "bytes": 1},
+        None,
+    ),
+    "none": (None, None, None),
+}
+
+
+def test_0008_keeps_results_as_returned_and_says_why_one_was_not_kept(
+    scratch_url: str, scratch_engine: Engine
+) -> None:
+    import json
+
+    ensure_database(scratch_url)
+    config = alembic_config(scratch_url)
+    with scratch_engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006_running")
+        for name, (old, _, _) in _OLD_RESULTS.items():
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (message_id, actor, queue, args, status, attempts, result)"
+                    " VALUES (:id, 'a', 'q', '{}', 'succeeded', 1, CAST(:result AS jsonb))"
+                ),
+                {"id": name, "result": json.dumps(old) if old is not None else None},
+            )
+    upgrade_to_head(scratch_url)
+    with scratch_engine.connect() as connection:
+        rows = {
+            row.message_id: (row.result, row.result_dropped)
+            for row in connection.execute(text("SELECT * FROM jobs"))
+        }
+    assert rows == {name: (new, dropped) for name, (_, new, dropped) in _OLD_RESULTS.items()}
+
+    with scratch_engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0006_running")
+        back = dict(connection.execute(text("SELECT message_id, result FROM jobs")).all())
+    assert back["wrapped"] == {"value": 7}
+    assert back["dict"] == {"changed": False}
+    assert back["truncated"] == {"truncated": True}
+
+
+def test_0009_dates_every_existing_job_record_and_loses_none(
+    scratch_url: str, scratch_engine: Engine
+) -> None:
+    # Given a database at 0006 holding job records, one of them without a send time
+    ensure_database(scratch_url)
+    config = alembic_config(scratch_url)
+    with scratch_engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006_running")
+    with scratch_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (message_id, tenant_id, actor, queue, args, status, attempts,"
+                " enqueued_at, updated_at) VALUES"
+                " ('sent', 1, 'a', 'q', '{}', 'succeeded', 1,"
+                "  '2026-01-02T03:04:05+00', '2026-01-02T03:05:00+00'),"
+                " ('unsent', 1, 'a', 'q', '{}', 'queued', 0, NULL, '2026-02-01T00:00:00+00')"
+            )
+        )
+
+    # When it is upgraded to head
+    upgrade_to_head(scratch_url)
+
+    # Then every record is there, dated by its send time (or its last write without one)
+    with scratch_engine.connect() as connection:
+        rows = dict(
+            connection.execute(
+                text("SELECT message_id, created_at FROM jobs ORDER BY message_id")
+            ).all()
+        )
+    assert rows == {
+        "sent": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "unsent": dt.datetime(2026, 2, 1, tzinfo=dt.UTC),
+    }
+    # And a new record is dated when it is written
+    with scratch_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (message_id, tenant_id, actor, queue, args, status, attempts)"
+                " VALUES ('new', 1, 'a', 'q', '{}', 'queued', 0)"
+            )
+        )
+        fresh = connection.execute(
+            text(
+                "SELECT now() - created_at < interval '1 minute' FROM jobs WHERE message_id = 'new'"
+            )
+        ).scalar_one()
+    assert fresh is True
+
+
+def test_0013_keeps_every_record_with_no_history_and_indexes_schedule_slots(
+    scratch_url: str, scratch_engine: Engine
+) -> None:
+    # Given a database at 0012 holding job records, one sent by a schedule
+    ensure_database(scratch_url)
+    config = alembic_config(scratch_url)
+    with scratch_engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0012")
+    with scratch_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (message_id, tenant_id, actor, queue, args, status, attempts,"
+                " error, schedule_id, slot_at) VALUES"
+                " ('failed', 1, 'a', 'q', '{}', 'dead', 3, 'Boom: last', NULL, NULL),"
+                " ('scheduled', 1, 'a', 'q', '{}', 'succeeded', 1, NULL, 7,"
+                "  '2026-01-02T03:04:00+00')"
+            )
+        )
+
+    # When it is upgraded to head
+    upgrade_to_head(scratch_url)
+
+    # Then the records are all there, with no history (their earlier attempts were not kept)
+    with scratch_engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT message_id, error, attempt_history FROM jobs ORDER BY message_id")
+        ).all()
+        indexes = connection.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_schedule_slot'")
+        ).scalars()
+        definition = next(iter(indexes), "")
+    assert [tuple(row) for row in rows] == [
+        ("failed", "Boom: last", None),
+        ("scheduled", None, None),
+    ]
+    assert "(schedule_id, slot_at)" in definition and "schedule_id IS NOT NULL" in definition
+
+    # And it goes back to 0012 without them
+    with scratch_engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0012")
+        columns = connection.execute(
+            text("SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'")
+        ).scalars()
+        assert "attempt_history" not in set(columns)

@@ -35,7 +35,7 @@ def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     def enqueue(message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         raise BrokerDown("cannot connect to RabbitMQ")
 
-    monkeypatch.setattr(broker, "enqueue", enqueue)
+    monkeypatch.setattr(broker, "taskyard_publish", enqueue)
     yield broker
     broker.close()
 

@@ -32,10 +32,17 @@ TABLES = {
     "schedule_runs",
     "workers",
     "locker_entries",
+    "job_groups",
+    "job_group_members",
+    "job_group_completions",
     "integrations",
     "github_members",
     "github_repositories",
+    "web_users",
 }
+
+# The newest revision: a new migration changes it here, once.
+HEAD = "0014"
 
 
 @pytest.fixture
@@ -57,7 +64,7 @@ def test_upgrade_to_head_creates_every_table_in_a_new_sqlite_file(
 ) -> None:
     head = upgrade_to_head(sqlite_url)
 
-    assert head == head_revision() == "0006_running"
+    assert head == head_revision() == HEAD
     assert current_revision(sqlite_engine) == head
     assert set(inspect(sqlite_engine).get_table_names()) == TABLES | {"alembic_version"}
     check_schema(sqlite_engine)
@@ -87,7 +94,7 @@ def test_check_schema_raises_when_the_sqlite_database_is_empty(sqlite_engine: En
         check_schema(sqlite_engine)
 
     assert "taskyard migrate" in str(raised.value)
-    assert "'0006_running'" in str(raised.value)
+    assert f"'{HEAD}'" in str(raised.value)
 
 
 def test_check_schema_raises_after_a_downgrade_to_base(
@@ -155,4 +162,28 @@ def test_0006_gives_workers_a_running_list_that_defaults_to_empty_and_takes_it_b
 
     columns = {c["name"] for c in inspect(sqlite_engine).get_columns("workers")}
     assert "running" not in columns and "in_progress" in columns
-    assert upgrade_to_head(sqlite_url) == "0006_running"
+    assert upgrade_to_head(sqlite_url) == HEAD
+
+
+def test_the_revision_files_give_alembics_head() -> None:
+    from db.migrate import head_from_files, head_revision
+
+    assert head_from_files() == head_revision()
+
+
+def test_a_schema_at_the_head_is_checked_without_importing_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'head.db'}"
+    upgrade_to_head(url)
+    code = (
+        "import sys\n"
+        "from sqlalchemy import create_engine\n"
+        "from db.migrate import check_schema\n"
+        f"check_schema(create_engine({url!r}))\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

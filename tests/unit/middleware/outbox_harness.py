@@ -87,12 +87,12 @@ def outbox_harness(tmp_path: Path) -> Iterator[Harness]:
 def spy_on_publish(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     """Record, for each published message, its job status and whether it is in the outbox."""
     seen: list[tuple[str, Any]] = []
-    enqueue = harness.broker.enqueue
+    enqueue = harness.broker.taskyard_publish
 
     def spying(message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         in_outbox = message.message_id in [r.message_id for r in harness.outbox_rows()]
         seen.append((message.actor_name, (harness.status(message.message_id), in_outbox)))
         return enqueue(message, delay=delay)
 
-    monkeypatch.setattr(harness.broker, "enqueue", spying)
+    monkeypatch.setattr(harness.broker, "taskyard_publish", spying)
     return seen

@@ -15,12 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.base import InvalidArguments, TaskyardActor, taskyard_actor
 from brokers import build_broker
-from db.models import Job, OutboxMessage, Tenant
+from db.models import DeadLetter, Job, OutboxMessage, Tenant
 from middleware import current_session
 from services.errors import PermanentError, TransientError
 from services.tenants import create_tenant
 from settings import Settings
 from tests.unit.middleware.stub_world import drain, stub_world
+from transport.rabbitmq import publish_now
 
 
 @dataclass
@@ -166,11 +167,33 @@ def test_redelivered_message_after_success_is_skipped(harness: Harness) -> None:
     message = actor.send(tenant_id=1, name="only-once")
     harness.drain()
     # The same message again, as RabbitMQ redelivers it after a lost acknowledgement.
-    harness.broker.enqueue(message)
+    publish_now(harness.broker, message)
     harness.drain()
 
     assert harness.tenant_names() == ["acme", "only-once"]
     assert harness.job(message.message_id).status == "succeeded"
+
+
+def test_a_late_copy_of_a_succeeded_job_leaves_no_dead_letter(harness: Harness) -> None:
+    # Given a job that succeeded, although its worker saw the commit fail (the database
+    # went down as it committed) and had its failure retried, past the last attempt
+    def once(tenant_id: int, name: str) -> None:
+        create_tenant(current_session(), name)
+
+    actor = declare(harness, "once_more", once)
+    message = actor.send(tenant_id=1, name="committed")
+    harness.drain()
+    late = message.copy(options={**message.options, "retries": 5})
+
+    # When that copy comes back only to have its failure recorded
+    publish_now(harness.broker, late)
+    harness.drain()
+
+    # Then the record stays succeeded, and no dead letter says otherwise
+    assert harness.job(message.message_id).status == "succeeded"
+    with harness.sessions() as session:
+        assert session.get(DeadLetter, message.message_id) is None
+    assert harness.tenant_names() == ["acme", "committed"]
 
 
 def test_sends_are_held_until_commit_and_dropped_on_rollback(harness: Harness) -> None:
@@ -200,7 +223,7 @@ def test_unknown_tenant_is_dead_lettered_with_its_reason(harness: Harness) -> No
     harness.broker.declare_queue(harness.settings.tenant_queue(99))
     # Published without send(), which would refuse it (as a message from before the check).
     message = actor.message(tenant_id=99)
-    harness.broker.enqueue(message)
+    publish_now(harness.broker, message)
     harness.drain()
 
     job = harness.job(message.message_id)
@@ -215,7 +238,7 @@ def test_message_on_another_tenants_queue_is_refused(harness: Harness) -> None:
     actor = declare(harness, "noop2", noop)
     crafted = actor.message(tenant_id=2)
     crafted = replace(crafted, queue_name=harness.settings.tenant_queue(1))
-    harness.broker.enqueue(crafted)
+    publish_now(harness.broker, crafted)
     harness.drain()
 
     job = harness.job(crafted.message_id)

@@ -31,7 +31,7 @@ from middleware.dead_letters import DeadLetters
 from services.errors import PermanentError, TransientError
 from services.tenants import create_tenant
 from settings import Settings
-from transport.rabbitmq import MESSAGE_FIELDS, Refusal, ScreeningConsumer, screen
+from transport.rabbitmq import MESSAGE_FIELDS, Refusal, ScreeningConsumer, publish_now, screen
 from transport.rabbitmq import TaskyardRabbitmqBroker as RabbitBroker
 
 QUEUE = "tenant.1"
@@ -117,7 +117,7 @@ def test_arguments_the_schema_rejects_are_kept_as_invalid_arguments(
     actor = taskyard_actor(name="named", broker=stub, schema=Args)(lambda **kw: None)
     # Sent around the producer's check, as a foreign producer would.
     message = actor.message(tenant_id=1, name="x").copy(kwargs={"tenant_id": 1, "name": 5})
-    stub.enqueue(message)
+    publish_now(stub, message)
     stub.join(QUEUE, fail_fast=False, timeout=10_000)
 
     assert dead_letter(sessions, message.message_id).reason == "invalid_arguments"
@@ -129,7 +129,7 @@ def test_message_for_an_unknown_actor_is_kept_when_nacked(
     message = Message(
         queue_name=QUEUE, actor_name="nobody", args=(), kwargs={"tenant_id": 1}, options={}
     )
-    stub.enqueue(message)
+    publish_now(stub, message)
     stub.join(QUEUE, fail_fast=False, timeout=10_000)
 
     row = dead_letter(sessions, message.message_id)

@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session
 from db.models import DeadLetter, Resource
 from middleware import current_session
 from middleware.follow_ups import FollowUpRefused
+from middleware.tenant_routing import RouteRefused
 from services.tenants import create_tenant
 from tests.unit.middleware.outbox_harness import Harness, outbox_harness, spy_on_publish
+from transport.rabbitmq import publish_now
 
 
 @pytest.fixture
@@ -209,7 +211,7 @@ def test_a_crafted_follow_up_is_dead_lettered_before_its_job_runs(
     }[crafted]
     # Around send(): as bytes on A's queue would arrive.
     message = work.message(tenant_id=1).copy(options=options)
-    harness.broker.enqueue(message)
+    publish_now(harness.broker, message)
     harness.drain()
 
     kept = letter(harness, message.message_id)
@@ -246,7 +248,10 @@ def test_a_plain_actors_follow_up_to_a_taskyard_actor_is_not_sent(harness: Harne
 
     first: Message[Any] = plain_first.message()
     pipe = pipeline([first, taskyard.message(tenant_id=1)], broker=harness.broker)
-    pipe.run()
+    # Refused at send, as the consumer and the engine would refuse it
+    with pytest.raises(RouteRefused, match="not for a plain Dramatiq actor"):
+        pipe.run()
     harness.drain()
 
-    assert ran == [] and harness.status(pipe.messages[1].message_id) is None
+    assert ran == [] and harness.status(pipe.messages[0].message_id) is None
+    assert harness.status(pipe.messages[1].message_id) is None

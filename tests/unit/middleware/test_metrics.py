@@ -33,6 +33,7 @@ from services.job_control import cancel_job
 from services.tenants import create_tenant
 from settings import SettingsError, load_settings
 from tests.unit.middleware.stub_world import drain, stub_world
+from transport.rabbitmq import publish_now
 
 
 @dataclass
@@ -119,7 +120,7 @@ def test_every_outcome_is_counted_as_its_job_record_says(
     flaky_actor.send(tenant_id=1)
     broken_actor.send(tenant_id=1)
     harness.drain()
-    harness.broker.enqueue(first)
+    publish_now(harness.broker, first)
     later = ok_actor.send_with_options(kwargs={"tenant_id": 1}, delay=500)
     with harness.sessions.begin() as session:
         assert cancel_job(session, later.message_id) == "cancelled"

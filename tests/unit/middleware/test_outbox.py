@@ -185,7 +185,7 @@ def test_send_rabbitmq_cannot_take_returns_and_runs_once_the_sweeper_publishes_i
         raise ConnectionError("RabbitMQ is away")
 
     # When RabbitMQ cannot take the message, send() returns all the same
-    monkeypatch.setattr(harness.broker, "enqueue", rabbitmq_away)
+    monkeypatch.setattr(harness.broker, "taskyard_publish", rabbitmq_away)
     message = actor.send(tenant_id=1)
     monkeypatch.undo()
 

@@ -142,7 +142,7 @@ def test_a_retry_rabbitmq_refuses_waits_in_the_outbox_instead_of_being_lost(
         if len(calls) == 1:
             raise TransientError("try again")
 
-    publish = harness.broker.enqueue
+    publish = harness.broker.taskyard_publish
 
     def refuse_retries(retried: Any, *, delay: int | None = None) -> Any:
         if retried.options.get("retries"):
@@ -150,7 +150,7 @@ def test_a_retry_rabbitmq_refuses_waits_in_the_outbox_instead_of_being_lost(
         return publish(retried, delay=delay)
 
     # (Refusing before the send: the worker may fail the first attempt before send() returns.)
-    monkeypatch.setattr(harness.broker, "enqueue", refuse_retries)
+    monkeypatch.setattr(harness.broker, "taskyard_publish", refuse_retries)
     message = harness.declare("flaky_refused", flaky).send(tenant_id=1)
     harness.drain()
 
@@ -158,7 +158,7 @@ def test_a_retry_rabbitmq_refuses_waits_in_the_outbox_instead_of_being_lost(
     [row] = harness.outbox_rows()
     assert row.message_id == message.message_id
     assert harness.status(message.message_id) == "retrying"
-    monkeypatch.setattr(harness.broker, "enqueue", publish)
+    monkeypatch.setattr(harness.broker, "taskyard_publish", publish)
     assert sweep_outbox(harness.broker, now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)) == 1
     harness.drain()
 

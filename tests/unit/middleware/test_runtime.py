@@ -62,7 +62,11 @@ def test_no_middleware_or_actor_looks_another_middleware_up() -> None:
         for path in sorted((ROOT / folder).glob("*.py"))
         if "broker.middleware" in path.read_text() or "find_middleware(" in path.read_text()
     ]
-    allowed = {"middleware/db_session.py"}  # defines find_middleware for the tests' use
+    allowed = {
+        "middleware/db_session.py",  # defines find_middleware for the tests' use
+        # finds a Results middleware added by hand, which no runtime was handed
+        "middleware/results.py",
+    }
     assert [o for o in offenders if o not in allowed] == []
 
 

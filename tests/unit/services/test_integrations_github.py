@@ -295,7 +295,7 @@ def test_missing_token_tells_how_to_set_it(
     with pytest.raises(PermanentError) as caught:
         sync(sqlite_session, integration, http)
 
-    assert f"taskyard locker set {tenant.id} github.token" in str(caught.value)
+    assert f"taskyard locker set --tenant {tenant.id} github.token" in str(caught.value)
     assert caught.value.reason == "missing_token"
     assert github.seen_auth == []
 

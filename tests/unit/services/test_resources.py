@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 from db.models import Ingest, IngestItem, Resource, Tenant
 from services.errors import NotFound, ValidationFailed
 from services.http import FetchLimits
-from services.ingest import IngestPlan, start_ingest
+from services.ingest import (
+    IngestPlan,
+    complete_if_done,
+    ingest_outcome,
+    stalled_ingests,
+    start_ingest,
+)
 from services.resources import process_resource, record_item_failure
 from services.tenants import create_tenant
 
@@ -45,6 +51,13 @@ def ingest_row(session: Session, ingest_id: int) -> Ingest:
     )
     assert ingest is not None
     return ingest
+
+
+def counts(session: Session, tenant: Tenant, plan: IngestPlan) -> dict[str, Any]:
+    """The ingest's status and counts as `get_ingest` and the webhooks see them now."""
+    outcome = ingest_outcome(session, tenant.id, plan["ingest_id"])
+    assert outcome is not None
+    return dict(outcome)
 
 
 def item_row(session: Session, ingest_id: int, resource_id: str) -> IngestItem:
@@ -91,8 +104,8 @@ def test_process_resource_stores_the_normalised_resource(
     assert as_utc(row.creation_date) == dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=dt.UTC)
     assert row.last_ingest_id == ingest_plan["ingest_id"]
     assert item_row(sqlite_session, ingest_plan["ingest_id"], "a").status == "processed"
-    ingest = ingest_row(sqlite_session, ingest_plan["ingest_id"])
-    assert (ingest.processed, ingest.status) == (1, "running")
+    outcome = counts(sqlite_session, tenant, ingest_plan)
+    assert (outcome["processed"], outcome["status"]) == (1, "running")
 
 
 def test_process_resource_twice_changes_and_counts_nothing_the_second_time(
@@ -104,7 +117,7 @@ def test_process_resource_twice_changes_and_counts_nothing_the_second_time(
     again = process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], resource)
 
     assert again == {"resource_id": "a", "changed": False}
-    assert ingest_row(sqlite_session, ingest_plan["ingest_id"]).processed == 1
+    assert counts(sqlite_session, tenant, ingest_plan)["processed"] == 1
 
 
 def test_last_item_processed_completes_the_ingest(
@@ -112,13 +125,18 @@ def test_last_item_processed_completes_the_ingest(
 ) -> None:
     first, last = ingest_plan["resources"]
     process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], first)
+    assert complete_if_done(sqlite_session, tenant.id, ingest_plan["ingest_id"]) is None
     assert ingest_row(sqlite_session, ingest_plan["ingest_id"]).finished_at is None
 
     process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], last)
+    outcome = complete_if_done(sqlite_session, tenant.id, ingest_plan["ingest_id"])
 
+    assert outcome is not None and (outcome["processed"], outcome["failed"]) == (2, 0)
     ingest = ingest_row(sqlite_session, ingest_plan["ingest_id"])
     assert (ingest.status, ingest.processed, ingest.failed) == ("completed", 2, 0)
     assert ingest.finished_at is not None
+    # Claimed once: a second check (the other of two last items) completes nothing.
+    assert complete_if_done(sqlite_session, tenant.id, ingest_plan["ingest_id"]) is None
 
 
 def test_same_resource_in_a_later_ingest_is_unchanged_but_attributed(
@@ -145,7 +163,8 @@ def test_same_resource_in_a_later_ingest_is_unchanged_but_attributed(
     row = stored(sqlite_session, tenant.id, "a")
     assert row.last_ingest_id == second["ingest_id"]
     assert as_utc(row.updated_at) == LONG_AGO
-    assert ingest_row(sqlite_session, second["ingest_id"]).processed == 1
+    assert ingest_outcome(sqlite_session, tenant.id, second["ingest_id"]) is not None
+    assert counts(sqlite_session, tenant, second)["processed"] == 1
 
 
 @pytest.mark.parametrize(
@@ -269,8 +288,10 @@ def test_item_failure_then_last_item_completes_the_ingest(
 
     record_item_failure(sqlite_session, tenant.id, ingest_plan["ingest_id"], first, "boom")
     record_item_failure(sqlite_session, tenant.id, ingest_plan["ingest_id"], first, "again")
+    assert complete_if_done(sqlite_session, tenant.id, ingest_plan["ingest_id"]) is None
     assert ingest_row(sqlite_session, ingest_plan["ingest_id"]).status == "running"
     process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], last)
+    assert complete_if_done(sqlite_session, tenant.id, ingest_plan["ingest_id"]) is not None
 
     ingest = ingest_row(sqlite_session, ingest_plan["ingest_id"])
     assert (ingest.status, ingest.processed, ingest.failed) == ("completed", 1, 1)
@@ -287,22 +308,24 @@ def test_item_failure_after_processing_changes_nothing(
 
     record_item_failure(sqlite_session, tenant.id, ingest_plan["ingest_id"], first, "late")
 
-    ingest = ingest_row(sqlite_session, ingest_plan["ingest_id"])
-    assert (ingest.processed, ingest.failed) == (1, 0)
+    outcome = counts(sqlite_session, tenant, ingest_plan)
+    assert (outcome["processed"], outcome["failed"]) == (1, 0)
     assert item_row(sqlite_session, ingest_plan["ingest_id"], "a").status == "processed"
 
 
 def test_failed_item_requeued_and_processed_moves_from_failed_to_processed(
     sqlite_session: Session, tenant: Tenant, ingest_plan: IngestPlan
 ) -> None:
-    first = ingest_plan["resources"][0]
+    first, last = ingest_plan["resources"]
     record_item_failure(sqlite_session, tenant.id, ingest_plan["ingest_id"], first, "boom")
+    process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], last)
+    assert complete_if_done(sqlite_session, tenant.id, ingest_plan["ingest_id"]) is not None
 
     result = process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], first)
 
     assert result["changed"] is True
     ingest = ingest_row(sqlite_session, ingest_plan["ingest_id"])
-    assert (ingest.processed, ingest.failed) == (1, 0)
+    assert (ingest.status, ingest.processed, ingest.failed) == ("completed", 2, 0)
     item = item_row(sqlite_session, ingest_plan["ingest_id"], "a")
     assert (item.status, item.error) == ("processed", None)
 
@@ -322,3 +345,29 @@ def test_item_failure_that_names_no_item_is_ignored(
         select(IngestItem.status).where(IngestItem.ingest_id == ingest_plan["ingest_id"])
     ).all()
     assert "failed" not in statuses
+
+
+def test_an_ingest_whose_last_item_never_checked_is_found_stalled_and_completed(
+    sqlite_session: Session, tenant: Tenant, ingest_plan: IngestPlan
+) -> None:
+    # Both items committed; the worker of the last died before its completion check.
+    for resource in ingest_plan["resources"]:
+        process_resource(sqlite_session, tenant.id, ingest_plan["ingest_id"], resource)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+
+    found = stalled_ingests(sqlite_session, older_than=later, limit=10)
+
+    assert (tenant.id, ingest_plan["ingest_id"]) in found
+    assert complete_if_done(sqlite_session, tenant.id, ingest_plan["ingest_id"]) is not None
+    assert stalled_ingests(sqlite_session, older_than=later, limit=10) == []
+
+
+def test_an_ingest_with_a_pending_item_is_not_stalled(
+    sqlite_session: Session, tenant: Tenant, ingest_plan: IngestPlan
+) -> None:
+    process_resource(
+        sqlite_session, tenant.id, ingest_plan["ingest_id"], ingest_plan["resources"][0]
+    )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+
+    assert stalled_ingests(sqlite_session, older_than=later, limit=10) == []

@@ -1,0 +1,96 @@
+"""Figures over the job records for the operator's tools: finished per hour, waiting per tenant."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import JOB_FINAL_STATES, Job
+from services.store import WAITING_STATES
+
+
+class HourCounts(TypedDict):
+    """The records that reached a final state in one hour, by status."""
+
+    hour: str
+    counts: dict[str, int]
+
+
+def _hour(session: Session, column: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        # The hour in UTC, whatever the session's time zone (some zones are half an hour off).
+        return func.date_trunc("hour", func.timezone("UTC", column))
+    return func.strftime("%Y-%m-%d %H:00:00", column)
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def finished_per_hour(
+    session: Session,
+    *,
+    now: dt.datetime,
+    hours: int = 24,
+    tenant_ids: Sequence[int] | None = None,
+) -> list[HourCounts]:
+    """Per hour of the last `hours` (oldest first, empty hours too): records finished, by status.
+
+    Read from the records' `finished_at` (the status-and-finish index), of
+    `tenant_ids` only when given.
+    """
+    start = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    start -= dt.timedelta(hours=hours - 1)
+    bucket = _hour(session, Job.finished_at)
+    query = (
+        select(bucket, Job.status, func.count())
+        .where(Job.status.in_(sorted(JOB_FINAL_STATES)), Job.finished_at >= start)
+        .group_by(bucket, Job.status)
+    )
+    if tenant_ids is not None:
+        query = query.where(Job.tenant_id.in_(list(tenant_ids)))
+    found: dict[dt.datetime, dict[str, int]] = {}
+    for hour, status, count in session.execute(query).all():
+        found.setdefault(_as_utc(hour), {})[status] = int(count)
+    hours_shown = [start + dt.timedelta(hours=n) for n in range(hours)]
+    return [{"hour": h.isoformat(), "counts": found.get(h, {})} for h in hours_shown]
+
+
+def waiting_by_tenant(session: Session, *, since: dt.datetime) -> dict[int, int]:
+    """How many records sent since `since` wait (queued or retrying), per tenant.
+
+    The depth of each tenant's queue in records, read from a range of the
+    status-and-creation index; older waiting records are the store's stuck ones
+    (`taskyard health`).
+    """
+    query = (
+        select(Job.tenant_id, func.count())
+        .where(
+            Job.status.in_(WAITING_STATES),
+            Job.created_at >= since,
+            Job.tenant_id.is_not(None),
+        )
+        .group_by(Job.tenant_id)
+    )
+    rows = session.execute(query).all()
+    return {int(tenant_id): int(count) for tenant_id, count in rows if tenant_id is not None}
+
+
+def finished_by_tenant(session: Session, *, since: dt.datetime) -> dict[int, int]:
+    """How many records each tenant finished since `since`: its throughput."""
+    query = (
+        select(Job.tenant_id, func.count())
+        .where(
+            Job.status.in_(sorted(JOB_FINAL_STATES)),
+            Job.finished_at >= since,
+            Job.tenant_id.is_not(None),
+        )
+        .group_by(Job.tenant_id)
+    )
+    rows = session.execute(query).all()
+    return {int(tenant_id): int(count) for tenant_id, count in rows if tenant_id is not None}

@@ -1,0 +1,123 @@
+"""The tenants page: status, the hosts serving each; enable, disable; delete (typed name)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Blueprint, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response
+
+from cli.summary import read_queues
+from cli.tenants import send_tenant_deletion
+from db.models import TENANT_ACTIVE, TENANT_DISABLED
+from services.errors import UnknownTenant
+from services.job_stats import finished_by_tenant, waiting_by_tenant
+from services.tenants import TenantInfo, get_tenant, list_tenants, set_tenant_status, tenant_info
+from services.workers import serving_hosts, unserved_tenants
+from web.auth import admin_only
+from web.console import attempt, check_sees, console, not_found, visible
+
+bp = Blueprint("tenants", __name__)
+
+
+# The window of a tenant's throughput on the tenants page.
+THROUGHPUT_WINDOW = dt.timedelta(hours=1)
+# Waiting records counted: those sent this recently (older ones are `health`'s stuck ones).
+WAITING_WINDOW = dt.timedelta(hours=24)
+
+
+def _tenant_rows(session: Session) -> list[dict[str, Any]]:
+    now = dt.datetime.now(dt.UTC)
+    waiting = waiting_by_tenant(session, since=now - WAITING_WINDOW)
+    finished = finished_by_tenant(session, since=now - THROUGHPUT_WINDOW)
+    c = console()
+    window, prefix = c.stale_after, c.settings.queue_prefix
+    # The hosts of the live workers consuming each tenant's queue; `health`'s unserved ones.
+    hosts = serving_hosts(session, now=now, stale_after=window, queue_prefix=prefix)
+    unserved = set(unserved_tenants(session, now=now, stale_after=window, queue_prefix=prefix))
+    return [
+        {
+            **tenant_info(t),
+            "waiting": waiting.get(t.id, 0),
+            "finished": finished.get(t.id, 0),
+            "hosts": hosts.get(t.id, []),
+            "unserved": t.id in unserved,
+        }
+        for t in list_tenants(session)
+    ]
+
+
+@bp.route("/tenants")
+def tenants() -> str:
+    """Every tenant the operator may see, oldest first: status, jobs waiting, finished lately,
+    and its queue in RabbitMQ now (read for those tenants only)."""
+    rows = visible(console().transact(_tenant_rows), lambda t: t["id"])
+    queues, queues_error, queues_warning = read_queues(console().settings, [t["id"] for t in rows])
+    depth = {q["tenant_id"]: q for q in queues or []}
+    return render_template(
+        "tenants.html",
+        rows=[{**t, "queue": depth.get(t["id"])} for t in rows],
+        queues_error=queues_error,
+        queues_warning=queues_warning,
+    )
+
+
+def _tenant(tenant_id: int) -> TenantInfo:
+    """The tenant, or 404 (also when the operator may not see it)."""
+    check_sees(tenant_id, f"no tenant {tenant_id}")
+
+    def read(session: Session) -> TenantInfo:
+        try:
+            return tenant_info(get_tenant(session, tenant_id))
+        except UnknownTenant:
+            not_found(f"no tenant {tenant_id}")
+
+    return console().transact(read)
+
+
+def _set_status(tenant_id: int, status: str) -> Response:
+    _tenant(tenant_id)
+    c = console()
+    attempt(
+        lambda: (
+            f"tenant {tenant_id} "
+            f"{c.transact(lambda s: set_tenant_status(s, tenant_id, status).status)}"
+        )
+    )
+    return redirect(url_for("tenants.tenants"))
+
+
+@bp.route("/tenants/<int:tenant_id>/enable", methods=["POST"])
+@admin_only
+def enable(tenant_id: int) -> Response:
+    """Mark a tenant active: its jobs run again (`tenant enable`)."""
+    return _set_status(tenant_id, TENANT_ACTIVE)
+
+
+@bp.route("/tenants/<int:tenant_id>/disable", methods=["POST"])
+@admin_only
+def disable(tenant_id: int) -> Response:
+    """Mark a tenant disabled: its jobs are dead-lettered, not run (`tenant disable`)."""
+    return _set_status(tenant_id, TENANT_DISABLED)
+
+
+@bp.route("/tenants/<int:tenant_id>/delete", methods=["GET", "POST"])
+@admin_only
+def delete(tenant_id: int) -> Response | str:
+    """Delete a tenant and all its data once its name is typed (`tenant delete`)."""
+    tenant = _tenant(tenant_id)
+    if request.method == "GET":
+        return render_template("delete_tenant.html", tenant=tenant, error=None)
+    if request.form.get("confirm_name", "") != tenant["name"]:
+        error = "the name typed is not this tenant's: nothing was deleted"
+        return render_template("delete_tenant.html", tenant=tenant, error=error), 400  # type: ignore[return-value]
+    c = console()
+    attempt(
+        lambda: (
+            f"deletion of tenant {tenant_id} sent as job "
+            f"{send_tenant_deletion(c.transact, c.load_broker, tenant_id)}"
+        )
+    )
+    return redirect(url_for("tenants.tenants"))
