@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 import pika
 import pika.exceptions
 import pytest
+from dramatiq.common import dq_name, xq_name
 
 REPO = Path(__file__).resolve().parents[1]
 # The test run's PostgreSQL server (without a database); each run makes its own database.
@@ -164,6 +167,37 @@ def require_servers() -> None:
         pytest.skip(message)
 
 
+@contextmanager
+def private_database(*, migrated: bool = True) -> Iterator[str]:
+    """The URL of a database of its own, dropped after: migrated to head, or (`migrated`
+    false) not created yet.
+
+    For a test whose rows other processes of the run must not see: the shared
+    worker sweeps the run database's outbox and serves every tenant in it.
+    """
+    from sqlalchemy import create_engine, pool, text
+    from sqlalchemy.engine import make_url
+
+    from db.migrate import upgrade_to_head
+
+    url = make_url(os.environ["DATABASE_URL"])
+    url = url.set(database=f"{url.database}_{uuid.uuid4().hex[:8]}")
+    rendered = url.render_as_string(hide_password=False)
+    try:
+        if migrated:
+            upgrade_to_head(rendered)
+        yield rendered
+    finally:
+        server = create_engine(
+            url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool
+        )
+        try:
+            with server.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+        finally:
+            server.dispose()
+
+
 def delete_queues(broker_url: str, names: Iterable[str]) -> None:
     """Delete queues of this test run from the shared RabbitMQ (a missing one is no error)."""
     connection = pika.BlockingConnection(pika.URLParameters(broker_url))
@@ -173,6 +207,11 @@ def delete_queues(broker_url: str, names: Iterable[str]) -> None:
             channel.queue_delete(name)
     finally:
         connection.close()
+
+
+def queue_family(names: Iterable[str]) -> list[str]:
+    """Each queue with its delay (.DQ) and dead-letter (.XQ) queue."""
+    return [each for name in names for each in (name, dq_name(name), xq_name(name))]
 
 
 def delete_prefix_queues(settings: Any, engine: Any) -> None:
@@ -193,7 +232,7 @@ def delete_prefix_queues(settings: Any, engine: Any) -> None:
         f"{settings.queue_prefix}default",
         *(settings.tenant_queue(t) for t in tenants),
     ]
-    delete_queues(settings.broker_url, [q for n in names for q in (n, f"{n}.DQ", f"{n}.XQ")])
+    delete_queues(settings.broker_url, queue_family(names))
 
 
 def queue_state(broker_url: str, name: str) -> tuple[int, int] | None:

@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.tenants import create_tenant
 from settings import Settings
-from tests.support import WorkerProcess, delete_prefix_queues, delete_queues, worker_env
+from tests.support import (
+    WorkerProcess,
+    delete_prefix_queues,
+    delete_queues,
+    queue_family,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -88,4 +94,4 @@ def queue(settings: Settings) -> Iterator[str]:
     deleted afterwards."""
     name = f"{settings.queue_prefix}scratch.{uuid.uuid4().hex[:8]}"
     yield name
-    delete_queues(settings.broker_url, [name + suffix for suffix in ("", ".DQ", ".XQ")])
+    delete_queues(settings.broker_url, queue_family([name]))

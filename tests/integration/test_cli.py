@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import ensure_database, head_revision
 from db.models import ITEM_FAILED, ITEM_PROCESSED, ITEM_REJECTED, Ingest, IngestItem, Job
-from settings import Settings
 from tests.integration.cli_harness import (
     COMMAND,
     REPO,
@@ -22,6 +21,7 @@ from tests.integration.cli_harness import (
     taskyard,
     unique,
 )
+from tests.support import private_database
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +34,10 @@ def _database(migrated_database: str) -> None:
 
 
 @pytest.fixture
-def scratch_url(settings: Settings) -> Iterator[str]:
+def scratch_url() -> Iterator[str]:
     """The URL of a uniquely named database that does not exist yet; dropped afterwards."""
-    url = make_url(settings.database_url).set(database=f"taskyard_test_cli_{uuid.uuid4().hex[:8]}")
-    yield url.render_as_string(hide_password=False)
-    server = create_engine(
-        url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=pool.NullPool
-    )
-    try:
-        with server.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    finally:
-        server.dispose()
+    with private_database(migrated=False) as url:
+        yield url
 
 
 def test_tenant_create_prints_only_the_new_id() -> None:

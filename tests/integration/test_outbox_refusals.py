@@ -20,7 +20,7 @@ from typing import Any
 import pika
 import pytest
 from dramatiq import Message
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, create_engine, delete, func, pool, select, update
 from sqlalchemy.orm import Session
 
 import brokers
@@ -35,9 +35,8 @@ from tests.integration.test_publisher_refusals import (
     AT_ONCE_SECONDS,
     count,
     declare_as_dramatiq,
-    delete_queues,
 )
-from tests.support import wait_for
+from tests.support import delete_queues, private_database, queue_family, wait_for
 from transport.rabbitmq import TaskyardRabbitmqBroker
 
 pytestmark = pytest.mark.integration
@@ -71,11 +70,22 @@ class Side:
             return list(session.scalars(query.order_by(OutboxMessage.id)))
 
 
+@pytest.fixture(scope="module")
+def side_database() -> Iterator[str]:
+    """A database of these tests' own: the shared worker sweeps the run database's outbox,
+    and would take (and publish or postpone) the rows these tests sweep themselves."""
+    with private_database() as url:
+        yield url
+
+
 @pytest.fixture
-def side(settings: Settings, engine: Engine) -> Iterator[Side]:
+def side(settings: Settings, side_database: str) -> Iterator[Side]:
     side_settings = dataclasses.replace(
-        settings, queue_prefix=f"{settings.queue_prefix}refusals{uuid.uuid4().hex[:6]}."
+        settings,
+        queue_prefix=f"{settings.queue_prefix}refusals{uuid.uuid4().hex[:6]}.",
+        database_url=side_database,
     )
+    engine = create_engine(side_database, poolclass=pool.NullPool)
     broker = brokers.build_broker(side_settings)
 
     @taskyard_actor(name=f"refusals_probe_{uuid.uuid4().hex[:6]}", broker=broker)
@@ -101,7 +111,8 @@ def side(settings: Settings, engine: Engine) -> Iterator[Side]:
     queues = [side_settings.tenant_queue(t) for t in tenants]
     with Session(engine) as session, session.begin():
         session.execute(delete(OutboxMessage).where(OutboxMessage.queue.in_(queues)))
-    delete_queues(settings, queues)
+    delete_queues(settings.broker_url, queue_family(queues))
+    engine.dispose()
 
 
 def test_a_refused_queue_keeps_its_job_queued_and_refuses_the_next_send_at_once(
@@ -157,7 +168,7 @@ def test_the_sweeper_puts_refused_rows_aside_and_publishes_them_once_the_queue_i
     assert lines[0].startswith(f"RabbitMQ refused 3 outbox message(s) for queue(s) {refused_queue}")
     assert "x-max-priority" in lines[0]
     # When the queue is put right and the rows come due again
-    delete_queues(side.settings, [refused_queue])
+    delete_queues(side.settings.broker_url, queue_family([refused_queue]))
     monkeypatch.setattr(side.broker.publisher, "refused_hold_seconds", 0.0)
     with Session(side.engine) as session, session.begin():
         session.execute(
@@ -200,4 +211,4 @@ def test_priorities_order_a_queue_declared_with_x_max_priority(settings: Setting
         assert properties.message_id == "high"
     finally:
         connection.close()
-        delete_queues(settings, [queue])
+        delete_queues(settings.broker_url, queue_family([queue]))

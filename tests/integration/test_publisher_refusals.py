@@ -17,6 +17,7 @@ from dramatiq import Message
 
 from services.errors import BrokerRefused
 from settings import Settings
+from tests.support import delete_queues, queue_family
 from transport.publisher import Publisher, PublishFailed, wait_all
 from transport.rabbitmq import TaskyardRabbitmqBroker, publish_now
 
@@ -24,17 +25,6 @@ pytestmark = pytest.mark.integration
 
 # Well under what a reconnecting publisher took (its confirm timeout).
 AT_ONCE_SECONDS = 1.0
-
-
-def delete_queues(settings: Settings, names: list[str]) -> None:
-    """Delete these queues and their .DQ and .XQ queues, where they exist."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        for name in names:
-            for suffix in ("", ".DQ", ".XQ"):
-                connection.channel().queue_delete(name + suffix)
-    finally:
-        connection.close()
 
 
 @pytest.fixture
@@ -47,7 +37,7 @@ def new_queue(settings: Settings) -> Iterator[Callable[[str], str]]:
         return names[-1]
 
     yield name
-    delete_queues(settings, names)
+    delete_queues(settings.broker_url, queue_family(names))
 
 
 def declare_as_dramatiq(settings: Settings, name: str, max_priority: int) -> None:

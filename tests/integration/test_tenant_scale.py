@@ -17,7 +17,7 @@ from pathlib import Path
 import pika
 import pytest
 from pytest_httpserver import HTTPServer
-from sqlalchemy import func, insert, select
+from sqlalchemy import create_engine, func, insert, pool, select
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug import Request, Response
 
@@ -25,8 +25,16 @@ import brokers
 from actors import ingest_resources
 from bench.procstat import amqp_connections, amqp_local_ports, cpu_seconds, rss_mb, threads
 from db.models import Job, Tenant
+from services.tenants import create_tenant
 from settings import Settings
-from tests.support import IN_CI, WorkerProcess, wait_for
+from tests.support import (
+    IN_CI,
+    WorkerProcess,
+    delete_queues,
+    private_database,
+    queue_family,
+    wait_for,
+)
 from transport.rabbitmq import publish_now
 
 pytestmark = pytest.mark.integration
@@ -131,28 +139,64 @@ def test_tenant_is_not_kept_waiting_behind_another_tenants_backlog(
 
 def test_one_worker_serves_many_tenants_over_few_connections(
     start_worker: Callable[..., WorkerProcess],
-    make_tenant: Callable[[str], int],
+    settings: Settings,
+    feed_url: str,
+) -> None:
+    # Given many tenants, in a database and under a queue prefix of their own (the shared
+    # worker serves every tenant of the run's database, and would take on these too)
+    with private_database() as database_url:
+        own = dataclasses.replace(
+            settings, database_url=database_url, queue_prefix=f"{settings.queue_prefix}scale."
+        )
+        engine = create_engine(database_url, poolclass=pool.NullPool)
+        try:
+            serve_many_tenants(start_worker, own, sessionmaker(engine), feed_url)
+        finally:
+            engine.dispose()
+
+
+def serve_many_tenants(
+    start_worker: Callable[..., WorkerProcess],
+    own: Settings,
     sessions: sessionmaker[Session],
     feed_url: str,
 ) -> None:
-    # Given many tenants
+    """The many-tenants test, on `own` settings' database and queue prefix."""
     run = uuid.uuid4().hex[:8]
     with sessions.begin() as session:
         session.execute(
             insert(Tenant),
             [{"name": f"scale-{run}-{i}", "status": "active"} for i in range(SCALE_TENANTS)],
         )
-    # The tenants stay: the shared worker serves their queues too, and would declare
-    # again any queue deleted under it; `delete_test_queues` deletes them at the end.
 
     # When one worker process with 8 threads starts
     started = time.monotonic()
-    worker = start_worker(threads=8, TASKYARD_TENANT_REFRESH_SECONDS="1")
-    wait_for(
-        lambda: queues_consumed(worker) >= 2 * SCALE_TENANTS,
-        timeout=120,
-        what="the worker to consume every tenant's queues",
+    worker = start_worker(
+        threads=8,
+        TASKYARD_TENANT_REFRESH_SECONDS="1",
+        DATABASE_URL=own.database_url,
+        TASKYARD_QUEUE_PREFIX=own.queue_prefix,
     )
+    try:
+        wait_for(
+            lambda: queues_consumed(worker) >= 2 * SCALE_TENANTS,
+            timeout=120,
+            what="the worker to consume every tenant's queues",
+        )
+        measure_many_tenants(worker, started, own, sessions, run, feed_url)
+    finally:
+        worker.stop()
+
+
+def measure_many_tenants(
+    worker: WorkerProcess,
+    started: float,
+    own: Settings,
+    sessions: sessionmaker[Session],
+    run: str,
+    feed_url: str,
+) -> None:
+    """The figures of a worker serving many tenants, and its pick-up of a new one."""
     serving = time.monotonic() - started
     child = worker_child(worker.proc.pid)
 
@@ -165,9 +209,13 @@ def test_one_worker_serves_many_tenants_over_few_connections(
     idle_cpu = (cpu_seconds(child) - cpu_before) / 10
 
     # And it picks up a new tenant's job without a restart
-    newcomer = make_tenant("scale-newcomer")
+    with sessions.begin() as session:
+        newcomer = create_tenant(session, f"scale-{run}-newcomer").id
+    message = ingest_resources.message(tenant_id=newcomer, source_url=feed_url)
+    message = dataclasses.replace(message, queue_name=own.tenant_queue(newcomer))
     sent = time.monotonic()
-    message_id = ingest_resources.send(tenant_id=newcomer, source_url=feed_url).message_id
+    publish_now(brokers.broker, message)
+    message_id = message.message_id
     wait_for(
         lambda: (j := job(sessions, message_id)) and j.status == "succeeded",
         timeout=60,
@@ -284,12 +332,9 @@ def test_worker_consumes_again_after_its_connection_is_closed(
         assert worker.stop() == 0
     finally:
         worker.stop()
-        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-        channel = connection.channel()
-        for name in (own.tenant_queue(tenant_id), own.system_queue):
-            for queue in (name, f"{name}.DQ", f"{name}.XQ"):
-                channel.queue_delete(queue)
-        connection.close()
+        delete_queues(
+            settings.broker_url, queue_family([own.tenant_queue(tenant_id), own.system_queue])
+        )
 
 
 def test_stopping_worker_finishes_its_job_and_leaves_prefetched_ones_queued(
@@ -333,12 +378,7 @@ def test_stopping_worker_finishes_its_job_and_leaves_prefetched_ones_queued(
         assert not set(done) & waiting
     finally:
         worker.stop()
-        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-        channel = connection.channel()
-        for name in (queue, own.system_queue):
-            for each in (name, f"{name}.DQ", f"{name}.XQ"):
-                channel.queue_delete(each)
-        connection.close()
+        delete_queues(settings.broker_url, queue_family([queue, own.system_queue]))
 
 
 def test_a_busy_worker_publishes_over_one_connection_not_one_per_thread(
