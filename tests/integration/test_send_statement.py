@@ -326,11 +326,14 @@ def test_many_records_in_one_statement_say_what_one_record_says(
     engine = make_engine(dataclasses.replace(settings, db_prepared_statements=prepared))
     tenant_id = make_tenant("records")
     missing = 8_000_000_000 + uuid.uuid4().int % 1_000_000
+    # No schedule has this id: a small one would be a real schedule's in this run's
+    # database, and its jobs (queued for ever) would be counted as that schedule's.
+    no_schedule = 9_000_000_000 + uuid.uuid4().int % 1_000_000
     slot = dt.datetime(2024, 5, 6, 7, 0, tzinfo=dt.UTC)
     kinds = [
         {"tenant_id": tenant_id},
         {"tenant_id": missing},
-        {"tenant_id": None, "schedule_id": 7, "slot_at": slot},
+        {"tenant_id": None, "schedule_id": no_schedule, "slot_at": slot},
     ]
     try:
         existing = _queued(tenant_id)
@@ -367,5 +370,5 @@ def test_many_records_in_one_statement_say_what_one_record_says(
         False,
         f"UnknownTenant: tenant {missing} does not exist",
     )
-    assert stored[together[2].message_id][9:] == (7, slot)
+    assert stored[together[2].message_id][9:] == (no_schedule, slot)
     assert stored[existing.message_id][4] == "succeeded"
