@@ -8,6 +8,7 @@ Taskyard reads its settings when its broker module is imported.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from bench.bodies import BenchBase, BenchRow
 from bench.env import BIN, BenchEnv, Worker
 from db.migrate import upgrade_to_head
 from db.models import JOB_SUCCEEDED, Job, OutboxMessage
+from services.message_ids import id_floor
 from services.tenants import create_tenant
 
 DRAMATIQ_READY = "Worker process is ready for action."
@@ -100,6 +102,12 @@ class Taskyard(System):
         super().__init__(env)
         self.tenants: list[int] = []
         self._added = 0
+        # Records with lower ids (minted earlier) survive `reset`: the pre-filled table.
+        self.kept_below: str | None = None
+
+    def keep_records(self) -> None:
+        """Make `reset` keep every record already in `jobs` (the run's pre-fill)."""
+        self.kept_below = id_floor(dt.datetime.now(dt.UTC))
 
     def setup(self) -> None:
         """Migrate the bench database, create the bench table and one tenant."""
@@ -144,15 +152,22 @@ class Taskyard(System):
     def reset(self) -> None:
         super().reset()
         with Session(engine_of(self.env)) as session:
-            session.execute(delete(Job))
+            jobs = delete(Job)
+            if self.kept_below is not None:
+                # Ids are time-ordered: the bench's own records are the newest, in today's
+                # partition, found by the primary key.
+                jobs = jobs.where(Job.message_id >= self.kept_below)
+            session.execute(jobs)
             session.execute(delete(OutboxMessage))
             session.commit()
         self.env.purge_queues(self.queues())
 
     def succeeded(self) -> int:
-        """How many job records say succeeded."""
+        """How many of the bench's job records (not the pre-fill's) say succeeded."""
         with Session(engine_of(self.env)) as session:
             query = select(func.count()).select_from(Job).where(Job.status == JOB_SUCCEEDED)
+            if self.kept_below is not None:
+                query = query.where(Job.message_id >= self.kept_below)
             return int(session.scalar(query) or 0)
 
     def queues(self) -> list[str]:
