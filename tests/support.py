@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -165,6 +166,38 @@ def require_servers() -> None:
         if IN_CI:
             pytest.fail(message + " (CI needs them: .ci/run starts them)")
         pytest.skip(message)
+
+
+# Where free_port looks: below the kernel's ephemeral range, whose ports it gives to
+# outgoing connections (read from /proc where there is one).
+SERVER_PORTS_FROM = 20_000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts.
+
+    Taken below the ephemeral range: a server that stops and starts again on its
+    port (a halted RabbitMQ node, a restarted PostgreSQL) must not find it taken
+    meanwhile by some client's outgoing connection, which the kernel gives a port
+    of that range.  A port nothing listens on also makes a "refused" address.
+    """
+    rng = random.Random()
+    for _ in range(1_000):
+        port = rng.randrange(SERVER_PORTS_FROM, _ephemeral_start())
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port from {SERVER_PORTS_FROM} to {_ephemeral_start()}")
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -12,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.integration.cli_harness import COMMAND, REPO, as_json, assert_one_line_error, unique
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +51,8 @@ def test_web_users_are_added_listed_and_removed_and_a_taken_name_refused(
     assert removed.returncode == 0 and f"removed web user {name}" in removed.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_taskyard_web_serves_the_sign_in_page_with_its_security_headers() -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [*COMMAND, "web"],
         cwd=REPO,

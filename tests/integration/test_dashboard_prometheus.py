@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from settings import Settings
 from tests.integration.test_metrics_scrape import PRODUCER, records, serving
-from tests.support import IN_CI, REPO, WorkerProcess, delete_prefix_queues, wait_for, worker_env
+from tests.support import (
+    IN_CI,
+    REPO,
+    WorkerProcess,
+    delete_prefix_queues,
+    free_port,
+    wait_for,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +85,6 @@ PANELS: dict[str, Check] = {
     "Store: stuck job records": lambda v: v >= 0,
     "Store: retention lag": lambda v: v >= 0,
 }
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def prometheus_binary() -> str:

@@ -10,7 +10,6 @@ becomes a free port, so that runs side by side do not collide.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.doc_snippets import REPO, Snippet, checked_snippets
-from tests.support import WorkerProcess, worker_env
+from tests.support import WorkerProcess, free_port, worker_env
 
 pytestmark = pytest.mark.integration
 
 SHELLS = frozenset({"sh", "bash", "shell"})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cases() -> list[tuple[str, list[Snippet]]]:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -20,15 +19,9 @@ import pytest
 from sqlalchemy import Engine
 
 from settings import Settings
-from tests.support import REPO, WorkerProcess, delete_prefix_queues, wait_for, worker_env
+from tests.support import REPO, WorkerProcess, delete_prefix_queues, free_port, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        return int(holder.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, dict[str, Any]]:

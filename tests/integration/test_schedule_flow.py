@@ -22,8 +22,7 @@ import brokers
 from actors.schedules import run_schedule_now, schedulable_actors, scheduler_tick
 from db.models import Job, Schedule, ScheduleRun
 from services.schedules import create_schedule
-from tests.reliability.rabbit_node import free_port
-from tests.support import REPO, WorkerProcess, wait_for, worker_env
+from tests.support import REPO, WorkerProcess, free_port, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.reliability.rabbit_node import free_port
+from tests.support import free_port
 
 POSTGRES_USER = "postgres"
 

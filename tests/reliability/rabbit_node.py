@@ -25,6 +25,8 @@ from typing import IO
 import pika
 import pika.exceptions
 
+from tests.support import free_port
+
 # Debian's scripts; its /usr/sbin wrappers `su` into a session of their own (out of
 # reach of our process group) and write the shared node's startup log.
 DEBIAN_RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -39,14 +41,6 @@ def rabbitmq_bin() -> Path | None:
         return DEBIAN_RABBITMQ_BIN
     found = shutil.which("rabbitmq-server")
     return Path(found).parent if found is not None else None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RabbitNode:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -21,7 +20,7 @@ from db.models import OutboxMessage
 from middleware.outbox_clearer import OutboxClearer
 from services import outbox
 from services.records import JobRecord
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 from transport.publisher import Publisher, PublishFailed
 
 
@@ -77,13 +76,6 @@ def test_confirmed_rows_are_deleted_and_failed_ones_left_with_one_log_line(
     # And the failures made one line, however many they were
     lines = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("4 message(s) not published (PublishFailed")
-
-
-def free_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_every_message_a_publisher_cannot_send_fails_with_an_exception_of_its_own() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import socket
 import time
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ from werkzeug import Request, Response
 
 from services.errors import FetchFailed, FetchRefused
 from services.http import FetchLimits, fetch_json, parse_retry_after, redact_url
+from tests.support import free_port
 
 LIMITS = FetchLimits(connect_timeout=1.0, read_timeout=1.0, max_bytes=1_000, allow_private=True)
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -29,14 +29,6 @@ def http() -> Iterator[requests.Session]:
 def with_password(httpserver: HTTPServer, path: str) -> str:
     """A URL of the test server that carries a user name and password."""
     return f"http://alice:s3cret@{httpserver.host}:{httpserver.port}{path}"
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_json_body_is_decoded(httpserver: HTTPServer, http: requests.Session) -> None:
