@@ -37,7 +37,7 @@ from settings import Settings
 from tests.reliability.kill_actors import record_effect
 from tests.reliability.kill_support import Rig
 from tests.reliability.rabbit_node import RabbitNode, rabbitmq_bin
-from tests.support import wait_for
+from tests.support import IN_CI, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -56,6 +56,9 @@ RETRIES = {
 def cluster() -> Iterator[list[RabbitNode]]:
     """Three running nodes joined into one cluster; stopped and removed after."""
     if rabbitmq_bin() is None:
+        # CI's machine runs RabbitMQ itself, so a missing rabbitmq-server there is a fault.
+        if IN_CI:
+            pytest.fail("rabbitmq-server is not installed (CI's machine runs RabbitMQ)")
         pytest.skip("rabbitmq-server is not installed")
     cookie = secrets.token_hex(16).upper()
     nodes = [RabbitNode(cookie=cookie) for _ in range(3)]
