@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet
+from services.redaction import hide_password
 
 T = TypeVar("T")
 
@@ -279,13 +279,15 @@ def _read(
         return parse(raw.strip())
     except ValueError as exc:
         raise SettingsError(
-            f"{name}={_redact(raw)!r} is invalid: expected {expected} ({exc})"
+            f"{name}={hide_password(raw)!r} is invalid: expected {expected} ({exc})"
         ) from exc
 
 
 def _read_secret_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """Comma-separated Fernet keys; an error names the variable and the position, never a key."""
     keys = tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+    if keys:
+        from cryptography.fernet import Fernet  # only when keys are set: every command reads this
     for position, key in enumerate(keys, start=1):
         try:
             Fernet(key)
@@ -296,15 +298,6 @@ def _read_secret_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
                 "Fernet.generate_key() from the cryptography package)"
             ) from None
     return keys
-
-
-def _redact(raw: str) -> str:
-    """The value with any password in a URL replaced, so errors never print secrets."""
-    parts = urlsplit(raw)
-    if parts.password is None:
-        return raw
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

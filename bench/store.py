@@ -34,7 +34,8 @@ from bench.systems import Taskyard, engine_of
 from db.models import JOB_DEAD, JOB_QUEUED, JOB_RETRYING, JOB_SUCCEEDED
 from services import partitions
 from services.dead_letters import DeadLetterFilter, list_dead_letters
-from services.jobs import job_cursor, list_jobs
+from services.job_views import job_cursor
+from services.jobs import list_jobs
 from services.pagination import decode_cursor
 from services.store import store_stats
 from services.workers import SCHEDULER_TICK_ACTOR, last_scheduler_tick

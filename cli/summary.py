@@ -20,9 +20,9 @@ from cli.common import (
     tenant_option,
 )
 from cli.render import duration, emit, fields_table, records_table, show, shown_time
+from services.job_views import stale_window
 from services.overview import Figures, read_figures
 from services.tenants import get_tenant, list_tenants
-from services.workers import stale_window
 from settings import Settings
 
 # The window of the status counts unless --since says otherwise.

@@ -23,7 +23,8 @@ from cli.common import (
 )
 from cli.render import emit, fields_printer, progress, records_printer, value_printer
 from db.models import JOB_FINAL_STATES, JOB_SUCCEEDED, TENANT_ACTIVE, TENANT_DISABLED
-from services.jobs import get_job, job_info
+from services.job_views import job_info
+from services.jobs import get_job
 from services.tenants import (
     TenantInfo,
     create_tenant,

@@ -15,12 +15,12 @@ from cli.common import EXIT_FAILED, State, json_option, main, run, shown_broker_
 from cli.render import duration, emit, records_table, show
 from db.migrate import check_schema
 from db.session import make_engine
+from services.job_views import stale_window
 from services.store import StoreStats, store_stats
 from services.workers import (
     WorkerInfo,
     last_scheduler_tick,
     list_workers,
-    stale_window,
     unserved_tenants,
 )
 from settings import Settings

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, inspect, make_url, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
+
+from db.revisions import MIGRATE_ADVICE, MIGRATIONS_DIR, SchemaBehind, head_from_files
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 # Alembic announces every plugin it loads at INFO: noise in every worker's start-up log.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The key of the PostgreSQL advisory lock held while migrating ("taskyard" in ASCII), so
 # that two processes starting together migrate one after the other.
 MIGRATION_LOCK_KEY = 0x7461736B79617264
@@ -29,20 +28,6 @@ MAINTENANCE_DATABASE = "postgres"
 # SQLSTATEs of a database that appeared between our check and our CREATE DATABASE.
 _ALREADY_CREATED = frozenset({"42P04", "23505"})  # duplicate_database, unique_violation
 _INSUFFICIENT_PRIVILEGE = "42501"
-MIGRATE_ADVICE = "run `taskyard migrate`"
-
-
-class SchemaBehind(RuntimeError):
-    """The database's schema is not at the revision this code expects."""
-
-
-# Alembic (with every dialect it supports) is imported only to migrate, or to explain a
-# schema that is not at the head: a command or a worker at the head revision, the usual
-# case, starts without it (`check_schema`'s fast path).
-_REVISION = re.compile(r"^revision(?::[^=]+)? = [\"']([^\"']+)[\"']$", re.MULTILINE)
-_DOWN_REVISION = re.compile(
-    r"^down_revision(?::[^=]+)? = (?:None|[\"']([^\"']+)[\"'])$", re.MULTILINE
-)
 
 
 def _scripts_config() -> Config:
@@ -57,25 +42,6 @@ def _script_directory() -> ScriptDirectory:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_scripts_config())
-
-
-def head_from_files() -> str | None:
-    """The head revision read from the revision files alone, or None if they are not linear.
-
-    Each file names its `revision` and its `down_revision` as plain strings; the head
-    is the one no other names.  Anything else (a merge, a branch, a file this cannot
-    read) gives None, and Alembic decides.
-    """
-    downs: dict[str, str | None] = {}
-    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
-        source = path.read_text()
-        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
-        if revision is None or down is None:
-            return None
-        downs[revision.group(1)] = down.group(1)
-    heads = set(downs) - {down for down in downs.values() if down is not None}
-    roots = [rev for rev, down in downs.items() if down is None]
-    return heads.pop() if len(heads) == 1 and len(roots) == 1 else None
 
 
 def _current_without_alembic(engine: Engine) -> str | None:

@@ -9,23 +9,20 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text, 
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base, BigIntPk, BigIntType, CreatedAt, JsonType, TenantId, UpdatedAt
+from db.states import JOB_CANCELLED as JOB_CANCELLED
+from db.states import JOB_DEAD as JOB_DEAD
+from db.states import JOB_EXPIRED as JOB_EXPIRED
+from db.states import JOB_FINAL_STATES as JOB_FINAL_STATES
+from db.states import JOB_QUEUED as JOB_QUEUED
+from db.states import JOB_RETRYING as JOB_RETRYING
+from db.states import JOB_RUNNING as JOB_RUNNING
+from db.states import JOB_SKIPPED as JOB_SKIPPED
+from db.states import JOB_SUCCEEDED as JOB_SUCCEEDED
 
 TENANT_ACTIVE = "active"
 TENANT_DISABLED = "disabled"
 # Being deleted by delete_tenant: nothing new runs for it.
 TENANT_DELETING = "deleting"
-
-JOB_QUEUED = "queued"
-JOB_RUNNING = "running"
-JOB_RETRYING = "retrying"
-JOB_SUCCEEDED = "succeeded"
-JOB_DEAD = "dead"
-JOB_CANCELLED = "cancelled"
-JOB_SKIPPED = "skipped"
-# Older than its max_age when a worker took it: never run (middleware/age_limit.py).
-JOB_EXPIRED = "expired"
-# A job in one of these states never runs again unless an operator requeues it.
-JOB_FINAL_STATES = frozenset({JOB_SUCCEEDED, JOB_DEAD, JOB_CANCELLED, JOB_SKIPPED, JOB_EXPIRED})
 
 INGEST_RUNNING = "running"
 INGEST_COMPLETED = "completed"

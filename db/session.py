@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import select
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    FromClause,
+    bindparam,
+    column,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.connect import CONNECT_ARGS
 from db.hot import PREPARE_OPTION
 from settings import Settings
+
+if TYPE_CHECKING:
+    from services.listing_sql import Statement
 
 # One connection per worker thread plus headroom for the producer side.
 POOL_SIZE = 10
@@ -35,7 +48,7 @@ def make_engine(settings: Settings) -> Engine:
         url,
         pool_size=POOL_SIZE,
         max_overflow=POOL_OVERFLOW,
-        connect_args={"connect_timeout": 5, "application_name": "taskyard"},
+        connect_args=CONNECT_ARGS,
         # The job record's statements as prepared ones (db/hot.py).
         execution_options={PREPARE_OPTION: settings.db_prepared_statements},
     )
@@ -72,3 +85,24 @@ def closed_by_server(dbapi_connection: Any) -> bool:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def fetch(session: Session, statement: Statement, table: FromClause) -> list[Any]:
+    """Run a textual statement (services/listing_sql.py); its rows, typed by `table`'s columns.
+
+    Each row reads as the model would (`row.created_at`: a time, `row.args`: JSON
+    decoded), on PostgreSQL and on SQLite alike: the columns take their types from
+    the table, times are bound as SQLAlchemy writes them, lists expand for `IN`.
+    """
+    params = [
+        bindparam(name, value, type_=DateTime(timezone=True))
+        if name in statement.times
+        else bindparam(name, value, expanding=name in statement.lists)
+        for name, value in statement.params.items()
+    ]
+    typed = (
+        text(statement.sql)
+        .bindparams(*params)
+        .columns(*(column(name, table.c[name].type) for name in statement.columns))
+    )
+    return list(session.execute(typed).all())

@@ -377,7 +377,7 @@ def _job_rows(settings: Any) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     from db.models import Job
-    from services.jobs import job_info
+    from services.job_views import job_info
 
     with _sessions(settings)() as session:
         jobs = session.scalars(select(Job).order_by(Job.enqueued_at, Job.message_id)).all()

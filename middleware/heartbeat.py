@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from middleware.probes import ProcessProbe, remove_probe, write_probe
 from services.errors import valid_tenant_id
-from services.workers import RunningEntry, beat, remove_worker
+from services.job_views import RunningEntry
+from services.workers import beat, remove_worker
 from transport.consumer import is_delay_queue
 
 # The readiness probe reads the database's migration revision this often.

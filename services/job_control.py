@@ -49,8 +49,9 @@ from db.models import (
 )
 from services import outbox
 from services.errors import NotFound, PermanentError, UnknownTenant
+from services.job_views import stale_window
 from services.records import JobRecord
-from services.workers import running_job, stale_window
+from services.workers import running_job
 from settings import Settings
 
 # Heartbeats older than this are a dead worker's (the default beat: see settings).

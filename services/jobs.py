@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Any, NamedTuple, NotRequired, TypedDict, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     JSON,
     Connection,
     Integer,
-    Select,
     String,
     Table,
     Text,
@@ -42,11 +41,13 @@ from db.models import (
     Job,
     Tenant,
 )
+from db.session import fetch
 from services.errors import MessageIdTaken, NotFound
-from services.pagination import Position, encode_cursor
-from services.pagination import after as keyset_after
-from services.pagination import order as keyset_order
+from services.job_views import AttemptInfo, RunningJob, StoredJob, iso
+from services.listing_sql import jobs_page, jobs_with_ids
+from services.pagination import Position
 from services.records import JobRecord
+from services.workers import running_jobs
 
 # Errors are kept for reading, not for storing whole payloads.
 MAX_ERROR_LENGTH = 4_000
@@ -64,59 +65,9 @@ MAX_ATTEMPT_ERROR_LENGTH = 1_000
 MAX_ATTEMPT_TRACEBACK_LENGTH = 2_000
 
 
-class AttemptInfo(TypedDict):
-    """One attempt of a job: its number, when it ran, how it ended, and its error if it failed.
-
-    `outcome` is the record's status that attempt left: retrying, dead (failed), or
-    succeeded (the last attempt of a job that succeeded, read from the record itself).
-    """
-
-    attempt: int
-    started_at: str | None
-    finished_at: str | None
-    outcome: str
-    error_class: str | None
-    error: str | None
-    # The end of the attempt's traceback (None: not kept, as before migration 0013's
-    # history, or for a success).
-    traceback: str | None
-
-
-class JobInfo(TypedDict):
-    """A job record as the command line shows it."""
-
-    message_id: str
-    tenant_id: int | None
-    actor: str
-    queue: str
-    status: str
-    attempts: int
-    args: dict[str, Any]
-    enqueued_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    duration_seconds: float | None
-    error: str | None
-    # Any JSON value; None: no result, or not kept (then `result_dropped` says why).
-    result: Any
-    result_dropped: str | None
-    schedule_id: int | None
-    slot_at: str | None
-    # In a listing: where the next page starts after this record (`--after`).
-    cursor: NotRequired[str]
-    # On one job's page (`jobs show`): its attempts, oldest first (`attempt_list`), and how
-    # many attempts between the first and the latest kept ones were not kept.
-    attempt_history: NotRequired[list[AttemptInfo]]
-    attempts_not_kept: NotRequired[int]
-
-
 def _insert(session: Session) -> Any:
     dialect = session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Job)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def _same_job(jobs: Any, new: Any) -> Any:
@@ -426,7 +377,7 @@ def failed_attempt(
     """The entry `record_failure` appends to the record's `attempt_history` (JSON)."""
     entry: dict[str, Any] = {
         "attempt": record.attempts,
-        "started_at": _iso(record.started_at),
+        "started_at": iso(record.started_at),
         "finished_at": finished_at.isoformat(),
         "outcome": JOB_DEAD if dead else JOB_RETRYING,
         "error_class": error_class[:200],
@@ -569,8 +520,8 @@ def attempt_list(job: Job) -> tuple[list[AttemptInfo], int]:
         attempts.append(
             {
                 "attempt": job.attempts,
-                "started_at": _iso(job.started_at),
-                "finished_at": _iso(job.finished_at),
+                "started_at": iso(job.started_at),
+                "finished_at": iso(job.finished_at),
                 "outcome": JOB_SUCCEEDED,
                 "error_class": None,
                 "error": None,
@@ -581,46 +532,12 @@ def attempt_list(job: Job) -> tuple[list[AttemptInfo], int]:
     return attempts, not_kept
 
 
-def job_info(job: Job) -> JobInfo:
-    """The plain-data view of a job record."""
-    duration = None
-    if job.started_at is not None and job.finished_at is not None:
-        duration = (job.finished_at - job.started_at).total_seconds()
-    return {
-        "message_id": job.message_id,
-        "tenant_id": job.tenant_id,
-        "actor": job.actor,
-        "queue": job.queue,
-        "status": job.status,
-        "attempts": job.attempts,
-        "args": job.args,
-        "enqueued_at": _iso(job.enqueued_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "duration_seconds": duration,
-        "error": job.error,
-        "result": job.result,
-        "result_dropped": job.result_dropped,
-        "schedule_id": job.schedule_id,
-        "slot_at": _iso(job.slot_at),
-    }
-
-
 def get_job(session: Session, message_id: str) -> Job:
     """The record of one message, or `NotFound`."""
     job = session.get(Job, message_id)
     if job is None:
         raise NotFound(f"no job record for message {message_id!r}")
     return job
-
-
-# The listing name a job cursor carries (services/pagination.py).
-JOBS_LISTING = "jobs"
-
-
-def job_cursor(job: Job) -> str:
-    """The cursor that resumes a listing of jobs after `job`."""
-    return encode_cursor(JOBS_LISTING, job.created_at, job.message_id)
 
 
 def list_jobs(
@@ -635,33 +552,25 @@ def list_jobs(
     error_contains: str | None = None,
     exclude_queue: str | None = None,
     until: dt.datetime | None = None,
-) -> list[Job]:
+) -> list[Any]:
     """The newest job records first (by creation), filtered, from `after` on (a keyset page).
 
-    Each filter and combination reads an index in this order (migration 0009);
-    `error_contains` (any case) is checked on the rows read, so narrow it with another.
-    `exclude_queue` (the system queue, say) only drops rows of the pages read.
-    `since` and `until` bound the creation time (`until` excluded): both narrow the
-    range of the same index, and a cursor resumes within it.
+    The statement is `services.listing_sql.jobs_page` (its docstring says which
+    index each filter reads); the rows read as `StoredJob`s.
     """
-    query: Select[tuple[Job]] = select(Job)
-    if exclude_queue is not None:
-        query = query.where(Job.queue != exclude_queue)
-    if tenant_id is not None:
-        query = query.where(Job.tenant_id == tenant_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if actor is not None:
-        query = query.where(Job.actor == actor)
-    if since is not None:
-        query = query.where(Job.created_at >= since)
-    if until is not None:
-        query = query.where(Job.created_at < until)
-    if error_contains is not None:
-        query = query.where(Job.error.icontains(error_contains, autoescape=True))
-    query = query.where(*keyset_after(session, Job.created_at, Job.message_id, after))
-    query = query.order_by(*keyset_order(session, Job.created_at, Job.message_id)).limit(limit)
-    return list(session.scalars(query))
+    statement = jobs_page(
+        session.get_bind().dialect.name,
+        tenant_id=tenant_id,
+        status=status,
+        actor=actor,
+        since=since,
+        until=until,
+        error_contains=error_contains,
+        exclude_queue=exclude_queue,
+        after=after,
+        limit=limit,
+    )
+    return fetch(session, statement, Job.__table__)
 
 
 def count_by_status(
@@ -695,3 +604,31 @@ def purge_finished_jobs(session: Session, *, older_than: dt.datetime, batch_size
     )
     result = session.execute(delete(Job).where(Job.message_id.in_(doomed)))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+class JobsOnSession:
+    """`services.job_views.JobsReader` on a SQLAlchemy session (the console, the demo)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def page(self, **filters: Any) -> list[StoredJob]:
+        """`list_jobs`."""
+        return list_jobs(self.session, **filters)
+
+    def with_ids(self, message_ids: list[str]) -> list[StoredJob]:
+        """The records of these messages."""
+        return fetch(self.session, jobs_with_ids(message_ids), Job.__table__)
+
+    def running(
+        self,
+        *,
+        now: dt.datetime,
+        stale_after: dt.timedelta,
+        tenant_id: int | None = None,
+        actor: str | None = None,
+    ) -> list[RunningJob]:
+        """`services.workers.running_jobs`."""
+        return running_jobs(
+            self.session, now=now, stale_after=stale_after, tenant_id=tenant_id, actor=actor
+        )

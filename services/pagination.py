@@ -13,12 +13,13 @@ import binascii
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import ColumnElement, DateTime, and_, bindparam, func, or_
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from services.errors import TaskyardError
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+    from sqlalchemy.orm import Session
 
 # A cursor this Taskyard writes is far shorter; anything longer is not one.
 MAX_CURSOR_LENGTH = 300
@@ -90,6 +91,8 @@ def _sortable(session: Session, at: Any) -> Any:
     driver's with microseconds), which do not compare as the times they stand for.
     """
     if session.get_bind().dialect.name == "sqlite":
+        from sqlalchemy import func
+
         return func.strftime(SQLITE_TIME_FORMAT, at)
     return at
 
@@ -108,6 +111,37 @@ def after(
     """
     if position is None:
         return []
+    from sqlalchemy import DateTime, and_, bindparam, or_
+
     mark = _sortable(session, bindparam(None, position.at, type_=DateTime(timezone=True)))
     at = _sortable(session, at)
     return [at <= mark, or_(at < mark, and_(at == mark, key > position.key))]
+
+
+# The same order and conditions as SQL text, for statements written as text
+# (services/listing_sql.py), on the parameters `:after_at` and `:after_key`.
+
+
+def sortable_sql(dialect: str, expression: str) -> str:
+    """`_sortable` as SQL text: the time itself, or on SQLite its one text format."""
+    if dialect == "sqlite":
+        return f"strftime('{SQLITE_TIME_FORMAT}', {expression})"
+    return expression
+
+
+def order_sql(dialect: str, at: str, key: str) -> str:
+    """`order` as SQL text (what follows ORDER BY)."""
+    return f"{sortable_sql(dialect, at)} DESC, {key}"
+
+
+def after_sql(dialect: str, at: str, key: str, position: Position | None) -> list[str]:
+    """`after` as SQL text: the conditions, on `:after_at` and `:after_key` (`after_params`)."""
+    if position is None:
+        return []
+    at, mark = sortable_sql(dialect, at), sortable_sql(dialect, ":after_at")
+    return [f"{at} <= {mark}", f"({at} < {mark} OR ({at} = {mark} AND {key} > :after_key))"]
+
+
+def after_params(position: Position | None) -> dict[str, Any]:
+    """The parameters of `after_sql`'s conditions (`after_at` is a time)."""
+    return {} if position is None else {"after_at": position.at, "after_key": position.key}

@@ -30,6 +30,19 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
+def hide_password(url: str) -> str:
+    """The URL with its password (if any) shown as `***`: for an operator's error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", f":{REDACTED}@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def redact_text(text: str) -> str:
     """`text` with every URL in it redacted as `redact_url` does (user, password, fragment)."""
     return _URL_IN_TEXT.sub(

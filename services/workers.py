@@ -15,49 +15,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import JOB_SUCCEEDED, Job, Tenant, Worker
-from services.errors import valid_tenant_id
+from db.session import fetch
+from services.job_views import (
+    RunningJob,
+    as_utc,
+    running_now,
+    running_of,
+    start_of,
+)
+from services.listing_sql import live_heartbeats
 from services.tenants import is_served
 from settings import tenant_of_queue_name
 
-# A worker is live while its last heartbeat is younger than this many beats.
-STALE_AFTER_BEATS = 3
 # The actor whose successful runs show that the scheduler ticks (schedules.py sends it).
 SCHEDULER_TICK_ACTOR = "scheduler_tick"
 # The newest successful tick records read for the last finish: ticks that overlap
 # (a slow one, a redelivered one) may finish out of order, a few at most.
 TICKS_READ = 10
-
-
-def stale_window(heartbeat_seconds: float) -> dt.timedelta:
-    """How long a worker stays live after its last beat, for a beat every `heartbeat_seconds`."""
-    return dt.timedelta(seconds=heartbeat_seconds * STALE_AFTER_BEATS)
-
-
-class RunningEntry(TypedDict):
-    """One message a worker thread runs, as the heartbeat writes it into `workers.running`."""
-
-    message_id: str
-    actor: str
-    queue: str
-    tenant_id: int | None
-    thread: str
-    thread_id: int | None
-    started_at: str
-
-
-class RunningJob(TypedDict):
-    """A job that a live worker's heartbeat says one of its threads runs now."""
-
-    message_id: str
-    actor: str
-    queue: str
-    tenant_id: int | None
-    worker_id: str
-    host: str
-    pid: int
-    thread: str
-    started_at: str
-    running_seconds: float
 
 
 class WorkerInfo(TypedDict):
@@ -131,14 +105,9 @@ def purge_stale_workers(session: Session, *, older_than: dt.datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def worker_info(worker: Worker, *, now: dt.datetime, stale_after: dt.timedelta) -> WorkerInfo:
     """A worker row as plain data, with its heartbeat's age and whether it is live."""
-    age = (now - _aware(worker.heartbeat_at)).total_seconds()
+    age = (now - as_utc(worker.heartbeat_at)).total_seconds()
     return {
         "worker_id": worker.worker_id,
         "kind": worker.kind,
@@ -147,11 +116,11 @@ def worker_info(worker: Worker, *, now: dt.datetime, stale_after: dt.timedelta) 
         "queues": list(worker.queues),
         "threads": worker.threads,
         "in_progress": worker.in_progress,
-        "started_at": _aware(worker.started_at).isoformat(),
-        "heartbeat_at": _aware(worker.heartbeat_at).isoformat(),
+        "started_at": as_utc(worker.started_at).isoformat(),
+        "heartbeat_at": as_utc(worker.heartbeat_at).isoformat(),
         "age_seconds": round(age, 1),
         "live": age <= stale_after.total_seconds(),
-        "running": _running_of(worker, now=now),
+        "running": running_of(worker, now=now),
     }
 
 
@@ -203,52 +172,6 @@ def unserved_tenants(
     return sorted(t for t, status in wanted if is_served(status) and t not in served)
 
 
-def _moment(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return _aware(dt.datetime.fromisoformat(value)).astimezone(dt.UTC)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _started(job: RunningJob) -> dt.datetime:
-    return dt.datetime.fromisoformat(job["started_at"])
-
-
-def _running_job(entry: object, worker: Worker, *, now: dt.datetime) -> RunningJob | None:
-    """One entry of a row's `running` list, or None when it is malformed (never raises)."""
-    if not isinstance(entry, dict):
-        return None
-    message_id, actor, queue = entry.get("message_id"), entry.get("actor"), entry.get("queue")
-    started = _moment(entry.get("started_at"))
-    if not (isinstance(message_id, str) and message_id and isinstance(actor, str) and actor):
-        return None
-    if started is None:
-        return None
-    tenant_id, thread = entry.get("tenant_id"), entry.get("thread")
-    return {
-        "message_id": message_id,
-        "actor": actor,
-        "queue": queue if isinstance(queue, str) else "",
-        "tenant_id": tenant_id if valid_tenant_id(tenant_id) else None,
-        "worker_id": worker.worker_id,
-        "host": worker.host,
-        "pid": worker.pid,
-        "thread": thread if isinstance(thread, str) else "",
-        "started_at": started.isoformat(),
-        # Another host's clock may run ahead of this one's.
-        "running_seconds": round(max(0.0, (now - started).total_seconds()), 1),
-    }
-
-
-def _running_of(worker: Worker, *, now: dt.datetime) -> list[RunningJob]:
-    """The well-formed entries of a row's `running` list, the longest running first."""
-    entries = worker.running if isinstance(worker.running, list) else []
-    found = [job for e in entries if (job := _running_job(e, worker, now=now)) is not None]
-    return sorted(found, key=lambda job: (_started(job), job["thread"]))
-
-
 def running_jobs(
     session: Session,
     *,
@@ -262,15 +185,8 @@ def running_jobs(
     Live as in `list_workers`: a heartbeat fresher than `stale_after`. Malformed
     entries are skipped. A job started less than one beat ago is not here yet.
     """
-    query = select(Worker).where(Worker.heartbeat_at >= now - stale_after)
-    found = [
-        job
-        for worker in session.scalars(query)
-        for job in _running_of(worker, now=now)
-        if (tenant_id is None or job["tenant_id"] == tenant_id)
-        and (actor is None or job["actor"] == actor)
-    ]
-    return sorted(found, key=lambda j: (_started(j), j["host"], j["pid"], j["thread"]))
+    rows = fetch(session, live_heartbeats(now - stale_after), Worker.__table__)
+    return running_now(rows, now=now, tenant_id=tenant_id, actor=actor)
 
 
 def running_job(
@@ -286,7 +202,7 @@ def running_job(
         for job in running_jobs(session, now=now, stale_after=stale_after)
         if job["message_id"] == message_id
     ]
-    return max(found, key=_started, default=None)
+    return max(found, key=start_of, default=None)
 
 
 def last_scheduler_tick(session: Session) -> dt.datetime | None:
@@ -303,4 +219,4 @@ def last_scheduler_tick(session: Session) -> dt.datetime | None:
         .subquery()
     )
     value = session.scalar(select(func.max(newest.c.finished_at)))
-    return _aware(value) if value is not None else None
+    return as_utc(value) if value is not None else None

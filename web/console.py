@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.common import describe_error
 from db.models import WEB_ADMIN
-from services.workers import stale_window
+from services.job_views import stale_window
 from settings import Settings
 
 T = TypeVar("T")

@@ -14,7 +14,8 @@ from db.models import DeadLetter
 from services.dead_letters import dead_letter_info
 from services.errors import NotFound
 from services.job_control import cancel_job
-from services.jobs import JOBS_LISTING, get_job
+from services.job_views import JOBS_LISTING
+from services.jobs import JobsOnSession, get_job
 from web.auth import admin_only
 from web.console import attempt, check_sees, console, not_found, scoped_tenant
 from web.filters import (
@@ -48,7 +49,7 @@ def jobs() -> str:
     def read(session: Session) -> list[Any]:
         try:
             found = job_listing(
-                session,
+                JobsOnSession(session),
                 stale_after=c.stale_after,
                 tenant_id=tenant_id,
                 status=status,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import JOB_DEAD, JOB_QUEUED, JOB_SUCCEEDED, DeadLetter, Job
 from middleware.metrics_server import HostCollector
 from services.dead_letters import dead_letter_cursor
-from services.jobs import job_cursor
+from services.job_views import job_cursor
 from tests.integration.cli_harness import as_json, assert_one_line_error, taskyard
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from db.models import Job
-from services.jobs import JOBS_LISTING, job_cursor, list_jobs
+from services.job_views import JOBS_LISTING, job_cursor
+from services.jobs import list_jobs
 from services.pagination import InvalidCursor, Position, decode_cursor, encode_cursor
 
 

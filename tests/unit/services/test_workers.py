@@ -10,12 +10,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from db.models import Worker
+from services.job_views import stale_window
 from services.workers import (
     beat,
     list_workers,
     running_job,
     running_jobs,
-    stale_window,
 )
 
 NOW = dt.datetime(2026, 12, 12, 10, 0, 0, tzinfo=dt.UTC)
