@@ -10,29 +10,24 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
-from sqlalchemy import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import Session
 
+from cli.quick import QuickUnavailable
 from cli.render import emit
 from cli.root import main as main  # (re-exported: each command module adds itself to it)
-from db.migrate import MIGRATE_ADVICE, SchemaBehind, check_schema
-from db.models import (
-    JOB_FINAL_STATES,
-    JOB_QUEUED,
-    JOB_RETRYING,
-    JOB_RUNNING,
-)
-from db.session import make_engine, make_session_factory
+from db.revisions import MIGRATE_ADVICE, SchemaBehind
+from db.states import JOB_FINAL_STATES, JOB_QUEUED, JOB_RETRYING, JOB_RUNNING
 from services.errors import TaskyardError, UnknownTenant
 from services.pagination import InvalidCursor, Position, decode_cursor
+from services.redaction import hide_password
 from settings import Settings, SettingsError, load_settings
 
+# SQLAlchemy is imported by the commands that use it, when they run (`run`): a command
+# that reads without it (cli/quick.py) starts in a fraction of the time.
 if TYPE_CHECKING:
     from dramatiq.broker import Broker
+    from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
@@ -214,16 +209,12 @@ class State:
 
 def shown_url(database_url: str) -> str:
     """The database URL with its password hidden."""
-    return make_url(database_url).render_as_string(hide_password=True)
+    return hide_password(database_url)
 
 
 def shown_broker_url(broker_url: str) -> str:
     """The broker URL with its password hidden."""
-    parts = urlsplit(broker_url)
-    if parts.password is None:
-        return broker_url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return hide_password(broker_url)
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -248,6 +239,21 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+class _NotLoaded(Exception):
+    """Stands for an error class of a library this process never imported: nothing raises it."""
+
+
+def _database_error(name: str) -> type[Exception]:
+    """SQLAlchemy's error class `name`, or `_NotLoaded` when SQLAlchemy was never imported.
+
+    As with the broker's errors, a command that never loaded SQLAlchemy cannot have
+    raised its errors, and explaining an error should not cost importing it.
+    """
+    loaded = sys.modules.get("sqlalchemy.exc")
+    found = getattr(loaded, name, None) if loaded is not None else None
+    return found if isinstance(found, type) else _NotLoaded
+
+
 def describe_error(
     exc: Exception, database_url: str | None, broker_url: str | None = None
 ) -> tuple[int, str]:
@@ -261,13 +267,15 @@ def describe_error(
             f"cannot reach the broker at {where} ({detail}): check BROKER_URL"
         )
     where = shown_url(database_url) if database_url else "DATABASE_URL"
+    OperationalError = _database_error("OperationalError")
+    ProgrammingError = _database_error("ProgrammingError")
     cause = exc.__cause__
     # check_schema reads any "... does not exist" as a missing database; a missing
     # role is a login problem, which migrating would not fix.
     if (
         isinstance(exc, SchemaBehind)
         and isinstance(cause, OperationalError)
-        and 'database "' not in _first_line(cause.orig)
+        and 'database "' not in _first_line(getattr(cause, "orig", cause))
     ):
         exc = cause
     if isinstance(exc, SettingsError):
@@ -331,6 +339,9 @@ def transact(ctx: click.Context) -> Transact:
 
 def run(ctx: click.Context, work: Callable[[Session], T]) -> T:
     """Run `work` in one transaction on a database at the expected schema, and commit."""
+    from db.migrate import check_schema
+    from db.session import make_engine, make_session_factory
+
     settings = ctx.ensure_object(State).load_settings()
     engine = make_engine(settings)
     try:
@@ -443,18 +454,29 @@ def transaction_command(
     *,
     help: str | None = None,
     cls: type[click.Command] = click.Command,
+    quick: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., T]], click.Command]:
     """Make a function of the session and the command's parameters into `group NAME [--json]`.
 
     The function runs in one transaction (`run`) and what it returns is printed
     by `render`, or as JSON. Its click arguments and options go below this
     decorator; the help is its docstring unless `help` is given.
+
+    `quick`, a function of the context and the same parameters, is tried first: it
+    reads without SQLAlchemy (cli/quick.py), or raises `QuickUnavailable` and the
+    function runs as above.
     """
 
     def decorate(work: Callable[..., T]) -> click.Command:
         @functools.wraps(work, updated=())
         @click.pass_context
         def command(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
+            if quick is not None:
+                try:
+                    emit(quick(ctx, **values), as_json, render)
+                    return
+                except QuickUnavailable:
+                    pass  # the usual way below, which explains any error
             emit(run(ctx, lambda session: work(session, **values)), as_json, render)
 
         # The function's own parameters in the order written, then --json, as on every command.
