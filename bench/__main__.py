@@ -63,6 +63,8 @@ class Sizes:
     soak_sample: float
     # The web console: records in the `jobs` table its pages are timed on (`--console-rows`).
     console_rows: int
+    # The command line: cold calls of each command timed (their median is the figure).
+    cli_calls: int
 
 
 # The scenarios in the order they run (`--only` takes these names).
@@ -77,12 +79,14 @@ SCENARIOS = (
     "memory",
     "ingest",
     "console",
+    "cli",
     "store",
     "soak",
 )
 # The scenarios measured on the pre-filled `jobs` table (one fill a run, made before the
-# first; `reset` keeps it): throughput, send and latency on a production-sized table.
-PREFILLED = frozenset({"throughput", "send", "latency", "store"})
+# first; `reset` keeps it): throughput, send, latency and `jobs list` on a
+# production-sized table.
+PREFILLED = frozenset({"throughput", "send", "latency", "cli", "store"})
 # Where the time goes and what stands in the way of each target: written by hand
 # from profiles, appended to the generated report.
 ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
@@ -117,6 +121,7 @@ FULL = Sizes(
     soak_keep=3,
     soak_sample=10,
     console_rows=10_000_000,
+    cli_calls=15,
 )
 SMOKE = Sizes(
     runs=1,
@@ -146,6 +151,7 @@ SMOKE = Sizes(
     soak_keep=1,
     soak_sample=1,
     console_rows=20_000,
+    cli_calls=3,
 )
 
 
@@ -243,6 +249,12 @@ def notes(sizes: Sizes, bulk_calls: int) -> list[str]:
         f"APIs (from the navigation's start), the median of {console.BROWSER_LOADS} loads "
         "after one unmeasured, each beside the sign-in form (same layout, style and "
         "scripts, no query) loaded by a browser not signed in.",
+        f"Command line: the median of {sizes.cli_calls} calls of each command, each a new "
+        "process timed from its start to its exit, its output read; the commands are called "
+        "in turn so that any drift of the machine hits all of them. `jobs list` reads the "
+        "pre-filled table. The baseline is the interpreter's start (`python -c pass`) in "
+        "the same loop; `through SQLAlchemy` is `jobs list` with its quick read declined "
+        "(cli/quick.py), as on a database it cannot read quickly.",
     ]
 
 
@@ -280,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     env.export()
     # Imported only now: Taskyard reads its settings when its broker is built.
     from bench import (
+        cli_start,
         console,
         fairness,
         fairness_scale,
@@ -394,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             "console",
             lambda: console.run(env.database_url, rows=sizes.console_rows, runs=sizes.runs),
         ),
+        ("cli", lambda: cli_start.run(calls=sizes.cli_calls)),
         (
             # Last but the soak: it drops the pre-fill's expired day.
             "store",

@@ -39,6 +39,12 @@ EXPECTED = [
     ("7. Scheduler", "200 schedules, 20 due", "taskyard"),
     *[("8. Memory", f"RSS after {n} jobs", s) for n in (20, 60) for s in ("taskyard", "dramatiq")],
     *[("9. Ingest", "feed items/s", s) for s in ("taskyard DB-writing job", "taskyard ingest")],
+    *[
+        ("13. Command line", what, system)
+        for what in ("taskyard --help", "taskyard jobs list")
+        for system in ("taskyard", "python -c pass")
+    ],
+    ("13. Command line", "taskyard jobs list", "taskyard, through SQLAlchemy"),
     ("10. Job store: first page", "jobs list (20,000 records)", "taskyard"),
     ("10. Job store: first page", "dead-letters list (20,000 records)", "taskyard"),
     ("10. Job store: first page", "health: last scheduler tick", "taskyard"),
