@@ -87,7 +87,7 @@ run: install migrate ## Migrate, then run a worker, the scheduler and the web co
 demo: install ## Run the demo in one process (SQLite and an in-process broker)
 	$(BIN)/taskyard demo
 
-bench: install ## Measure Taskyard beside bare Dramatiq, Celery, procrastinate; write BENCHMARKS.md (~12 min)
+bench: install ## Measure Taskyard beside bare Dramatiq, Celery, procrastinate; write BENCHMARKS.md (its notes give the sizes)
 	$(BIN)/python -m bench
 
 docs: install ## Regenerate docs/reference from the code, then build the site into docs/_build/html
