@@ -287,18 +287,7 @@ def _jobs_list_quickly(ctx: click.Context, **values: Any) -> list[JobInfo] | lis
     help="Include system jobs (scheduler ticks, maintenance); --actor names one anyway.",
 )
 @after_option(JOBS_LISTING)
-def jobs_list(
-    session: Session,
-    tenant_id: int | None,
-    status: str | None,
-    actor: str | None,
-    since: dt.datetime | None,
-    until: dt.datetime | None,
-    error_contains: str | None,
-    limit: int,
-    system: bool,
-    after: Position | None,
-) -> list[JobInfo] | list[RunningJobInfo]:
+def jobs_list(session: Session, **filters: Any) -> list[JobInfo] | list[RunningJobInfo]:
     """List job records, the most recently sent first; --after CURSOR for the next page.
 
     Each record listed carries its `cursor` (in --json): pass the last one's to
@@ -315,18 +304,7 @@ def jobs_list(
     """
     from services.jobs import JobsOnSession
 
-    return _jobs_list(
-        JobsOnSession(session),
-        tenant_id=tenant_id,
-        status=status,
-        actor=actor,
-        since=since,
-        until=until,
-        error_contains=error_contains,
-        limit=limit,
-        system=system,
-        after=after,
-    )
+    return _jobs_list(JobsOnSession(session), **filters)
 
 
 def _jobs_list(
