@@ -53,6 +53,8 @@ class Sizes:
     # DB-writing jobs run while the store's expired day is dropped, and the seconds of
     # their jobs/s compared before and from the drop's start.
     store_drop_jobs: int
+    # The records of the expired day the store drops (the pre-fill's, topped up).
+    store_drop_rows: int
     store_drop_window: float
     # The soak: seconds, DB-writing jobs sent per second, the partitions' period in
     # seconds, the periods the records are kept, seconds between samples.
@@ -114,6 +116,7 @@ FULL = Sizes(
     store_rows=10_000_000,
     store_jobs=2_000,
     store_drop_jobs=8_000,
+    store_drop_rows=10_000_000,
     store_drop_window=5.0,
     soak_seconds=600,
     soak_rate=100,
@@ -144,6 +147,7 @@ SMOKE = Sizes(
     store_rows=20_000,
     store_jobs=40,
     store_drop_jobs=1_000,
+    store_drop_rows=20_000,
     store_drop_window=0.5,
     soak_seconds=8,
     soak_rate=10,
@@ -220,7 +224,10 @@ def notes(sizes: Sizes, bulk_calls: int) -> list[str]:
         "Each listing's figure is the median of 7 reads of its first page through the service "
         "the command calls (records loaded, not printed). Row versions per job: "
         f"pg_stat_user_tables' inserts + updates of `jobs` over {sizes.store_jobs:,} no-op jobs "
-        "sent with send_many and run by one worker. Retention: last, after a CHECKPOINT "
+        "sent with send_many and run by one worker. Retention: last, the expired day is "
+        f"first topped up to {sizes.store_drop_rows:,} records, the issue's period (detached, "
+        "its indexes dropped, the records generated into it as the fill makes them, attached "
+        "again, which makes its indexes, vacuumed); then, after a CHECKPOINT "
         "(an expired day's files are long on disk; the fill's were just written), "
         "`services.partitions.drop_expired` as the daily job calls it drops the expired day "
         "(and the empty day after it) while one worker process of 8 threads drains "
@@ -417,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs=sizes.store_jobs,
                 retention_days=30,
                 drop_jobs=sizes.store_drop_jobs,
+                drop_rows=sizes.store_drop_rows,
                 drop_window=sizes.store_drop_window,
             ),
         ),

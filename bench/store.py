@@ -418,8 +418,67 @@ def remove_files_seconds(scratch: Path, total: int, segment: int = 2**30) -> flo
     return time.monotonic() - started
 
 
-def retention_drop(taskyard: Taskyard, jobs: int, window: float = DROP_WINDOW) -> list[Figure]:
-    """Drop the filled table's expired day while a worker runs `jobs` DB-writing jobs.
+def top_up(engine: Engine, day: dt.date, records: int, *, seed: str = "taskyard-top-up") -> int:
+    """Make the partition of `day` (expired) hold `records` records; how many it holds.
+
+    The pre-fill puts part of its records on the expired day; the drop's target is
+    for a period of the issue's size.  The partition is detached, its indexes
+    dropped, the missing records generated into it (on the same day, as the fill
+    makes them), and it is attached again, which makes its indexes; then vacuumed.
+    """
+    name = partitions.partition_name(day)
+    have = _partition_rows(engine, name)
+    if have >= records:
+        return have
+    started = time.monotonic()
+    low, high = partitions.day_bounds(day)
+    with engine.connect() as conn:
+        conn.execute(text(f'ALTER TABLE jobs DETACH PARTITION "{name}"'))
+        for (index,) in conn.execute(
+            text(
+                "SELECT indexname FROM pg_indexes WHERE tablename = :t "
+                "AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+            ),
+            {"t": name},
+        ).all():
+            conn.execute(text(f'DROP INDEX "{index}"'))
+        conn.commit()
+        extra = records - have
+        for first in range(1, extra + 1, FILL_CHUNK):
+            last = min(extra, first + FILL_CHUNK - 1)
+            conn.execute(
+                text(_FILL.replace("INSERT INTO jobs ", f'INSERT INTO "{name}" ', 1)),
+                {
+                    "seed": seed,
+                    "first": first,
+                    "last": last,
+                    "total": extra,
+                    "tick_every": max(2, records // (24 * 60)),
+                    # Every generated record on the expired day.
+                    "expired": extra,
+                    "expired_day": day.isoformat() + "T00:00:00+00:00",
+                },
+            )
+            conn.commit()
+            _say(f"top-up: {last:,} of {extra:,} records ({time.monotonic() - started:.0f} s)")
+        conn.execute(text("SET maintenance_work_mem = '512MB'"))
+        conn.execute(
+            text(f'ALTER TABLE jobs ATTACH PARTITION "{name}" FOR VALUES FROM (:low) TO (:high)'),
+            {"low": low, "high": high},
+        )
+        conn.commit()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'VACUUM (ANALYZE) "{name}"'))
+    held = _partition_rows(engine, name)
+    _say(f"top-up: {name} holds {held:,} records ({time.monotonic() - started:.0f} s)")
+    return held
+
+
+def retention_drop(
+    taskyard: Taskyard, jobs: int, window: float = DROP_WINDOW, *, records: int
+) -> list[Figure]:
+    """Drop the filled table's expired day, of `records` records, while a worker runs `jobs`
+    DB-writing jobs.
 
     Times `partitions.drop_expired` as the daily job calls it, and compares the
     jobs/s the worker finished in the `window` seconds from the drop's start (or
@@ -429,8 +488,9 @@ def retention_drop(taskyard: Taskyard, jobs: int, window: float = DROP_WINDOW) -
     now = dt.datetime.now(dt.UTC)
     # The fill's oldest day (not recomputed from today: the run may have passed midnight).
     with engine.connect() as conn:
-        expired = partitions.partitions(conn)[min(partitions.partitions(conn))]
-    records = _partition_rows(engine, expired)
+        found = partitions.partitions(conn)
+    expired = found[min(found)]
+    records = top_up(engine, min(found), records)
     with engine.connect() as conn:
         day_bytes = int(conn.scalar(text("SELECT pg_total_relation_size(:p)"), {"p": expired}))
         # An expired day is a month old, its files long on disk; the fill wrote this one
@@ -549,9 +609,10 @@ def run(
     retention_days: int,
     drop_jobs: int,
     drop_window: float = DROP_WINDOW,
+    drop_rows: int,
 ) -> list[Figure]:
     """The store's figures on `rows` records, the row versions of `jobs` real jobs, then the
-    expired day's drop under `drop_jobs` DB-writing jobs."""
+    expired day's drop (topped up to `drop_rows` records) under `drop_jobs` DB-writing jobs."""
     figures = measure_store(engine_of(taskyard.env), rows, retention_days)
     versions, hot_share = row_versions(taskyard, jobs)
     note = f"{jobs:,} no-op jobs sent with send_many and run by one worker"
@@ -561,7 +622,7 @@ def run(
         Figure(SCENARIO, "heap-only share of the record's updates", "taskyard", "%",
                [hot_share], note=note),
     ]  # fmt: skip
-    figures += retention_drop(taskyard, drop_jobs, drop_window)
+    figures += retention_drop(taskyard, drop_jobs, drop_window, records=drop_rows)
     return figures
 
 
