@@ -528,8 +528,6 @@ def retention_drop(
         raise BenchError(f"the expired partition {expired} was not dropped (left: {left})")
     ends = tally_ends(path)
     after = max(window, took)
-    if ends[-1] < started + after:
-        raise BenchError(f"the {jobs:,} jobs were done before the drop's window ended: send more")
     before = sum(started - window <= end < started for end in ends) / window
     during = sum(started <= end < started + after for end in ends) / after
     detach = steps.get(f"{expired} detach", float("nan"))
@@ -543,6 +541,8 @@ def retention_drop(
         f"(tries: {tries}); "
         f"{before:.0f} jobs/s before, {during:.0f} jobs/s from the drop's start"
     )
+    if ends[-1] < started + after:
+        raise BenchError(f"the {jobs:,} jobs were done before the drop's window ended: send more")
     what = f"DB-writing jobs/s, {after:.1f} s from the drop's start against {window:.1f} s before"
     note = f"one worker process of 8 threads draining {jobs:,} DB-writing jobs"
     return [
