@@ -149,8 +149,23 @@ class Job(Base):
         Index(None, "status", "finished_at"),
         Index(None, "created_at"),
         Index(None, "tenant_id", "created_at"),
-        Index(None, "tenant_id", "status", "created_at"),
-        Index(None, "status", "created_at"),
+        # Without the succeeded records (migration 0015): their listing reads the creation-time
+        # indexes, and a job's final update to succeeded inserts into neither of these.
+        Index(
+            None,
+            "tenant_id",
+            "status",
+            "created_at",
+            postgresql_where=text(f"status <> '{JOB_SUCCEEDED}'"),
+            sqlite_where=text(f"status <> '{JOB_SUCCEEDED}'"),
+        ),
+        Index(
+            None,
+            "status",
+            "created_at",
+            postgresql_where=text(f"status <> '{JOB_SUCCEEDED}'"),
+            sqlite_where=text(f"status <> '{JOB_SUCCEEDED}'"),
+        ),
         Index(None, "actor", "created_at"),
         Index(None, "tenant_id", "actor", "created_at"),
         # A schedule's last runs join their records by (schedule, slot) (migration 0013).

@@ -309,3 +309,77 @@ def test_0013_keeps_every_record_with_no_history_and_indexes_schedule_slots(
             text("SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'")
         ).scalars()
         assert "attempt_history" not in set(columns)
+
+
+def _status_indexes(engine: Engine) -> dict[str, tuple[str, bool, int]]:
+    """Each status index of `jobs`: its definition, whether valid, its partitions' indexes."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT c.relname, pg_get_indexdef(c.oid), x.indisvalid,"
+                " (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid)"
+                " FROM pg_class c JOIN pg_index x ON x.indexrelid = c.oid"
+                " WHERE c.relname IN ('ix_jobs_status_created_at',"
+                "                     'ix_jobs_tenant_id_status_created_at')"
+            )
+        ).all()
+    return {name: (definition, valid, children) for name, definition, valid, children in rows}
+
+
+def test_0015_makes_the_status_indexes_partial_on_every_partition_and_loses_no_record(
+    scratch_url: str, scratch_engine: Engine
+) -> None:
+    # Given a database at 0014 holding records in a day's partition and in the default one
+    ensure_database(scratch_url)
+    config = alembic_config(scratch_url)
+    # (Not in a transaction of the test's: 0014 builds its indexes outside one.)
+    with scratch_engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0014")
+        connection.commit()
+    with scratch_engine.begin() as connection:
+        partitions = connection.execute(
+            text("SELECT count(*) FROM pg_inherits WHERE inhparent = 'jobs'::regclass")
+        ).scalar_one()
+        connection.execute(
+            text(
+                "INSERT INTO jobs (message_id, tenant_id, actor, queue, args, status, attempts)"
+                " VALUES (:today, 1, 'a', 'q', '{}', 'dead', 3),"
+                " (:ok, 1, 'a', 'q', '{}', 'succeeded', 1),"
+                " ('not-a-uuid', 2, 'a', 'q', '{}', 'queued', 0)"
+            ),
+            {"today": str(uuid.uuid4()), "ok": str(uuid.uuid4())},
+        )
+    assert partitions >= 2
+    full = _status_indexes(scratch_engine)
+    assert all("WHERE" not in definition for definition, _, _ in full.values()), full
+
+    # When it is upgraded to head
+    upgrade_to_head(scratch_url)
+
+    # Then both status indexes leave the succeeded records out, valid, on every partition
+    partial = _status_indexes(scratch_engine)
+    assert set(partial) == set(full)
+    for definition, valid, children in partial.values():
+        assert "WHERE ((status)::text <> 'succeeded'::text)" in definition, definition
+        assert valid and children == partitions
+    with scratch_engine.connect() as connection:
+        statuses = connection.execute(text("SELECT status FROM jobs ORDER BY status")).scalars()
+        assert list(statuses) == ["dead", "queued", "succeeded"]
+        # And a listing of dead records reads the partial index
+        connection.execute(text("SET enable_seqscan = off"))
+        plan = "\n".join(
+            connection.execute(
+                text("EXPLAIN SELECT * FROM jobs WHERE status = 'dead' ORDER BY created_at DESC")
+            ).scalars()
+        )
+    assert "status_created_at" in plan, plan
+
+    # And it goes back to 0014: whole indexes again
+    with scratch_engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0014")
+        connection.commit()
+    restored = _status_indexes(scratch_engine)
+    for definition, valid, children in restored.values():
+        assert "WHERE" not in definition and valid and children == partitions, restored
