@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from services.errors import TaskyardError
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
+    from sqlalchemy import TextClause
     from sqlalchemy.orm import Session
 
 # A cursor this Taskyard writes is far shorter; anything longer is not one.
@@ -84,58 +84,33 @@ def _problem(listing: str, cursor: str) -> Position | str:
     return Position(at, key)
 
 
-def _sortable(session: Session, at: Any) -> Any:
-    """`at` as listings order and compare it: itself, or on SQLite (the demo) one text format.
+# The order and the conditions are written once, as SQL text on column names: statements
+# written as text (services/listing_sql.py) take them as they are, and SQLAlchemy
+# queries (the dead-letter listing) through `order` and `after`.
+
+
+def sortable_sql(dialect: str, expression: str) -> str:
+    """A time as listings order and compare it: itself, or on SQLite (the demo) one text format.
 
     SQLite keeps times as text written two ways (its CURRENT_TIMESTAMP, and the
     driver's with microseconds), which do not compare as the times they stand for.
     """
-    if session.get_bind().dialect.name == "sqlite":
-        from sqlalchemy import func
-
-        return func.strftime(SQLITE_TIME_FORMAT, at)
-    return at
-
-
-def order(session: Session, at: Any, key: Any) -> list[Any]:
-    """The ORDER BY of a listing: `at` newest first, ties by `key`."""
-    return [_sortable(session, at).desc(), key]
-
-
-def after(
-    session: Session, at: Any, key: Any, position: Position | None
-) -> list[ColumnElement[bool]]:
-    """Conditions for what comes after `position` in `order(at, key)` (none: all).
-
-    Written as a range on `at` (which an index on it bounds) and the tie-break.
-    """
-    if position is None:
-        return []
-    from sqlalchemy import DateTime, and_, bindparam, or_
-
-    mark = _sortable(session, bindparam(None, position.at, type_=DateTime(timezone=True)))
-    at = _sortable(session, at)
-    return [at <= mark, or_(at < mark, and_(at == mark, key > position.key))]
-
-
-# The same order and conditions as SQL text, for statements written as text
-# (services/listing_sql.py), on the parameters `:after_at` and `:after_key`.
-
-
-def sortable_sql(dialect: str, expression: str) -> str:
-    """`_sortable` as SQL text: the time itself, or on SQLite its one text format."""
     if dialect == "sqlite":
         return f"strftime('{SQLITE_TIME_FORMAT}', {expression})"
     return expression
 
 
 def order_sql(dialect: str, at: str, key: str) -> str:
-    """`order` as SQL text (what follows ORDER BY)."""
+    """What follows ORDER BY in a listing: `at` newest first, ties by `key`."""
     return f"{sortable_sql(dialect, at)} DESC, {key}"
 
 
 def after_sql(dialect: str, at: str, key: str, position: Position | None) -> list[str]:
-    """`after` as SQL text: the conditions, on `:after_at` and `:after_key` (`after_params`)."""
+    """Conditions for what comes after `position` in `order_sql(at, key)` (none: all), on
+    the parameters `:after_at` and `:after_key` (`after_params`).
+
+    Written as a range on `at` (which an index on it bounds) and the tie-break.
+    """
     if position is None:
         return []
     at, mark = sortable_sql(dialect, at), sortable_sql(dialect, ":after_at")
@@ -145,3 +120,29 @@ def after_sql(dialect: str, at: str, key: str, position: Position | None) -> lis
 def after_params(position: Position | None) -> dict[str, Any]:
     """The parameters of `after_sql`'s conditions (`after_at` is a time)."""
     return {} if position is None else {"after_at": position.at, "after_key": position.key}
+
+
+def order(session: Session, at: Any, key: Any) -> list[TextClause]:
+    """`order_sql` for a SQLAlchemy query on the columns `at` and `key` of one table."""
+    from sqlalchemy import text
+
+    return [text(order_sql(session.get_bind().dialect.name, at.name, key.name))]
+
+
+def after(
+    session: Session, at: Any, key: Any, position: Position | None
+) -> list[TextClause]:
+    """`after_sql` for a SQLAlchemy query on the columns `at` and `key` of one table."""
+    if position is None:
+        return []
+    from sqlalchemy import DateTime, bindparam, text
+
+    conditions = " AND ".join(
+        after_sql(session.get_bind().dialect.name, at.name, key.name, position)
+    )
+    return [
+        text(conditions).bindparams(
+            bindparam("after_at", position.at, type_=DateTime(timezone=True)),
+            bindparam("after_key", position.key),
+        )
+    ]
