@@ -129,9 +129,7 @@ def order(session: Session, at: Any, key: Any) -> list[TextClause]:
     return [text(order_sql(session.get_bind().dialect.name, at.name, key.name))]
 
 
-def after(
-    session: Session, at: Any, key: Any, position: Position | None
-) -> list[TextClause]:
+def after(session: Session, at: Any, key: Any, position: Position | None) -> list[TextClause]:
     """`after_sql` for a SQLAlchemy query on the columns `at` and `key` of one table."""
     if position is None:
         return []
