@@ -297,6 +297,12 @@ def describe_error(
                 f"cannot reach the database at {where} ({detail}): "
                 "is PostgreSQL running? (DATABASE_URL)"
             )
+    if isinstance(exc, ProgrammingError) and code is None and detail.startswith("invalid dsn"):
+        # libpq refused the URL before connecting: an option it does not know, say.
+        return EXIT_FAILED, (
+            f"the database URL {where} is not one PostgreSQL's client takes ({detail}): "
+            "fix DATABASE_URL"
+        )
     if isinstance(exc, ProgrammingError) and code in _SCHEMA_MISSING:
         return EXIT_FAILED, (
             f"the database {where} lacks part of the schema ({detail}): {MIGRATE_ADVICE}"

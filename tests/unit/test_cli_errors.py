@@ -76,6 +76,11 @@ REFUSED = 'connection to server at "db.internal", port 5432 failed: Connection r
             EXIT_FAILED,
             '(relation "tenants" does not exist): run `taskyard migrate`',
         ),
+        (
+            ProgrammingError("", None, DriverError('invalid dsn: invalid connection option "foo"')),
+            EXIT_FAILED,
+            '(invalid dsn: invalid connection option "foo"): fix DATABASE_URL',
+        ),
         (operational("could not serialize access", "40001"), EXIT_FAILED, "unexpected"),
         (programming("syntax error at or near", "42601"), EXIT_FAILED, "unexpected"),
         (RuntimeError("boom"), EXIT_FAILED, "unexpected RuntimeError: boom (rerun as"),
