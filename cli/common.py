@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -228,15 +229,18 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
     A command that never loaded Dramatiq or pika cannot have raised their errors,
     so reading them from `sys.modules` spares every command importing both.
     """
-    found: list[type[BaseException]] = []
-    for module, name in (
-        ("dramatiq.errors", "BrokerConnectionError"),
-        ("pika.exceptions", "AMQPError"),
-    ):
-        loaded = sys.modules.get(module)
-        if loaded is not None:
-            found.append(getattr(loaded, name))
-    return tuple(found)
+    found = (
+        _loaded_class("dramatiq.errors", "BrokerConnectionError"),
+        _loaded_class("pika.exceptions", "AMQPError"),
+    )
+    return tuple(error for error in found if error is not None)
+
+
+def _loaded_class(module: str, name: str) -> type[Exception] | None:
+    """The class `name` of `module` if this process has imported that module, else None."""
+    loaded = sys.modules.get(module)
+    found = getattr(loaded, name, None) if loaded is not None else None
+    return found if isinstance(found, type) and issubclass(found, Exception) else None
 
 
 class _NotLoaded(Exception):
@@ -249,9 +253,7 @@ def _database_error(name: str) -> type[Exception]:
     As with the broker's errors, a command that never loaded SQLAlchemy cannot have
     raised its errors, and explaining an error should not cost importing it.
     """
-    loaded = sys.modules.get("sqlalchemy.exc")
-    found = getattr(loaded, name, None) if loaded is not None else None
-    return found if isinstance(found, type) else _NotLoaded
+    return _loaded_class("sqlalchemy.exc", name) or _NotLoaded
 
 
 def describe_error(
@@ -477,13 +479,14 @@ def transaction_command(
         @functools.wraps(work, updated=())
         @click.pass_context
         def command(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
+            emit(_read(ctx, values), as_json, render)
+
+        def _read(ctx: click.Context, values: dict[str, Any]) -> T:
+            """Quickly if it can; else through SQLAlchemy, which explains any error."""
             if quick is not None:
-                try:
-                    emit(quick(ctx, **values), as_json, render)
-                    return
-                except QuickUnavailable:
-                    pass  # the usual way below, which explains any error
-            emit(run(ctx, lambda session: work(session, **values)), as_json, render)
+                with contextlib.suppress(QuickUnavailable):
+                    return quick(ctx, **values)  # type: ignore[no-any-return]
+            return run(ctx, lambda session: work(session, **values))
 
         # The function's own parameters in the order written, then --json, as on every command.
         params = list(reversed(getattr(work, "__click_params__", [])))
