@@ -35,6 +35,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from services.partitions import is_partitioned
+
 revision: str = "0015"
 down_revision: str | Sequence[str] | None = "0014"
 branch_labels: str | Sequence[str] | None = None
@@ -58,11 +60,6 @@ def _partitions() -> list[str]:
     return [name for (name,) in rows]
 
 
-def _partitioned() -> bool:
-    kind = op.get_bind().scalar(sa.text("SELECT relkind FROM pg_class WHERE oid = 'jobs'::regclass"))
-    return bool(kind == "p")
-
-
 def _rebuild_partitioned(name: str, columns: list[str], where: str) -> None:
     """Make `name` on `jobs` anew with `where`, the table taking writes meanwhile."""
     new = f"{name}_new"
@@ -84,9 +81,9 @@ def _rebuild_partitioned(name: str, columns: list[str], where: str) -> None:
 
 def upgrade() -> None:
     """Apply this revision."""
-    postgres = op.get_bind().dialect.name == "postgresql"
+    partitioned = is_partitioned(op.get_bind())
     for name, columns in INDEXES:
-        if postgres and _partitioned():
+        if partitioned:
             _rebuild_partitioned(name, columns, NOT_SUCCEEDED)
             continue
         op.drop_index(name, table_name="jobs")
