@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         help="sample the worker threads idle or not (py-spy --idle): where their time goes, "
         "waiting on the database included, rather than where the GIL is held",
     )
+    parser.add_argument(
+        "--raw", type=Path, help="also keep py-spy's raw stacks in this file (one line a stack)"
+    )
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             done = worker.wait_done(args.kind, args.count, timeout=60 + args.count / 20)
         finally:
             worker.stop()
+        if args.raw is not None:
+            shutil.copyfile(raw, args.raw)
         total, counted = wait_shares(raw) if args.waits else shares(raw)
         rate = args.count / max(done["last_end"] - done["first_start"], 1e-6)
         print(f"{args.kind}: {args.count:,} jobs at {rate:,.0f} jobs/s")
