@@ -209,13 +209,16 @@ def test_hot_path_bench_measures_every_way_and_cleans_up() -> None:
 
 
 @pytest.mark.timeout(180)
-def test_profile_samples_a_real_worker_and_names_where_its_cpu_goes() -> None:
+def test_profile_samples_a_real_worker_and_names_where_its_cpu_goes(tmp_path: Path) -> None:
     # Given the real RabbitMQ and PostgreSQL
     require_servers()
     before = _bench_databases()
+    raw = tmp_path / "stacks.txt"
 
-    # When a worker draining a small backlog is profiled for a second
-    done = _run_module(["bench.profile", "--count", "1000", "--seconds", "1"], timeout=170)
+    # When a worker draining a small backlog is profiled for a second, its stacks kept
+    done = _run_module(
+        ["bench.profile", "--count", "1000", "--seconds", "1", "--raw", str(raw)], timeout=170
+    )
 
     # Then the report names the rate, the CPU share and where the samples were
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -223,7 +226,62 @@ def test_profile_samples_a_real_worker_and_names_where_its_cpu_goes() -> None:
     assert re.search(r"^worker process CPU while sampled: \d+% of one core$", done.stdout, re.M)
     places = re.findall(r"^\s*[\d.]+%  (.+)$", done.stdout, re.M)
     assert any(place.startswith("DbSession.run") for place in places), done.stdout
+    # And the stacks it kept are py-spy's raw lines (frames, then a count), the worker's among them
+    stacks = raw.read_text().splitlines()
+    assert stacks and all(re.fullmatch(r".+ \d+", line) for line in stacks), stacks[:3]
+    assert any("DbSession.run" in line for line in stacks)
     # And it left no database behind
+    assert _bench_databases() <= before
+
+
+@pytest.mark.timeout(120)
+def test_round_trips_times_each_way_of_sending_a_db_writing_jobs_statements() -> None:
+    # Given the real PostgreSQL
+    require_servers()
+    before = _bench_databases()
+
+    # When a few jobs' statements are sent each way
+    done = _run_module(["bench.round_trips", "--count", "80", "--runs", "1"], timeout=110)
+
+    # Then each way was timed, at a rate and a CPU cost above zero
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = {
+        m[1]: (float(m[2].replace(",", "")), float(m[3].replace(",", "")))
+        for m in re.finditer(
+            r"^run 1 (four|two|three): ([\d,]+) jobs/s, ([\d,]+) µs CPU per job$",
+            done.stdout,
+            re.M,
+        )
+    }
+    assert set(found) == {"four", "two", "three"}, done.stdout
+    assert all(rate > 0 and cpu > 0 for rate, cpu in found.values()), found
+    # And it left no database behind
+    assert _bench_databases() <= before
+
+
+@pytest.mark.timeout(120)
+def test_drop_cost_times_postgresqls_drop_beside_the_filesystems_removal() -> None:
+    # Given the real PostgreSQL
+    require_servers()
+    before = _bench_databases()
+
+    # When a small table's drop is timed in the default tablespace
+    done = _run_module(["bench.drop_cost", "--mib", "8", "--runs", "1"], timeout=110)
+
+    # Then the drop and the filesystem's removal of as many bytes were both timed
+    assert done.returncode == 0, done.stderr[-4000:]
+    run = re.search(
+        r"^run 1 default tablespace: DROP of ([\d,]+) MiB ([\d,]+) ms; "
+        r"the filesystem removing as many bytes ([\d,]+) ms$",
+        done.stdout,
+        re.M,
+    )
+    assert run, done.stdout
+    assert int(run[1].replace(",", "")) >= 4
+    assert re.search(
+        r"^default tablespace: medians DROP [\d,]+ ms, filesystem [\d,]+ ms$", done.stdout, re.M
+    )
+    # And it left no database and no table behind
     assert _bench_databases() <= before
 
 
