@@ -26,17 +26,26 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from bench.env import PG_SERVER_URL, BenchEnv
 from bench.store import remove_files_seconds
 
 # A row of the filler table: about 240 bytes on disk, as a job record's heap row.
 _ROW_BYTES = 240
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return number
 
 
 def table_drop_ms(engine: Engine, mib: int, tablespace: str | None) -> tuple[float, int]:
@@ -62,8 +71,8 @@ def table_drop_ms(engine: Engine, mib: int, tablespace: str | None) -> tuple[flo
 def main(argv: list[str] | None = None) -> int:
     """Time the drop and the filesystem's removal in each place."""
     parser = argparse.ArgumentParser(prog="python -m bench.drop_cost", description=__doc__)
-    parser.add_argument("--mib", type=int, default=4_096, help="the table's size (MiB)")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--mib", type=_positive, default=4_096, help="the table's size (MiB)")
+    parser.add_argument("--runs", type=_positive, default=2)
     parser.add_argument(
         "--scratch-dir",
         type=Path,
@@ -79,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure in a tablespace at this directory (empty, writable by the server)",
     )
     args = parser.parse_args(argv)
+    for directory in args.tablespace_dir:
+        if not directory.is_absolute() or not directory.is_dir():
+            parser.error(f"--tablespace-dir {directory}: not an existing directory's absolute path")
+        if "'" in str(directory):
+            parser.error(
+                f"--tablespace-dir {directory}: PostgreSQL refuses a tablespace location "
+                "with a single quote in it; name another directory"
+            )
     env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-drop-cost-", dir=args.scratch_dir)))
     admin = create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -90,7 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for _label, tablespace, directory in places[1:]:
-                conn.execute(text(f"CREATE TABLESPACE {tablespace} LOCATION '{directory}'"))
+                # LOCATION takes no parameter; the path has no quote (checked above).
+                try:
+                    conn.execute(text(f"CREATE TABLESPACE {tablespace} LOCATION '{directory}'"))
+                except DBAPIError as exc:
+                    message = str(exc.orig).strip().splitlines()[0]
+                    print(
+                        f"python -m bench.drop_cost: PostgreSQL made no tablespace at "
+                        f"{directory} ({message}); give it an empty directory its server "
+                        "user owns",
+                        file=sys.stderr,
+                    )
+                    return 2
         for label, tablespace, directory in places:
             drops, removals = [], []
             for run in range(1, args.runs + 1):

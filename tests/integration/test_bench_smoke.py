@@ -285,6 +285,28 @@ def test_drop_cost_times_postgresqls_drop_beside_the_filesystems_removal() -> No
     assert _bench_databases() <= before
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--mib", "0"], "0 is not a positive whole number"),
+        (["--tablespace-dir", "relative/dir"], "not an existing directory's absolute path"),
+        (["--tablespace-dir", "{quoted}"], "refuses a tablespace location with a single quote"),
+    ],
+)
+def test_drop_cost_refuses_bad_arguments_with_one_clear_line(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    quoted = tmp_path / "it's"
+    quoted.mkdir()
+    done = _run_module(
+        ["bench.drop_cost", *(arg.format(quoted=quoted) for arg in args)], timeout=60
+    )
+
+    assert done.returncode == 2
+    assert says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.timeout(120)
 def test_gc_pause_times_a_full_collection_of_a_workers_heap_before_and_after_freezing() -> None:
     done = _run_module(["bench.gc_pause", "--runs", "1"], timeout=110)
