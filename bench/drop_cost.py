@@ -34,18 +34,11 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from bench.env import PG_SERVER_URL, BenchEnv
+from bench.env import PG_SERVER_URL, BenchEnv, positive
 from bench.store import remove_files_seconds
 
 # A row of the filler table: about 240 bytes on disk, as a job record's heap row.
 _ROW_BYTES = 240
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return number
 
 
 def table_drop_ms(engine: Engine, mib: int, tablespace: str | None) -> tuple[float, int]:
@@ -71,8 +64,8 @@ def table_drop_ms(engine: Engine, mib: int, tablespace: str | None) -> tuple[flo
 def main(argv: list[str] | None = None) -> int:
     """Time the drop and the filesystem's removal in each place."""
     parser = argparse.ArgumentParser(prog="python -m bench.drop_cost", description=__doc__)
-    parser.add_argument("--mib", type=_positive, default=4_096, help="the table's size (MiB)")
-    parser.add_argument("--runs", type=_positive, default=2)
+    parser.add_argument("--mib", type=positive, default=4_096, help="the table's size (MiB)")
+    parser.add_argument("--runs", type=positive, default=2)
     parser.add_argument(
         "--scratch-dir",
         type=Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import signal
@@ -47,6 +48,17 @@ def unreachable() -> list[str]:
                 f"{name} at {host}:{port} does not answer ({exc}); start it or set {variable}"
             )
     return problems
+
+
+def positive(value: str) -> int:
+    """argparse's type for a count or a size: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return number
 
 
 class BenchEnv:

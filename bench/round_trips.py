@@ -32,7 +32,7 @@ from typing import Any
 import psycopg2
 from sqlalchemy.dialects import postgresql
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, positive
 from db.connect import libpq_url
 from db.migrate import upgrade_to_head
 from services.jobs import _FINISH
@@ -122,9 +122,11 @@ def _rows(dsn: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run each way `--runs` times in turn."""
     parser = argparse.ArgumentParser(prog="python -m bench.round_trips", description=__doc__)
-    parser.add_argument("--count", type=int, default=16_000)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--count", type=positive, default=16_000)
+    parser.add_argument("--runs", type=positive, default=2)
     args = parser.parse_args(argv)
+    if args.count < THREADS:
+        parser.error(f"--count {args.count}: at least one job per thread ({THREADS})")
     env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-round-trips-")))
     env.export()
     try:

@@ -321,3 +321,19 @@ def test_gc_pause_times_a_full_collection_of_a_workers_heap_before_and_after_fre
     assert int(objects[1].replace(",", "")) > 10_000
     assert int(after[2].replace(",", "")) > 10_000
     assert float(before[1]) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--count", "0"], "0 is not a positive whole number"),
+        (["--count", "3"], "at least one job per thread"),
+        (["--runs", "many"], "many is not a positive whole number"),
+    ],
+)
+def test_round_trips_refuses_bad_arguments_with_one_clear_line(args: list[str], says: str) -> None:
+    done = _run_module(["bench.round_trips", *args], timeout=60)
+
+    assert done.returncode == 2
+    assert says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
