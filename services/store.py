@@ -2,8 +2,9 @@
 
 Cheap enough for every health check and metrics scrape on a large record, at
 any number of records: the rows are PostgreSQL's estimate (pg_class.reltuples
-scaled to the table's pages now, as the planner reads it; a table never
-analyzed is counted, up to COUNT_CAP), the bytes its own sizes from the
+scaled to the table's pages now, as the planner reads it; a table whose pages
+were never counted, the statistics' count of its live rows; one with neither
+is counted, up to COUNT_CAP), the bytes its own sizes from the
 catalogue, the oldest record one read from an index (of the oldest partition
 only, where `jobs` is partitioned by day), and the stuck count one index range
 per partition old enough to hold such a record, stopping at `STUCK_CAP`.
@@ -25,7 +26,8 @@ from services.workers import STALE_WORKER_AGE
 
 # The stuck count stops here: past it the exact number does not change what to do.
 STUCK_CAP = 10_000
-# A table whose row estimate is unknown (never analyzed) is counted, up to this.
+# A table with neither a row estimate nor a live-row count (statistics reset) is
+# counted, up to this.
 COUNT_CAP = 100_000
 # What one reading may take at most; a health check or a scrape never waits on it longer.
 STATEMENT_TIMEOUT_MS = 2_000
@@ -85,8 +87,11 @@ def table_names() -> list[str]:
 # them); a partitioned parent has no storage of its own and is left out.  Read from the
 # catalogue, so the cost grows with the number of partitions, never with the rows:
 # - rows as the planner estimates them: the density the last ANALYZE saw times today's
-#   pages (one file size per table); a table or partition with pages never analyzed is
-#   `unknown` (and counted);
+#   pages (one file size per table); for a table or partition whose pages were never
+#   counted (never vacuumed or analyzed, or vacuumed when empty, as the outbox often is),
+#   the cumulative statistics' live rows (kept by every insert and delete, read without
+#   a scan: a count would read its dead rows too); one with data but no insert in the
+#   statistics (they were reset) is `unknown` (and counted);
 # - the heap's bytes: its main fork's size (the same file size) and its TOAST's pages as
 #   last counted; the indexes' pages as last counted (VACUUM, ANALYZE, CREATE INDEX),
 #   or their size where they were never counted (a new partition's).
@@ -101,7 +106,9 @@ _SIZES = text(
         SELECT n.name, i.inhrelid FROM named AS n JOIN pg_inherits AS i ON i.inhparent = n.parent
     ), heaps AS (
         SELECT r.name, c.oid, c.relname, c.relpages, c.reltuples, c.reltoastrelid,
-               pg_relation_size(c.oid) AS main_bytes
+               pg_relation_size(c.oid) AS main_bytes,
+               pg_stat_get_live_tuples(c.oid) AS live,
+               pg_stat_get_tuples_inserted(c.oid) AS inserted
         FROM rels AS r JOIN pg_class AS c ON c.oid = r.oid AND c.relkind <> 'p'
     ), indexes AS (
         SELECT h.name,
@@ -116,8 +123,9 @@ _SIZES = text(
     SELECT h.name,
            sum(CASE WHEN h.relpages > 0
                     THEN h.reltuples / h.relpages * (h.main_bytes / 8192)
-                    ELSE 0 END)::bigint AS rows,
-           COALESCE(array_agg(h.relname) FILTER (WHERE h.relpages = 0 AND h.main_bytes > 0),
+                    ELSE h.live END)::bigint AS rows,
+           COALESCE(array_agg(h.relname) FILTER (WHERE h.relpages = 0 AND h.main_bytes > 0
+                                                  AND h.inserted = 0),
                     '{}') AS unknown,
            (sum(h.main_bytes) + sum(COALESCE(t.relpages, 0))::bigint
                * current_setting('block_size')::int)::bigint AS heap_bytes,
@@ -242,7 +250,8 @@ def store_stats(
     days = partitions.partitions(connection) if partitions.is_partitioned(connection) else {}
     for name in names:
         rows, unknown, heap, index = sizes.get(name, (0, [name], -1, -1))
-        # Counted where never analyzed, up to COUNT_CAP (a partition: its own rows only).
+        # Counted where neither estimated nor in the statistics, up to COUNT_CAP (a
+        # partition: its own rows only).
         rows = max(rows, sum(_count(connection, part, COUNT_CAP) for part in unknown))
         oldest = _oldest(connection, name, days) if name in DATED else None
         # Never below 0: a record written as `now` was read can be dated a moment later by
