@@ -44,24 +44,35 @@ def wait_for_rows(engine: Engine, expected: int, timeout: float = 10.0) -> tuple
     return rows, scans
 
 
+def fill_outbox(engine: Engine, rows: int, *, deleted: int = 0) -> None:
+    """Vacuum the outbox while empty (its pages counted as none), then give it `rows` rows
+    and delete `deleted` of them, the statistics flushed when the connection goes idle."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # (no autovacuum in this database of the test's own: it would count the pages)
+        connection.execute(text("ALTER TABLE outbox SET (autovacuum_enabled = false)"))
+        connection.execute(text("VACUUM outbox"))
+        connection.execute(
+            text(
+                "INSERT INTO outbox (message_id, queue, body, publish_at) "
+                "SELECT 'm' || g, 'q', '{}', now() FROM generate_series(1, :rows) AS g"
+            ),
+            {"rows": rows},
+        )
+        connection.execute(
+            text("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox LIMIT :n)"), {"n": deleted}
+        )
+        connection.execute(text("SELECT pg_stat_force_next_flush()"))
+        assert (
+            connection.scalar(text("SELECT relpages FROM pg_class WHERE relname = 'outbox'")) == 0
+        )
+
+
 def test_a_table_whose_pages_were_never_counted_is_read_from_the_statistics(
     own_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an outbox vacuumed while empty (its pages counted as none), then given 50 rows
     # of which 20 are deleted: 30 live rows and 20 dead ones in pages nobody has counted
-    with own_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("VACUUM outbox"))
-        connection.execute(
-            text(
-                "INSERT INTO outbox (message_id, queue, body, publish_at) "
-                "SELECT 'm' || g, 'q', '{}', now() FROM generate_series(1, 50) AS g"
-            )
-        )
-        connection.execute(text("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox LIMIT 20)"))
-        connection.execute(text("SELECT pg_stat_force_next_flush()"))
-        assert (
-            connection.scalar(text("SELECT relpages FROM pg_class WHERE relname = 'outbox'")) == 0
-        )
+    fill_outbox(own_engine, 50, deleted=20)
     # (a count would stop at 10)
     monkeypatch.setattr(store, "COUNT_CAP", 10)
 
@@ -77,15 +88,7 @@ def test_a_table_whose_statistics_were_reset_is_counted(
     own_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an outbox with 50 rows in pages never counted, and its statistics reset since
-    with own_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("VACUUM outbox"))
-        connection.execute(
-            text(
-                "INSERT INTO outbox (message_id, queue, body, publish_at) "
-                "SELECT 'm' || g, 'q', '{}', now() FROM generate_series(1, 50) AS g"
-            )
-        )
-        connection.execute(text("SELECT pg_stat_force_next_flush()"))
+    fill_outbox(own_engine, 50)
     wait_for_rows(own_engine, 50)
     with own_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("SELECT pg_stat_reset_single_table_counters('outbox'::regclass)"))
