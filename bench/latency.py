@@ -34,8 +34,12 @@ def delays(system: System, count: int, rate: float, tag: str) -> list[float]:
 
     Every system's producer sends one probe first, which is purged before the
     worker starts: the probes time a running producer, not its first connects.
+    The purge waits until that probe is in the queue (Taskyard publishes after
+    `send()` returns): left in it, it would be timed as the run's first probe,
+    from before the worker started.
     """
     system.send("probe", 1, sent_at=time.time())
+    system.settle_sends()
     system.reset()
     worker = system.start(tag, settle=True)
     try:

@@ -22,11 +22,12 @@ from bench.peers import celery_app, dramatiq_app, procrastinate_app  # isort: sk
 import brokers  # isort: skip
 from bench import taskyard_actors  # isort: skip
 from bench.bodies import BenchBase, BenchRow
-from bench.env import BIN, BenchEnv, Worker
+from bench.env import BIN, BenchEnv, BenchError, Worker
 from db.migrate import upgrade_to_head
 from db.models import JOB_SUCCEEDED, Job, OutboxMessage
 from services.message_ids import id_floor
 from services.tenants import create_tenant
+from transport.rabbitmq import TaskyardRabbitmqBroker
 
 DRAMATIQ_READY = "Worker process is ready for action."
 KINDS = ("noop", "write_row", "probe")
@@ -81,6 +82,14 @@ class System(abc.ABC):
     def send(self, kind: str, count: int, **kwargs: Any) -> None:
         """Send `count` jobs of `kind`."""
 
+    def settle_sends(self, timeout: float = 10.0) -> None:
+        """Return once what this process sent is in RabbitMQ (or PostgreSQL's queue).
+
+        Nothing to wait for where a send returns once its message is there; a
+        system that publishes after its send returns waits for its confirms.
+        """
+        return None
+
     def reset(self) -> None:
         """Empty the queues and the bench table before a run."""
         with Session(engine_of(self.env)) as session:
@@ -97,6 +106,14 @@ class Taskyard(System):
 
     name = "taskyard"
     ready = DRAMATIQ_READY
+
+    def settle_sends(self, timeout: float = 10.0) -> None:
+        """`send()` returns at its commit; its publisher thread publishes after: wait for it."""
+        broker = brokers.broker
+        if not isinstance(broker, TaskyardRabbitmqBroker):
+            return  # the in-process broker: a send is in its queue when it returns
+        if not broker.publisher.settle(timeout):
+            raise BenchError(f"Taskyard's sends were not confirmed by RabbitMQ in {timeout:.0f} s")
 
     def __init__(self, env: BenchEnv) -> None:
         super().__init__(env)

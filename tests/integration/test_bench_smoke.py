@@ -101,9 +101,14 @@ def _rows(report: str) -> list[tuple[str, str, str, str]]:
 
 def _run_module(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
     """`python -m ARGS` from the repo, without this run's TASKYARD_* settings."""
+    return _run_python(["-m", *args], timeout=timeout)
+
+
+def _run_python(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` from the repo, without this run's TASKYARD_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
     return subprocess.run(
-        [sys.executable, "-m", *args],
+        [sys.executable, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -338,3 +343,41 @@ def test_round_trips_refuses_bad_arguments_with_one_clear_line(args: list[str], 
     assert done.returncode == 2
     assert says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+LATENCY_RUN = """
+import sys, tempfile
+from pathlib import Path
+from bench.env import BenchEnv
+env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-latency-test-")))
+env.export()
+from bench import latency
+from bench.systems import Taskyard, all_queues, engine_of
+taskyard = Taskyard(env)
+try:
+    taskyard.setup()
+    latency.delays(taskyard, 20, 200, "check")
+    records = sum(len(p.read_bytes().splitlines()) for p in env.scratch.glob("*.done.probe"))
+    print(f"probe records: {records}")
+finally:
+    env.delete_queues(all_queues([taskyard]))
+    engine_of(env).dispose()
+    env.drop_database()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_latency_probes_are_the_ones_sent_to_the_running_worker() -> None:
+    # Given the real RabbitMQ and PostgreSQL
+    require_servers()
+    before = _bench_databases()
+
+    # When Taskyard's latency is timed over 20 probes (after its one warm-up probe)
+    done = _run_python(["-c", LATENCY_RUN], timeout=110)
+
+    # Then the worker ran those 20 and not the warm-up probe, which the reset purged
+    # (left in the queue, it would be timed as the first probe, from before the worker started;
+    # without the wait for its confirm, the purge beats the publish in most runs, not all)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "probe records: 20" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert _bench_databases() <= before
