@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bench.env import PG_SERVER_URL, BenchEnv, positive
 from bench.store import remove_files_seconds
+from db.migrate import ensure_database
 
 # A row of the filler table: about 240 bytes on disk, as a job record's heap row.
 _ROW_BYTES = 240
@@ -89,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"--tablespace-dir {directory}: PostgreSQL refuses a tablespace location "
                 "with a single quote in it; name another directory"
             )
+    if not args.scratch_dir.is_dir():
+        parser.error(f"--scratch-dir {args.scratch_dir}: not an existing directory")
     env = BenchEnv(Path(tempfile.mkdtemp(prefix="taskyard-drop-cost-", dir=args.scratch_dir)))
-    admin = create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{env.database}"'))
+    ensure_database(env.database_url)
     engine = create_engine(env.database_url)
     places: list[tuple[str, str | None, Path]] = [("default tablespace", None, env.scratch)]
     for n, directory in enumerate(args.tablespace_dir):
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(text("DROP TABLE IF EXISTS drop_cost_filler"))
         engine.dispose()
         env.drop_database()
+        admin = create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             for _label, tablespace, _directory in places[1:]:
                 conn.execute(text(f"DROP TABLESPACE IF EXISTS {tablespace}"))

@@ -107,14 +107,6 @@ class Taskyard(System):
     name = "taskyard"
     ready = DRAMATIQ_READY
 
-    def settle_sends(self, timeout: float = 10.0) -> None:
-        """`send()` returns at its commit; its publisher thread publishes after: wait for it."""
-        broker = brokers.broker
-        if not isinstance(broker, TaskyardRabbitmqBroker):
-            return  # the in-process broker: a send is in its queue when it returns
-        if not broker.publisher.settle(timeout):
-            raise BenchError(f"Taskyard's sends were not confirmed by RabbitMQ in {timeout:.0f} s")
-
     def __init__(self, env: BenchEnv) -> None:
         super().__init__(env)
         self.tenants: list[int] = []
@@ -151,6 +143,14 @@ class Taskyard(System):
             "--threads",
             "8",
         ]
+
+    def settle_sends(self, timeout: float = 10.0) -> None:
+        """`send()` returns at its commit; its publisher thread publishes after: wait for it."""
+        broker = brokers.broker
+        if not isinstance(broker, TaskyardRabbitmqBroker):
+            return  # the in-process broker: a send is in its queue when it returns
+        if not broker.publisher.settle(timeout):
+            raise BenchError(f"Taskyard's sends were not confirmed by RabbitMQ in {timeout:.0f} s")
 
     def send(self, kind: str, count: int, tenant: int | None = None, **kwargs: Any) -> None:
         """One `send()` for a single job (as the latency probes are sent); `send_many` for more.

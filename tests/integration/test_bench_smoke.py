@@ -297,6 +297,7 @@ def test_drop_cost_times_postgresqls_drop_beside_the_filesystems_removal() -> No
         (["--mib", "0"], "0 is not a positive whole number"),
         (["--tablespace-dir", "relative/dir"], "not an existing directory's absolute path"),
         (["--tablespace-dir", "{quoted}"], "refuses a tablespace location with a single quote"),
+        (["--scratch-dir", "/nonexistent/scratch"], "not an existing directory"),
     ],
 )
 def test_drop_cost_refuses_bad_arguments_with_one_clear_line(
