@@ -34,6 +34,7 @@ from services.job_control import cancel_requests_since
 from services.tenants import served_tenant_ids, tenant_statuses
 from settings import Settings
 from transport.consumer import ConsumerMultiplexing
+from transport.hooks import HookDispatch
 from transport.rabbitmq import DEFAULT_MAX_ETA_AHEAD_MS, TaskyardRabbitmqBroker
 
 # periodiq drops a tick older than this; the scheduler catches up on missed
@@ -184,8 +185,11 @@ def build_middleware(
     return list(build_runtime(settings, session_factory).middleware)
 
 
-class TaskyardStubBroker(StubBroker):
-    """Dramatiq's in-process broker (`stub://`), reading results as Taskyard's broker does."""
+class TaskyardStubBroker(HookDispatch, StubBroker):
+    """Dramatiq's in-process broker (`stub://`), reading results as Taskyard's broker does.
+
+    Like Taskyard's RabbitMQ broker, it calls a middleware's hook only where the
+    middleware defines it (transport/hooks.py)."""
 
     def get_results_backend(self) -> ResultBackend:
         """A `Results` backend added by hand, else the job records (`results_backend_of`)."""

@@ -24,6 +24,7 @@ from dramatiq.results import ResultBackend
 
 from services.errors import BrokerRefused, PriorityRefused
 from settings import QUEUE_TYPES
+from transport.hooks import HookDispatch
 from transport.publisher import DEAD_MESSAGE_TTL_MS, Publisher, wait_all
 
 # How long a send waits for RabbitMQ's confirm before it fails with PublishFailed.
@@ -336,7 +337,7 @@ def kind_arguments(queue_type: str) -> dict[str, Any]:
     return {}
 
 
-class TaskyardRabbitmqBroker(RabbitmqBroker):
+class TaskyardRabbitmqBroker(HookDispatch, RabbitmqBroker):
     """Dramatiq's RabbitMQ broker: consumers refuse poison bodies, one publisher per process.
 
     Every publish goes through the process's one `Publisher` (its own
