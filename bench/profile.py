@@ -27,6 +27,10 @@ from pathlib import Path
 from bench.env import BenchEnv, BenchError
 from bench.procstat import cpu_seconds
 
+# The frames that call middleware hooks: Dramatiq's dispatch, and Taskyard's brokers'.
+EMITS = frozenset(
+    f"{owner}.emit_{when}" for owner in ("Broker", "HookDispatch") for when in ("before", "after")
+)
 # Places with a smaller share are summed on one line.
 SHOWN_FROM = 0.005
 
@@ -44,7 +48,7 @@ def where(frames: list[str]) -> str:
             if step == "TransactionalContext.__exit__":
                 return "DbSession.run > commit"
             return f"DbSession.run > {step}"
-        if name in ("Broker.emit_before", "Broker.emit_after") and i + 1 < len(names):
+        if name in EMITS and i + 1 < len(names):
             return f"{name.split('.')[1]} > {names[i + 1]}"
     for name in reversed(names):
         if name.startswith("WorkerThread."):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.profile import wait_shares, waited_on
+from bench.profile import wait_shares, waited_on, where
 
 WORKER = "run (dramatiq/worker.py:1);process_message (dramatiq/worker.py:2)"
 
@@ -35,3 +35,12 @@ def test_wait_shares_count_only_worker_threads(tmp_path: Path) -> None:
     total, counted = wait_shares(raw)
 
     assert total == 3 and counted == {"waiting on COMMIT": 3}
+
+
+def test_a_hooks_samples_count_under_the_hook_whichever_broker_dispatched_it() -> None:
+    worker = "WorkerThread.run (dramatiq/worker.py:1);WorkerThread.process_message (w.py:2)"
+    for emit in ("Broker.emit_after", "HookDispatch.emit_after"):
+        frames = [*worker.split(";"), f"{emit} (x.py:1)", "Metrics.after_process_message (m.py:1)"]
+        assert where(frames) == "emit_after > Metrics.after_process_message"
+    # Dramatiq's own loop, outside any hook
+    assert where(worker.split(";")) == "worker thread (Dramatiq's own)"
