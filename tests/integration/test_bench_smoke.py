@@ -287,6 +287,10 @@ def test_drop_cost_times_postgresqls_drop_beside_the_filesystems_removal() -> No
     assert re.search(
         r"^default tablespace: medians DROP [\d,]+ ms, filesystem [\d,]+ ms$", done.stdout, re.M
     )
+    # And it said which filesystem that was, and whether it discards online
+    assert re.search(
+        r"^default tablespace: \S+ mounted at /\S*, with(out)? online discard", done.stdout, re.M
+    ), done.stdout
     # And it left no database and no table behind
     assert _bench_databases() <= before
 
