@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from bench.bodies import RECORD_BYTES
 from bench.env import BenchError
+from bench.mounts import describe_mount
 from bench.report import Figure
 from bench.systems import Taskyard, engine_of
 from db.models import JOB_DEAD, JOB_QUEUED, JOB_RETRYING, JOB_SUCCEEDED
@@ -502,6 +503,10 @@ def retention_drop(
         data_directory.exists()
         and data_directory.stat().st_dev == taskyard.env.scratch.stat().st_dev
     )
+    # Online discard can make freeing several times slower (bench/mounts.py): say which.
+    data_filesystem = (
+        describe_mount(data_directory) if data_directory.exists() else "not on this machine"
+    )
     # The baseline: the filesystem removing as many bytes in files of PostgreSQL's segment
     # size, written and synced the same way, on the same disk.
     unlink = remove_files_seconds(taskyard.env.scratch, day_bytes)
@@ -585,7 +590,8 @@ def retention_drop(
             higher_is_better=False,
             note="files of 1 GiB (PostgreSQL's segment size) written, synced and removed "
             "in the bench's scratch directory, "
-            + ("on the data directory's disk" if same_disk else "NOT on the data directory's disk"),
+            + ("on the data directory's disk" if same_disk else "NOT on the data directory's disk")
+            + f"; the data directory's filesystem: {data_filesystem}",
         ),
         Figure(SCENARIO, what, "taskyard before the drop", "jobs/s", [before], note=note),
         Figure(

@@ -162,6 +162,12 @@ def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
         for r in cpu
     ), cpu
     assert "- Machine-wide CPU per job is counted over each throughput run's own drain" in report
+    # And the retention drop's baseline says which filesystem the data directory is on
+    assert re.search(
+        r"the data directory's filesystem: (\S+ mounted at /\S*, with(out)? online discard"
+        r"|not on this machine)",
+        report,
+    ), report
     # And it left no database behind
     assert _bench_databases() <= before
 

@@ -1,10 +1,10 @@
-"""bench/drop_cost.py: which filesystem a place is on, and whether it discards online."""
+"""bench/mounts.py: which filesystem a place is on, and whether it discards online."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.drop_cost import describe_mount, mount_of
+from bench.mounts import describe_mount, mount_of
 
 MOUNTS = """\
 /dev/vda / ext4 rw,relatime,discard,resv_strict 0 0
