@@ -179,9 +179,9 @@ class Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pids = self.pids()
-            before = sum(_cpu_or_zero(pid) for pid in pids)
+            before = sum(cpu_or_zero(pid) for pid in pids)
             time.sleep(window)
-            if sum(_cpu_or_zero(pid) for pid in pids) - before < busy * window:
+            if sum(cpu_or_zero(pid) for pid in pids) - before < busy * window:
                 return True
         return False
 
@@ -288,7 +288,7 @@ def _revision() -> str:
     return f"commit {head}" + (" plus uncommitted changes in the work tree" if dirty else "")
 
 
-def _cpu_or_zero(pid: int) -> float:
+def cpu_or_zero(pid: int) -> float:
     """A process's CPU seconds, or 0 once it has gone."""
     try:
         return cpu_seconds(pid)

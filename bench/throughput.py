@@ -1,9 +1,15 @@
 """Throughput: N jobs queued before the worker starts; jobs per second until all are done.
 
 The clock runs from the first job's start to the last job's end as the worker
-itself saw them (bench.bodies), so process start-up is not counted.  Over the
-same window, the machine-wide CPU per job: the worker processes', PostgreSQL's
-and RabbitMQ's (bench.machine_cpu).
+itself saw them (bench.bodies).  Over the same window, the machine-wide CPU per
+job: the worker processes', PostgreSQL's and RabbitMQ's (bench.machine_cpu).
+
+What a worker still does after its first job starts (a process of its command
+that is still importing, a prefetch that grows once its queue is found busy) is
+in that window.  So each backlog is big enough for the steady rate to decide
+the figure: the no-op job's is ten times the DB-writing job's, which runs ten
+times longer each.  The start itself is measured apart (`startup`), with no
+backlog, so that its cost stays in the report.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench import machine_cpu
-from bench.env import BenchError
+from bench.env import BenchError, cpu_or_zero
 from bench.report import Figure
 from bench.systems import Procrastinate, System, Taskyard
 
 SCENARIO = "1-2. Throughput (one worker process, 8 threads)"
+START_SCENARIO = "1-2. Worker start, no backlog (one worker process, 8 threads)"
 CPU_SCENARIO = (
     "1-2. Machine-wide CPU per job, over the throughput runs' drain windows "
     "(worker processes + PostgreSQL + RabbitMQ)"
@@ -106,15 +113,22 @@ def _pair(what: str, name: str, *, rate_target: float | None, cpu_target: float 
     )
 
 
-def run(systems: Sequence[System], *, count: int, runs: int, two_processes: bool) -> list[Figure]:
-    """Both job bodies on every system, `runs` times each, the systems back to back per run."""
+def run(
+    systems: Sequence[System], *, count: int, noop_count: int, runs: int, two_processes: bool
+) -> list[Figure]:
+    """Both job bodies on every system, `runs` times each, the systems back to back per run.
+
+    `count` DB-writing jobs a run, `noop_count` no-op jobs; procrastinate, about
+    a tenth as fast at no-op jobs as the others, drains `count` of each (its
+    figure is a reference, with no target).
+    """
     rates: list[Figure] = []
     cpus: list[Figure] = []
     # The engine issue's targets: jobs/s with one worker process, and two (None: reported,
     # no target); machine-wide CPU per job, one worker process.
-    for kind, what, target, target_two, cpu_target in (
-        ("write_row", "DB-writing job", 0.9, 1.0, None),
-        ("noop", "no-op job", 0.7, None, 2.0),
+    for kind, size, what, target, target_two, cpu_target in (
+        ("write_row", count, "DB-writing job", 0.9, 1.0, None),
+        ("noop", noop_count, "no-op job", 0.7, None, 2.0),
     ):
         one = {
             system.name: _pair(
@@ -137,10 +151,56 @@ def run(systems: Sequence[System], *, count: int, runs: int, two_processes: bool
         for run_no in range(runs):
             for system in systems:
                 tag = f"{kind}-{run_no}"
-                one[system.name].add(measure(system, kind, count, tag=tag))
+                jobs = count if isinstance(system, Procrastinate) else size
+                one[system.name].add(measure(system, kind, jobs, tag=tag))
                 if two_processes and system.name in two and not isinstance(system, Procrastinate):
-                    two[system.name].add(measure(system, kind, count, processes=2, tag=f"{tag}-p2"))
+                    two[system.name].add(measure(system, kind, jobs, processes=2, tag=f"{tag}-p2"))
         shown = [*one.values(), *(two.values() if two_processes else [])]
         rates += [pair.rate for pair in shown]
         cpus += [pair.cpu for pair in shown]
     return rates + cpus
+
+
+def startup(systems: Sequence[System], *, runs: int) -> list[Figure]:
+    """Each system's worker started on empty queues: seconds to "ready", CPU until settled.
+
+    The CPU is every process of the command (user + system, from /proc) from
+    its launch until the processes together have been quiet for a moment
+    (`Worker.wait_settled`): imports, connections, forks such as Taskyard's
+    metrics server.  A worker started on a backlog does that work while its
+    first jobs run.
+    """
+    ready: dict[str, Figure] = {}
+    cpu: dict[str, Figure] = {}
+    for system in systems:
+        baseline = "dramatiq" if system.name != "dramatiq" else None
+        ready[system.name] = Figure(
+            START_SCENARIO,
+            "launch → ready",
+            system.name,
+            "s",
+            baseline=baseline,
+            higher_is_better=False,
+        )
+        cpu[system.name] = Figure(
+            START_SCENARIO,
+            "CPU of the command's processes, launch → settled",
+            system.name,
+            "CPU s",
+            baseline=baseline,
+            higher_is_better=False,
+        )
+    for run_no in range(runs):
+        for system in systems:
+            system.reset()
+            started = time.monotonic()
+            worker = system.launch(f"start-{run_no}")
+            try:
+                worker.wait_ready(system.ready)
+                ready[system.name].values.append(time.monotonic() - started)
+                if not worker.wait_settled(timeout=30.0):
+                    raise BenchError(f"{system.name}'s worker was still busy 30 s after ready")
+                cpu[system.name].values.append(sum(cpu_or_zero(pid) for pid in worker.pids()))
+            finally:
+                worker.stop()
+    return [*ready.values(), *cpu.values()]

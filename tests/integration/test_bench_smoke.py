@@ -25,6 +25,11 @@ EXPECTED = [
         for job in ("DB-writing job", "no-op job")
         for system in ("taskyard", "dramatiq", "celery", "procrastinate")
     ],
+    *[
+        ("1-2. Worker start", what, system)
+        for what in ("launch → ready", "CPU of the command's processes")
+        for system in ("taskyard", "dramatiq", "celery", "procrastinate")
+    ],
     ("3. Send", "actor.send() with confirms", "taskyard"),
     ("3. Send", "actor.send() with confirms", "dramatiq-confirms"),
     ("3. Send", "actor.send() with confirms", "dramatiq"),

@@ -418,18 +418,20 @@ def test_throughput_reports_cpu_per_job_in_its_own_table_with_the_no_op_target(
     systems: list[System] = [Taskyard(env), BareDramatiq(env), Celery(env), Procrastinate(env)]
     per_job = {"taskyard": 2.0, "dramatiq": 1.0, "celery": 1.5, "procrastinate": 4.0}
     runs: list[tuple[str, str, int]] = []
+    counts: set[tuple[str, str, int]] = set()
 
     def measure(
         system: System, kind: str, count: int, *, processes: int = 1, tag: str
     ) -> throughput.Drained:
         runs.append((system.name, kind, processes))
+        counts.add((system.name, kind, count))
         ms = per_job[system.name] * (1.25 if kind == "noop" and system.name == "taskyard" else 1)
         parts = {WORKERS: ms * 0.6, POSTGRESQL: ms * 0.3, RABBITMQ: ms * 0.1}
         return throughput.Drained(rate=1_000 / ms, cpu_ms=parts)
 
     monkeypatch.setattr(throughput, "measure", measure)
     # When the scenario runs twice, with two worker processes too
-    figures = throughput.run(systems, count=100, runs=2, two_processes=True)
+    figures = throughput.run(systems, count=100, noop_count=1_000, runs=2, two_processes=True)
     # Then the CPU figures are a table of their own, one per system, kind and worker count
     cpu = [f for f in figures if f.scenario == throughput.CPU_SCENARIO]
     rates = [f for f in figures if f.scenario == throughput.SCENARIO]
@@ -448,3 +450,9 @@ def test_throughput_reports_cpu_per_job_in_its_own_table_with_the_no_op_target(
     assert verdict(by[("DB-writing job", "taskyard")], figures, smoke=False) == ""
     # And procrastinate ran with one worker process only
     assert ("procrastinate", "noop", 2) not in runs and ("taskyard", "noop", 2) in runs
+    # And each drained its kind's backlog, but procrastinate the DB-writing size of both
+    assert counts == {
+        *((name, "write_row", 100) for name in per_job),
+        *((name, "noop", 1_000) for name in ("taskyard", "dramatiq", "celery")),
+        ("procrastinate", "noop", 100),
+    }
