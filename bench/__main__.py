@@ -231,7 +231,7 @@ def notes(sizes: Sizes, bulk_calls: int) -> list[str]:
         "creation time, so each record is in its day's partition; half the records on one "
         "day 32 days ago, past the 30 days of retention, as if the daily job had not dropped "
         "it yet, the other half over the last 30 days), its secondary indexes made after "
-        "the fill, then VACUUM ANALYZE; the dead records' dead letters beside it. "
+        "the fill, then VACUUM ANALYZE and a CHECKPOINT; the dead records' dead letters beside it. "
         "Each listing's figure is the median of 7 reads of its first page through the service "
         "the command calls (records loaded, not printed). Row versions per job: "
         f"pg_stat_user_tables' inserts + updates of `jobs` over {sizes.store_jobs:,} no-op jobs "

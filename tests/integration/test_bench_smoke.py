@@ -139,6 +139,7 @@ def test_smoke_run_measures_every_figure_and_cleans_up(tmp_path: Path) -> None:
     assert "- Command: `python -m bench --smoke" in report
     # And every scenario ran on the one pre-fill: the store's own fill found it whole
     assert "pre-filling the jobs table with 20,000 records" in done.stderr
+    assert "store: checkpoint after the fill:" in done.stderr
     assert "store: jobs already holds 20,000 records: reused" in done.stderr, done.stderr[-4000:]
     rows = _rows(report)
     for scenario, figure, system in EXPECTED:
