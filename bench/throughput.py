@@ -38,6 +38,8 @@ class Drained:
 
     rate: float
     cpu_ms: dict[str, float]
+    # Each job's start (time.time()), as the worker's bodies tallied them.
+    starts: tuple[float, ...] = ()
 
 
 def measure(system: System, kind: str, count: int, *, processes: int = 1, tag: str) -> Drained:
@@ -67,7 +69,9 @@ def measure(system: System, kind: str, count: int, *, processes: int = 1, tag: s
         cpu = machine_cpu.window_cpu(samples, done["first_start"], done["last_end"], reader.born)
     except (machine_cpu.SamplerError, ValueError) as exc:
         raise BenchError(f"{system.name} {kind}: {exc}") from exc
-    return Drained(count / max(elapsed, 1e-6), machine_cpu.per_job_ms(cpu, count))
+    return Drained(
+        count / max(elapsed, 1e-6), machine_cpu.per_job_ms(cpu, count), tuple(done["starts"])
+    )
 
 
 def _wait_recorded(taskyard: Taskyard, count: int, timeout: float = 30.0) -> None:
