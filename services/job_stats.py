@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, TypedDict
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from db.models import JOB_FINAL_STATES, Job
@@ -61,19 +61,28 @@ def finished_per_hour(
     return [{"hour": h.isoformat(), "counts": found.get(h, {})} for h in hours_shown]
 
 
-def waiting_by_tenant(session: Session, *, since: dt.datetime) -> dict[int, int]:
+def _of_tenants(tenant_ids: Collection[int] | None) -> ColumnElement[bool]:
+    """Records of a tenant (not system jobs'), of `tenant_ids` only if given."""
+    if tenant_ids is None:
+        return Job.tenant_id.is_not(None)
+    return Job.tenant_id.in_(sorted(tenant_ids))
+
+
+def waiting_by_tenant(
+    session: Session, *, since: dt.datetime, tenant_ids: Collection[int] | None = None
+) -> dict[int, int]:
     """How many records sent since `since` wait (queued or retrying), per tenant.
 
     The depth of each tenant's queue in records, read from a range of the
     status-and-creation index; older waiting records are the store's stuck ones
-    (`taskyard health`).
+    (`taskyard health`).  Only the tenants `tenant_ids`, if given.
     """
     query = (
         select(Job.tenant_id, func.count())
         .where(
             Job.status.in_(WAITING_STATES),
             Job.created_at >= since,
-            Job.tenant_id.is_not(None),
+            _of_tenants(tenant_ids),
         )
         .group_by(Job.tenant_id)
     )
@@ -81,14 +90,19 @@ def waiting_by_tenant(session: Session, *, since: dt.datetime) -> dict[int, int]
     return {int(tenant_id): int(count) for tenant_id, count in rows if tenant_id is not None}
 
 
-def finished_by_tenant(session: Session, *, since: dt.datetime) -> dict[int, int]:
-    """How many records each tenant finished since `since`: its throughput."""
+def finished_by_tenant(
+    session: Session, *, since: dt.datetime, tenant_ids: Collection[int] | None = None
+) -> dict[int, int]:
+    """How many records each tenant finished since `since`: its throughput.
+
+    Only the tenants `tenant_ids`, if given.
+    """
     query = (
         select(Job.tenant_id, func.count())
         .where(
             Job.status.in_(sorted(JOB_FINAL_STATES)),
             Job.finished_at >= since,
-            Job.tenant_id.is_not(None),
+            _of_tenants(tenant_ids),
         )
         .group_by(Job.tenant_id)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import TypedDict
 
 from sqlalchemy import select
@@ -56,11 +57,28 @@ def get_tenant(session: Session, tenant_id: int) -> Tenant:
     return tenant
 
 
-def list_tenants(session: Session, *, status: str | None = None) -> list[Tenant]:
-    """All tenants, oldest first, optionally only those with `status`."""
+def list_tenants(
+    session: Session,
+    *,
+    status: str | None = None,
+    after: int | None = None,
+    limit: int | None = None,
+    among: Collection[int] | None = None,
+) -> list[Tenant]:
+    """All tenants, oldest first, optionally only those with `status`.
+
+    A page of them: the first `limit` whose id is above `after` (the last id of
+    the page before), of those in `among` (an operator's scope) if given.
+    """
     query = select(Tenant).order_by(Tenant.id)
     if status is not None:
         query = query.where(Tenant.status == status)
+    if after is not None:
+        query = query.where(Tenant.id > after)
+    if among is not None:
+        query = query.where(Tenant.id.in_(sorted(among)))
+    if limit is not None:
+        query = query.limit(limit)
     return list(session.scalars(query))
 
 

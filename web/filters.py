@@ -34,6 +34,16 @@ def tenant_param(args: Mapping[str, str], name: str = "tenant") -> int | None:
     return value
 
 
+def after_id_param(args: Mapping[str, str]) -> int | None:
+    """`after` from the URL of a listing sorted by id: the last id of the page before, or None."""
+    raw = args.get("after", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        bad_request(f"after={raw[:40]!r} is not an id: give the last id of the page before")
+    return int(raw)
+
+
 def text_param(args: Mapping[str, str], name: str) -> str | None:
     """A text filter (actor, reason) from the URL, or None."""
     raw = args.get(name, "").strip()

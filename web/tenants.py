@@ -17,7 +17,8 @@ from services.job_stats import finished_by_tenant, waiting_by_tenant
 from services.tenants import TenantInfo, get_tenant, list_tenants, set_tenant_status, tenant_info
 from services.workers import serving_hosts, unserved_tenants
 from web.auth import admin_only
-from web.console import attempt, check_sees, console, not_found, visible
+from web.console import attempt, check_sees, console, not_found, operator
+from web.filters import after_id_param, limit_param
 
 bp = Blueprint("tenants", __name__)
 
@@ -28,10 +29,21 @@ THROUGHPUT_WINDOW = dt.timedelta(hours=1)
 WAITING_WINDOW = dt.timedelta(hours=24)
 
 
-def _tenant_rows(session: Session) -> list[dict[str, Any]]:
+def _tenant_rows(
+    session: Session, *, after: int | None, limit: int, scope: frozenset[int] | None
+) -> list[dict[str, Any]]:
+    """One page of the tenants the operator may see: the first `limit` with ids above `after`.
+
+    The page's figures are read for its tenants alone, so that a page costs the
+    same with ten tenants or ten thousand.
+    """
     now = dt.datetime.now(dt.UTC)
-    waiting = waiting_by_tenant(session, since=now - WAITING_WINDOW)
-    finished = finished_by_tenant(session, since=now - THROUGHPUT_WINDOW)
+    page = list_tenants(session, after=after, limit=limit, among=scope)
+    ids = [t.id for t in page]
+    if not ids:
+        return []
+    waiting = waiting_by_tenant(session, since=now - WAITING_WINDOW, tenant_ids=ids)
+    finished = finished_by_tenant(session, since=now - THROUGHPUT_WINDOW, tenant_ids=ids)
     c = console()
     window, prefix = c.stale_after, c.settings.queue_prefix
     # The hosts of the live workers consuming each tenant's queue; `health`'s unserved ones.
@@ -45,22 +57,33 @@ def _tenant_rows(session: Session) -> list[dict[str, Any]]:
             "hosts": hosts.get(t.id, []),
             "unserved": t.id in unserved,
         }
-        for t in list_tenants(session)
+        for t in page
     ]
 
 
 @bp.route("/tenants")
 def tenants() -> str:
-    """Every tenant the operator may see, oldest first: status, jobs waiting, finished lately,
-    and its queue in RabbitMQ now (read for those tenants only)."""
-    rows = visible(console().transact(_tenant_rows), lambda t: t["id"])
+    """The tenants the operator may see, oldest first, a page at a time (`limit`, `after`):
+    status, jobs waiting, finished lately, and its queue in RabbitMQ now (read for the
+    page's tenants only)."""
+    args = request.args
+    after = after_id_param(args)
+    limit = limit_param(args)
+    scope = operator().tenant_ids
+    rows = console().transact(
+        lambda session: _tenant_rows(session, after=after, limit=limit, scope=scope)
+    )
     queues, queues_error, queues_warning = read_queues(console().settings, [t["id"] for t in rows])
     depth = {q["tenant_id"]: q for q in queues or []}
+    kept: dict[str, Any] = {"limit": limit} if args.get("limit") else {}
+    last = rows[-1]["id"] if rows and len(rows) >= limit else None
     return render_template(
         "tenants.html",
         rows=[{**t, "queue": depth.get(t["id"])} for t in rows],
         queues_error=queues_error,
         queues_warning=queues_warning,
+        next_page=url_for("tenants.tenants", **kept, after=last) if last else None,
+        first_page=url_for("tenants.tenants", **kept) if after is not None else None,
     )
 
 

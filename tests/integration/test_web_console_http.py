@@ -29,6 +29,7 @@ from services.web_users import remove_web_user
 from settings import Settings
 from tests.integration.web_support import Login, add_job, add_operator, csrf_of, sign_in
 from tests.support import wait_for
+from web import tenants as web_tenants
 from web.app import create_app
 from web.security import SignInLimiter
 
@@ -441,8 +442,61 @@ def test_the_overview_and_tenants_count_from_the_job_records(
     assert "Finished per hour" in hours.get_data(as_text=True)
     # Without JavaScript the chart is a page of its own, in the console's frame.
     assert "Sign out" in clients["scoped_viewer"].get("/overview/hours").get_data(as_text=True)
-    tenants = clients["admin"].get("/tenants").get_data(as_text=True)
+    # (The page of tenants that starts with A: other tests' tenants share the database.)
+    tenants = clients["admin"].get(f"/tenants?after={world.a - 1}").get_data(as_text=True)
     assert f'/jobs?tenant={world.a}&amp;status=queued">1</a>' in tenants
+
+
+def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
+    clients: dict[str, FlaskClient],
+    engine: Engine,
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given three more tenants, made after A and B
+    with sessionmaker(engine).begin() as s:
+        made = [create_tenant(s, f"web-page-{i}-{uuid.uuid4().hex[:8]}").id for i in range(3)]
+    read: list[list[int]] = []
+    real_read = web_tenants.read_queues
+
+    def read_queues(settings: Settings, tenant_ids: list[int]) -> Any:
+        read.append(list(tenant_ids))
+        return real_read(settings, tenant_ids)
+
+    monkeypatch.setattr(web_tenants, "read_queues", read_queues)
+    admin = clients["admin"]
+    # When an admin asks for two tenants from the first of them
+    first = admin.get(f"/tenants?after={made[0] - 1}&limit=2").get_data(as_text=True)
+    # Then the page holds those two, offers the next page, and read only their queues
+    assert f'id="tenant-{made[0]}"' in first and f'id="tenant-{made[1]}"' in first
+    assert f'id="tenant-{made[2]}"' not in first
+    assert f'href="/tenants?limit=2&amp;after={made[1]}">Next page</a>' in first
+    assert read == [[made[0], made[1]]]
+    # And the next page goes on from there, with the way back to the first
+    second = admin.get(f"/tenants?limit=2&after={made[1]}").get_data(as_text=True)
+    assert f'id="tenant-{made[2]}"' in second and f'id="tenant-{made[1]}"' not in second
+    assert 'href="/tenants?limit=2">First page</a>' in second
+    # And past the last tenant, the page says so and reads no queue
+    read.clear()
+    past = admin.get(f"/tenants?after={made[2]}").get_data(as_text=True)
+    assert "No tenant after those of the pages before." in past and "Next page" not in past
+    assert read == [[]]
+    # And an operator limited to A pages through A alone, however many tenants there are
+    scoped = clients["scoped_viewer"]
+    page = scoped.get("/tenants?limit=1").get_data(as_text=True)
+    assert f'id="tenant-{world.a}"' in page and "Next page" in page
+    after_a = scoped.get(f"/tenants?limit=1&after={world.a}").get_data(as_text=True)
+    assert 'id="tenant-' not in after_a and world.b_name not in after_a
+    # And a bad `after` or `limit` is one clear 400, not a crash
+    for query, words in (
+        ("after=abc", "is not an id: give the last id of the page before"),
+        ("after=-1", "is not an id"),
+        ("after=" + "9" * 30, "is not an id"),
+        ("limit=0", "must be a whole number from 1 to"),
+    ):
+        refused = admin.get(f"/tenants?{query}")
+        assert refused.status_code == 400, query
+        assert words in refused.get_data(as_text=True), query
 
 
 def test_an_unknown_or_overlong_id_is_404_not_a_crash(clients: dict[str, FlaskClient]) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, Tenant
 from services.job_stats import finished_by_tenant, finished_per_hour, waiting_by_tenant
-from services.tenants import create_tenant
+from services.tenants import create_tenant, list_tenants
 
 NOW = dt.datetime(2026, 12, 6, 15, 40, tzinfo=dt.UTC)
 
@@ -46,3 +46,31 @@ def test_finished_jobs_are_counted_per_hour_and_per_tenant(
     assert waiting_by_tenant(sqlite_session, since=NOW + dt.timedelta(days=1)) == {}
     since = NOW - dt.timedelta(hours=1)
     assert finished_by_tenant(sqlite_session, since=since) == {tenant.id: 3}
+
+
+def test_the_per_tenant_figures_can_be_of_some_tenants_only(
+    sqlite_session: Session, tenant: Tenant
+) -> None:
+    other = create_tenant(sqlite_session, "other").id
+    for tenant_id in (tenant.id, other):
+        _job(sqlite_session, tenant_id, "succeeded", NOW - dt.timedelta(minutes=5))
+        _job(sqlite_session, tenant_id, "queued", None)
+    sqlite_session.flush()
+    day, hour = NOW - dt.timedelta(days=1), NOW - dt.timedelta(hours=1)
+    assert waiting_by_tenant(sqlite_session, since=day) == {tenant.id: 1, other: 1}
+    assert waiting_by_tenant(sqlite_session, since=day, tenant_ids=[other]) == {other: 1}
+    assert finished_by_tenant(sqlite_session, since=hour, tenant_ids=[tenant.id]) == {tenant.id: 1}
+    assert finished_by_tenant(sqlite_session, since=hour, tenant_ids=[]) == {}
+
+
+def test_tenants_are_listed_a_page_at_a_time_within_a_scope(
+    sqlite_session: Session, tenant: Tenant
+) -> None:
+    ids = [tenant.id, *(create_tenant(sqlite_session, f"t{i}").id for i in range(4))]
+    assert [t.id for t in list_tenants(sqlite_session)] == ids
+    assert [t.id for t in list_tenants(sqlite_session, limit=2)] == ids[:2]
+    assert [t.id for t in list_tenants(sqlite_session, after=ids[1], limit=2)] == ids[2:4]
+    assert [t.id for t in list_tenants(sqlite_session, after=ids[-1])] == []
+    scope = {ids[0], ids[3], ids[4]}
+    assert [t.id for t in list_tenants(sqlite_session, among=scope, limit=2)] == [ids[0], ids[3]]
+    assert [t.id for t in list_tenants(sqlite_session, among=scope, after=ids[0])] == ids[3:]
