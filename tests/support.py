@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 import shutil
@@ -115,6 +116,24 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
+
+
+def loaded_by(code: str, modules: Sequence[str]) -> tuple[list[str], str]:
+    """Which of `modules` a fresh interpreter has imported after running `code`, and its output.
+
+    For the tests that keep a module's imports light (the command line's, the
+    metrics server's): what one process loads, not what this test run has.
+    """
+    wanted = list(modules)
+    probe = f"{code}\nimport sys\nprint('loaded:', [m for m in {wanted!r} if m in sys.modules])\n"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    found = next((line for line in reversed(lines) if line.startswith("loaded: ")), None)
+    assert found is not None, result.stdout[-2000:]
+    return list(ast.literal_eval(found.removeprefix("loaded: "))), result.stdout
 
 
 def wait_for(

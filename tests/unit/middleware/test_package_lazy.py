@@ -7,9 +7,6 @@ retry policy, the outbox) at every worker start.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import middleware
@@ -17,22 +14,14 @@ from middleware.context import current_message, current_session
 from middleware.db_session import DbSession
 from middleware.retry_policy import RetryPolicy
 from middleware.tenant_routing import TenantRouting
+from tests.support import loaded_by
 
 
 def test_the_metrics_servers_module_does_not_import_the_engine() -> None:
-    code = (
-        "import sys\n"
-        "import middleware.metrics_server\n"
-        "engine = [m for m in ('middleware.db_session', 'middleware.retry_policy',\n"
-        "                      'middleware.tenant_routing', 'middleware.outbox')\n"
-        "          if m in sys.modules]\n"
-        "print('engine:', engine)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert "engine: []" in result.stdout, result.stdout
+    engine = ("middleware.db_session", "middleware.retry_policy", "middleware.tenant_routing",
+              "middleware.outbox")  # fmt: skip
+    loaded, output = loaded_by("import middleware.metrics_server", engine)
+    assert loaded == [], output
 
 
 def test_each_export_is_the_object_its_module_defines() -> None:
