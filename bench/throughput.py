@@ -7,9 +7,9 @@ job: the worker processes', PostgreSQL's and RabbitMQ's (bench.machine_cpu).
 What a worker still does after its first job starts (a process of its command
 that is still importing, a prefetch that grows once its queue is found busy) is
 in that window.  So each backlog is big enough for the steady rate to decide
-the figure: the no-op job's is ten times the DB-writing job's, which runs ten
-times longer each.  The start itself is measured apart (`startup`), with no
-backlog, so that its cost stays in the report.
+the figure: the no-op job's backlog is ten times the DB-writing job's, whose
+jobs each take several times longer.  The start itself is measured apart
+(`startup`), with no backlog, so that its cost stays in the report.
 """
 
 from __future__ import annotations
