@@ -34,6 +34,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from queue import PriorityQueue
 from typing import Any
 
@@ -49,6 +51,7 @@ from dramatiq.worker import CONSUMER_RESTART_DELAY_SECS, ConsumerThread, _WorkQu
 from services.errors import BrokerRefused
 from transport.fair_queue import FairWorkQueue
 from transport.prefetch import PrefetchShares, QueueLoad
+from transport.publisher import PublishFailed
 from transport.rabbitmq import Refusal, TaskyardRabbitmqBroker
 
 # Queues started per pass of the loop: declaring 1,000 tenants' queues takes
@@ -347,6 +350,16 @@ class _Link(Consumer):
             self.logger.debug("Could not close the connection cleanly", exc_info=True)
 
 
+@dataclass
+class _Declaring:
+    """A pass of queues handed to RabbitMQ to declare, consumed once it has answered."""
+
+    queues: list[str]
+    declared: Future[None]
+    # When the consumer gives up waiting and reconnects (monotonic).
+    deadline: float
+
+
 def _count_down(counts: dict[str, int], key: str) -> None:
     left = counts.get(key, 0) - 1
     if left > 0:
@@ -401,6 +414,8 @@ class MultiplexingConsumer(ConsumerThread):
         # How the bound is shared among busy queues; new with every connection.
         self.shares = PrefetchShares(prefetch_bound)
         self._rebalanced_at = 0.0
+        # The pass of queues whose declarations RabbitMQ is answering (this thread's only).
+        self._declaring: _Declaring | None = None
 
     @property
     def queue_names(self) -> list[str]:
@@ -420,9 +435,7 @@ class MultiplexingConsumer(ConsumerThread):
         # so a queue added after boot (the tenants' queues) is consumed at once.
         link = self.consumer
         if link is not None:
-            # If the link is going away, the next one consumes every registered queue.
-            with contextlib.suppress(*AMQP_ERRORS):
-                link.connection.add_callback_threadsafe(_nothing)
+            self._wake(link)
         return True
 
     def wait_consuming(self, timeout: float) -> bool:
@@ -489,6 +502,7 @@ class MultiplexingConsumer(ConsumerThread):
                 on_cancel=self._resume_queue,
             )
             self.shares = PrefetchShares(self.prefetch)
+            self._declaring = None
             with self._lock:
                 self._pending = [name for name in self._queues if name not in self._aside]
                 self._consuming_all = False
@@ -497,14 +511,16 @@ class MultiplexingConsumer(ConsumerThread):
             self.logger.info("Consuming %d more queue(s) on one connection", started)
             # Their first look comes a tick after their deliveries could, not at once.
             self._rebalanced_at = time.monotonic()
+        declaring = [] if self._declaring is None else self._declaring.queues
         with self._lock:
-            more = bool(self._pending)
+            # A pass being declared wakes this thread when RabbitMQ has answered.
+            more = bool(self._pending) and self._declaring is None
             if not self._consuming_all and not any(
-                not is_delay_queue(name) for name in self._pending
+                not is_delay_queue(name) for name in self._pending + declaring
             ):
                 self._consuming_all = True
                 self._caught_up.notify_all()
-        # Returns early when a delivery or a worker thread's ack is waiting.
+        # Returns early when a delivery, a worker thread's ack or a declaration is waiting.
         wait = 0 if more else self.worker_timeout / 1000
         self.consumer.connection.process_data_events(time_limit=wait)
         self.handle_delayed_messages()
@@ -533,24 +549,60 @@ class MultiplexingConsumer(ConsumerThread):
         return changes
 
     def _start_pending(self, link: _Link) -> int:
-        pending = self.take_pending()
+        """Consume the pass RabbitMQ has declared; hand the next pass's declarations over.
+
+        The thread does not wait for RabbitMQ's answers: declaring 1,000
+        tenants' queues takes seconds, and the queues already consumed keep
+        getting their deliveries and acks meanwhile.  One pass is declared at a
+        time, so a job's publish on the same channel waits behind at most one
+        pass of declarations.
+        """
+        started = self._consume_declared(link)
+        if self._declaring is None:
+            pending = self.take_pending()
+            if pending:
+                self._declaring = self._declare_all(pending, link)
+                # Nothing to declare (all known to RabbitMQ): consumed in this pass.
+                started += self._consume_declared(link)
+        return started
+
+    def _consume_declared(self, link: _Link) -> int:
+        """Consume the pass being declared once RabbitMQ has answered; how many queues."""
+        batch = self._declaring
+        if batch is None:
+            return 0
+        if not batch.declared.done():
+            if time.monotonic() < batch.deadline:
+                return 0
+            batch.declared.cancel()
+            self._declaring = None
+            self._repend(batch.queues)
+            raise PublishFailed(
+                f"RabbitMQ did not declare {len(batch.queues)} queue(s) within "
+                f"{self.broker.publish_timeout:g} s (is it reachable?)"
+            )
+        self._declaring = None
         started = 0
         try:
             try:
-                self._declare_all(pending)
+                batch.declared.result()
             except BrokerRefused as refused:
-                self._put_aside(refused, pending)
+                self._put_aside(refused, batch.queues)
                 return 0
             first = self._first_prefetch()
-            for queue_name in pending:
+            for queue_name in batch.queues:
                 on_message = functools.partial(self._on_message, link, queue_name)
                 link.consume(queue_name, on_message, prefetch=first)
                 started += 1
         except BaseException:
-            with self._lock:
-                self._pending[:0] = pending[started:]
+            self._repend(batch.queues[started:])
             raise
-        return len(pending)
+        return started
+
+    def _repend(self, queue_names: list[str]) -> None:
+        """Put queues taken for a pass back at the head of the pending ones."""
+        with self._lock:
+            self._pending[:0] = queue_names
 
     def _first_prefetch(self) -> int:
         """A queue's prefetch when it is first consumed: its share of the bound, at least one.
@@ -586,12 +638,26 @@ class MultiplexingConsumer(ConsumerThread):
             refused,
         )
 
-    def _declare_all(self, queue_names: list[str]) -> None:
-        """Declare the queues on the server (with their delay and dead-letter queues), together."""
+    def _declare_all(self, queue_names: list[str], link: _Link) -> _Declaring:
+        """Hand over the declarations of the queues, their delay and dead-letter queues."""
         broker = self.broker
-        for queue_name in queue_names:
-            broker.declare_queue(queue_name)  # registered in this process; nothing sent yet
-        broker.ensure_queues(queue_names)
+        try:
+            for queue_name in queue_names:
+                broker.declare_queue(queue_name)  # registered in this process; nothing sent yet
+            declared = broker.ensure_queues_async(queue_names)
+        except BaseException:
+            self._repend(queue_names)
+            raise
+        if not declared.done():
+            declared.add_done_callback(lambda _: self._wake(link))
+        return _Declaring(queue_names, declared, time.monotonic() + broker.publish_timeout)
+
+    @staticmethod
+    def _wake(link: _Link) -> None:
+        """Wake the thread out of its wait for deliveries (from any thread)."""
+        # If the link is going away, the next one starts its passes anew.
+        with contextlib.suppress(*AMQP_ERRORS):
+            link.connection.add_callback_threadsafe(_nothing)
 
     def _resume_queue(self, queue_name: str) -> None:
         if not self.keep_queue(queue_name):
@@ -630,6 +696,7 @@ class MultiplexingConsumer(ConsumerThread):
 
     def _disconnect(self) -> None:
         link, self.consumer = self.consumer, None
+        self._declaring = None
         if link is None:
             return
         with self._lock:

@@ -31,6 +31,7 @@ published again on the next one: a duplicate is possible, a loss is not
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -634,6 +635,45 @@ class Publisher:
         # grows its traceback by a few frames every time a waiter re-raises it.
         while self._incoming:
             _settle(self._incoming.popleft().future, PublishFailed(why))
+
+
+def gather(futures: Iterable[Future[None]]) -> Future[None]:
+    """One future for many: resolves once all have, fails with the first that fails.
+
+    Cancelling it cancels those still pending (as `wait_all`'s timeout does).
+    """
+    futures = list(futures)
+    combined: Future[None] = Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def settled(future: Future[None]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        failure = (
+            PublishFailed("cancelled before RabbitMQ answered")
+            if future.cancelled()
+            else future.exception()
+        )
+        with contextlib.suppress(InvalidStateError):
+            if failure is not None:
+                combined.set_exception(failure)
+            elif last:
+                combined.set_result(None)
+
+    def cancel_rest(done: Future[None]) -> None:
+        if done.cancelled():
+            for future in futures:
+                future.cancel()
+
+    if not futures:
+        combined.set_result(None)
+        return combined
+    combined.add_done_callback(cancel_rest)
+    for future in futures:
+        future.add_done_callback(settled)
+    return combined
 
 
 def wait_all(futures: Iterable[Future[None]], timeout: float) -> None:

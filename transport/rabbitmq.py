@@ -25,7 +25,7 @@ from dramatiq.results import ResultBackend
 from services.errors import BrokerRefused, PriorityRefused
 from settings import QUEUE_TYPES
 from transport.hooks import HookDispatch
-from transport.publisher import DEAD_MESSAGE_TTL_MS, Publisher, wait_all
+from transport.publisher import DEAD_MESSAGE_TTL_MS, Publisher, gather, wait_all
 
 # How long a send waits for RabbitMQ's confirm before it fails with PublishFailed.
 DEFAULT_PUBLISH_TIMEOUT_SECONDS = 30.0
@@ -455,11 +455,21 @@ class TaskyardRabbitmqBroker(HookDispatch, RabbitmqBroker):
         its thread sends them back to back, and a worker serving 1,000 tenants
         waits for their replies about once, not 1,000 times.
         """
+        wait_all([self.ensure_queues_async(queue_names)], self.publish_timeout)
+
+    def ensure_queues_async(self, queue_names: Iterable[str]) -> Future[None]:
+        """`ensure_queues` without waiting: the future resolves once RabbitMQ has declared
+        them all (a queue is no longer pending from then), or fails with the first refusal.
+        """
         wanted = sorted({q_name(name) for name in queue_names} & self.queues_pending)
-        if not wanted:
-            return
-        wait_all([self.publisher.declare(name) for name in wanted], self.publish_timeout)
-        self.queues_pending.difference_update(wanted)
+        declared = gather([self.publisher.declare(name) for name in wanted])
+
+        def settled(future: Future[None]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self.queues_pending.difference_update(wanted)
+
+        declared.add_done_callback(settled)
+        return declared
 
     def enqueue_async(
         self, message: Message[Any], *, delay: int | None = None, body: bytes | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from dramatiq import Message, Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
+from dramatiq.errors import BrokerConnectionError
 
 import transport.consumer as consumer_module
 from services.errors import BrokerRefused
@@ -100,6 +102,16 @@ def consumer(broker: TaskyardRabbitmqBroker) -> MultiplexingConsumer:
 @pytest.fixture
 def link() -> _Link:
     return _Link(FakeConnection(), queue_prefetch=8, delay_prefetch=4000)
+
+
+def answered(failure: BaseException | None = None) -> Future[None]:
+    """A declaration RabbitMQ has already answered: done, or refused with `failure`."""
+    future: Future[None] = Future()
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)
+    return future
 
 
 def body(queue_name: str = QUEUE, **options: Any) -> bytes:
@@ -388,7 +400,7 @@ def test_ready_means_every_registered_queue_is_consumed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
-    monkeypatch.setattr(broker, "ensure_queues", lambda *args, **kwargs: None)
+    monkeypatch.setattr(broker, "ensure_queues_async", lambda names: answered())
     # No queue at all: nothing to wait for
     assert consumer.wait_consuming(timeout=0)
 
@@ -502,13 +514,14 @@ def test_a_queue_rabbitmq_refuses_is_left_out_and_tried_again_later(
     refused = BrokerRefused("tenant.2.DQ", 406, "PRECONDITION_FAILED", advice="delete it")
     declared: list[list[str]] = []
 
-    def ensure_queues(names: list[str]) -> None:
+    def ensure_queues(names: list[str]) -> Future[None]:
         declared.append(list(names))
         if any(name.startswith("tenant.2") for name in names):
-            raise refused
+            return answered(refused)
+        return answered()
 
     monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
-    monkeypatch.setattr(broker, "ensure_queues", ensure_queues)
+    monkeypatch.setattr(broker, "ensure_queues_async", ensure_queues)
     clock = [1000.0]
     monkeypatch.setattr(consumer_module.time, "monotonic", lambda: clock[0])
     for name in ("tenant.2", "tenant.2.DQ", "tenant.3", "tenant.3.DQ"):
@@ -532,7 +545,9 @@ def test_a_queue_rabbitmq_refuses_is_left_out_and_tried_again_later(
     assert consumer.wait_consuming(timeout=0)
 
     # Then, its time come and RabbitMQ fixed, it is consumed
-    monkeypatch.setattr(broker, "ensure_queues", lambda names: declared.append(list(names)))
+    monkeypatch.setattr(
+        broker, "ensure_queues_async", lambda names: declared.append(list(names)) or answered()
+    )
     clock[0] += consumer_module.REFUSED_RETRY_SECONDS
     consumer._serve_once()
     consumed = [
@@ -545,7 +560,7 @@ def test_queues_are_first_consumed_at_their_share_of_the_bound(
     broker: TaskyardRabbitmqBroker, consumer: MultiplexingConsumer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
-    monkeypatch.setattr(broker, "ensure_queues", lambda *args, **kwargs: None)
+    monkeypatch.setattr(broker, "ensure_queues_async", lambda names: answered())
     # Given a worker (bound 8) serving two queues, each with its delay queue
     for name in (QUEUE, f"{QUEUE}.DQ", "tenant.2", "tenant.2.DQ"):
         consumer.add_queue(name)
@@ -584,3 +599,83 @@ def test_a_run_of_acks_is_sent_as_one_and_never_covers_a_nack_or_an_unsettled_de
         queues: [("ack", 2, True)],
         delays: [("ack", 1, False), ("ack", 3, False)],
     }
+
+
+class WaitRecordingConnection(WakeCountingConnection):
+    """Records how long each of the consumer's waits for deliveries may last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def process_data_events(self, time_limit: float = 0) -> None:
+        self.waits.append(time_limit)
+
+
+def test_queues_being_declared_do_not_hold_up_the_queues_already_consumed(
+    broker: TaskyardRabbitmqBroker, consumer: MultiplexingConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given RabbitMQ slow to answer declarations, and a worker of three tenants' queues
+    passes: list[tuple[list[str], Future[None]]] = []
+
+    def declare_later(names: list[str]) -> Future[None]:
+        passes.append((list(names), Future()))
+        return passes[-1][1]
+
+    monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
+    monkeypatch.setattr(broker, "ensure_queues_async", declare_later)
+    one_per_pass = MultiplexingConsumer.take_pending
+    monkeypatch.setattr(consumer, "take_pending", lambda: one_per_pass(consumer, 1))
+    for name in (QUEUE, "tenant.2", "tenant.3"):
+        consumer.add_queue(name)
+    connection = WaitRecordingConnection()
+    link = _Link(connection, queue_prefetch=8, delay_prefetch=4000)
+    consumer.consumer = link
+
+    # When a pass's declarations are handed over: the loop goes on to serve its
+    # connection (not spinning: it waits for a delivery or for RabbitMQ's answer),
+    # with one pass declared at a time and nothing consumed yet
+    consumer._serve_once()
+    consumer._serve_once()
+    assert [names for names, _ in passes] == [[QUEUE]]
+    assert connection.waits == [0.1, 0.1]
+    assert link.prefetch_of(QUEUE) == 0
+    assert not consumer.wait_consuming(timeout=0)
+
+    # When RabbitMQ answers: the thread is woken, the pass consumed, the next handed over
+    passes[0][1].set_result(None)
+    assert connection.wakes == 1
+    consumer._serve_once()
+    assert link.prefetch_of(QUEUE) > 0
+    assert [names for names, _ in passes] == [[QUEUE], ["tenant.2"]]
+
+    # And the worker is ready only once every queue is consumed
+    passes[1][1].set_result(None)
+    consumer._serve_once()
+    assert not consumer.wait_consuming(timeout=0)
+    passes[2][1].set_result(None)
+    consumer._serve_once()
+    assert consumer.wait_consuming(timeout=0)
+    assert all(link.prefetch_of(name) > 0 for name in (QUEUE, "tenant.2", "tenant.3"))
+
+
+def test_declarations_never_answered_make_the_consumer_reconnect_and_keep_the_queues(
+    broker: TaskyardRabbitmqBroker, consumer: MultiplexingConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given RabbitMQ that never answers a declaration
+    never: Future[None] = Future()
+    monkeypatch.setattr(broker, "declare_queue", lambda *args, **kwargs: None)
+    monkeypatch.setattr(broker, "ensure_queues_async", lambda names: never)
+    clock = [1000.0]
+    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: clock[0])
+    consumer.add_queue(QUEUE)
+    consumer.consumer = _Link(WaitRecordingConnection(), queue_prefetch=8, delay_prefetch=4000)
+    consumer._serve_once()
+
+    # When the publish timeout passes: the loop raises what the run loop reconnects on,
+    # the declarations are given up, and the queue is still to be consumed
+    clock[0] += broker.publish_timeout + 1
+    with pytest.raises(BrokerConnectionError, match="did not declare 1 queue"):
+        consumer._serve_once()
+    assert never.cancelled()
+    assert consumer.take_pending() == [QUEUE]
