@@ -7,7 +7,9 @@ thread, and ten connections for a worker of eight threads.  This publisher
 owns one connection and one confirm-mode channel on a thread of its own; any
 thread hands it messages and gets a future that the broker's confirm
 resolves.  Many publishes are in flight at once, so a batch of N costs about
-one round trip, not N.
+one round trip, not N.  Queues are declared (before their first publish) on
+channels of their own, `DECLARE_CHANNELS` of them, so that many are in flight
+at once too, and a refused declaration leaves the publishes alone.
 
 Only a lost connection is retried.  RabbitMQ refusing a command on the
 channel (403 ACCESS_REFUSED, 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406
@@ -73,8 +75,13 @@ REFUSAL_ADVICE = {
 # AMQP carries a queue name in at most 255 bytes, and its .DQ and .XQ queues add 3.
 MAX_QUEUE_NAME_BYTES = 255 - len(".DQ")
 # How long a queue RabbitMQ refused is refused here without asking RabbitMQ again:
-# every refusal closes the channel that all of the process's publishes share.
+# every refusal closes a channel (a refused publish, the one all of the process's publishes share).
 REFUSED_HOLD_SECONDS = 5.0
+# Channels the declarations go on.  pika sends one declaration at a time on a
+# channel and waits for its answer; under a busy process each answer waits for
+# the GIL too, so a worker declaring 1,000 tenants' queues (three each) one at
+# a time took seconds.  Several channels keep as many in flight, answered together.
+DECLARE_CHANNELS = 8
 
 
 class PublishFailed(BrokerConnectionError):
@@ -179,13 +186,19 @@ class Publisher:
         self._by_message_id: dict[str, Outgoing] = {}
         self._declared: set[str] = set()
         self._declaring: dict[str, list[Outgoing]] = {}
-        # (queue declared, its canonical queue), in the order sent: pika sends one
-        # declaration at a time on a channel, so the first is the one RabbitMQ answers.
-        self._declares_sent: collections.deque[tuple[str, str]] = collections.deque()
+        # The channels declarations go on (see `DECLARE_CHANNELS`), open and ready.
+        self._declare_channels: list[pika.channel.Channel] = []
+        # For each of them, (queue declared, its canonical queue) in the order sent:
+        # pika sends one declaration at a time on a channel, so the first is the one
+        # RabbitMQ answers (or refuses).
+        self._declares_sent: dict[int, collections.deque[tuple[str, str]]] = {}
         # Written by the publisher thread, read by any (`refusal_of`).
         self._refused: dict[str, Refused] = {}
         self.connections_made = 0
+        # Publishing channels opened (the first, and one after each refused publish).
         self.channels_opened = 0
+        # Declaration channels opened (`DECLARE_CHANNELS`, and one after each refusal).
+        self.declare_channels_opened = 0
         # Refusals RabbitMQ sent (each closed the channel), since this publisher started.
         self.refusals = 0
         self._connect_errors = 0
@@ -318,6 +331,7 @@ class Publisher:
             self._release_ioloop()
             self._connection = None
             self._channel = None
+            self._declare_channels = []
             self._requeue_unconfirmed()
             if not self._closing.is_set():
                 # Doubling while RabbitMQ stays away (each failed attempt logs a few
@@ -365,6 +379,8 @@ class Publisher:
         # a new channel on the same connection does not need to.
         self._declared.clear()
         connection.channel(on_open_callback=self._on_channel_open)
+        for _ in range(DECLARE_CHANNELS):
+            connection.channel(on_open_callback=self._on_declare_channel_open)
 
     def _on_connection_error(self, connection: pika.SelectConnection, error: Exception) -> None:
         self._connect_errors += 1
@@ -406,8 +422,6 @@ class Publisher:
     def _channel_ready(self, channel: pika.channel.Channel) -> None:
         self._channel = channel
         self._next_tag = 0
-        self._declaring.clear()
-        self._declares_sent.clear()
         self._drain()
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: Exception) -> None:
@@ -417,57 +431,96 @@ class Publisher:
         connection = self._connection
         if is_refusal(reason) and connection is not None and connection.is_open:
             assert isinstance(reason, pika.exceptions.ChannelClosedByBroker)
-            self._on_refusal(reason.reply_code, reason.reply_text)
+            self._on_publish_refusal(reason.reply_code, reason.reply_text)
             connection.channel(on_open_callback=self._on_channel_open)
             return
         self.logger.warning("Publisher channel closed: %s; reconnecting", reason)
         if connection is not None and connection.is_open:
             connection.close()
 
-    def _on_refusal(self, reply_code: int, reply_text: str) -> None:
-        """Fail what RabbitMQ refused; put everything else back, to go on the next channel.
+    def _on_declare_channel_open(self, channel: pika.channel.Channel) -> None:
+        self.declare_channels_opened += 1
+        channel.add_on_close_callback(self._on_declare_channel_closed)
+        self._declares_sent[channel.channel_number] = collections.deque()
+        self._declare_channels.append(channel)
+        self._drain()
 
-        A refused declaration names its queue in RabbitMQ's reply: the messages
-        waiting for that queue fail.  A refused publish does not say which
-        message it was, so every publish not yet confirmed fails; the messages
-        waiting for a declaration go again, each at most `max_attempts` times,
-        so that a refusal pinned on no queue cannot close channel after channel.
+    def _on_declare_channel_closed(self, channel: pika.channel.Channel, reason: Exception) -> None:
+        if channel in self._declare_channels:
+            self._declare_channels.remove(channel)
+        sent = self._declares_sent.pop(channel.channel_number, collections.deque())
+        if self._closing.is_set():
+            return
+        connection = self._connection
+        if is_refusal(reason) and connection is not None and connection.is_open:
+            assert isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+            self._on_declare_refusal(sent, reason.reply_code, reason.reply_text)
+            connection.channel(on_open_callback=self._on_declare_channel_open)
+            return
+        self.logger.warning("Publisher declaration channel closed: %s; reconnecting", reason)
+        if connection is not None and connection.is_open:
+            connection.close()
+
+    def _on_publish_refusal(self, reply_code: int, reply_text: str) -> None:
+        """Fail every publish not yet confirmed: a refused publish does not say which it was.
+
+        Declarations go on channels of their own, which this refusal did not
+        close: the messages waiting for one go on once it is answered.
         """
         self.refusals += 1
-        sent = self._declares_sent[0] if self._declares_sent else None
-        queue = sent[1] if sent is not None and f"'{sent[0]}'" in reply_text else None
-        unconfirmed = [self._unconfirmed[t] for t in sorted(self._unconfirmed)]
-        waiting = [i for name, items in self._declaring.items() if name != queue for i in items]
-        refused = self._declaring.get(queue, []) if queue is not None else []
+        refused = [self._unconfirmed[t] for t in sorted(self._unconfirmed)]
         self._unconfirmed.clear()
         self._by_message_id.clear()
-        self._declaring.clear()
-        self._declares_sent.clear()
+        for item in refused:
+            _settle(item.future, refusal(item.queue_name, reply_code, reply_text))
+        self._log_refusal("a publish", reply_code, reply_text, len(refused), 0)
+
+    def _on_declare_refusal(
+        self, sent: collections.deque[tuple[str, str]], reply_code: int, reply_text: str
+    ) -> None:
+        """Fail what RabbitMQ refused; the other declarations of its channel go again.
+
+        A refused declaration names its queue in RabbitMQ's reply: the messages
+        waiting for that queue fail.  pika had not sent the channel's other
+        declarations yet: their queues are declared again on an open channel,
+        each message at most `max_attempts` times when the refusal names no
+        queue, so that it cannot close channel after channel.
+        """
+        self.refusals += 1
+        first = sent[0] if sent else None
+        queue = first[1] if first is not None and f"'{first[0]}'" in reply_text else None
+        queues = {canonical for _, canonical in sent}
+        waiting = [
+            item for name in sorted(queues - {queue}) for item in self._declaring.pop(name, [])
+        ]
+        refused = self._declaring.pop(queue, []) if queue is not None else []
         if queue is not None:
             self._refused[queue] = Refused(reply_code, reply_text, time.monotonic())
             self._declared.discard(queue)
-            for item in unconfirmed:
-                item.attempts -= 1  # not its fault: this one is sent again, for nothing
-            again = unconfirmed + waiting
+            again = waiting
         else:
             for item in waiting:
                 item.attempts += 1
-            refused = unconfirmed + [i for i in waiting if i.attempts >= self.max_attempts]
+            refused = [i for i in waiting if i.attempts >= self.max_attempts]
             again = [i for i in waiting if i.attempts < self.max_attempts]
         for item in refused:
             _settle(item.future, refusal(item.queue_name, reply_code, reply_text))
         self._incoming.extendleft(reversed(again))
-        what = f"queue {queue}" if queue is not None else "a publish"
+        what = f"queue {queue}" if queue is not None else "a declaration"
+        self._log_refusal(what, reply_code, reply_text, len(refused), len(again))
+
+    def _log_refusal(
+        self, what: str, reply_code: int, reply_text: str, refused: int, again: int
+    ) -> None:
         # One line per refusal: it closed the channel, and the next ones to the same
         # queue fail here, unseen by RabbitMQ, for `refused_hold_seconds`.
         self.logger.warning(
-            "RabbitMQ refused %s (%d %s); %d message(s) failed with BrokerRefused, %d go on a "
-            "new channel; %s",
+            "RabbitMQ refused %s (%d %s); %d message(s) failed with BrokerRefused, %d go again; %s",
             what,
             reply_code,
             reply_text,
-            len(refused),
-            len(again),
+            refused,
+            again,
             REFUSAL_ADVICE[reply_code],
         )
 
@@ -502,9 +555,20 @@ class Publisher:
                 self._send(channel, item)
             elif item.queue_name in self._declaring:
                 self._declaring[item.queue_name].append(item)
-            else:
+            elif self._declare_channels:
                 self._declaring[item.queue_name] = [item]
-                self._declare(channel, item.queue_name)
+                self._declare(self._declare_channel(), item.queue_name)
+            else:
+                # Its declaration waits for a declaration channel; the rest keep their order.
+                self._incoming.appendleft(item)
+                return
+
+    def _declare_channel(self) -> pika.channel.Channel:
+        """The open declaration channel with the fewest declarations waiting on it."""
+        return min(
+            self._declare_channels,
+            key=lambda channel: len(self._declares_sent[channel.channel_number]),
+        )
 
     def _declare(self, channel: pika.channel.Channel, queue_name: str) -> None:
         arguments = self.queue_arguments(queue_name)
@@ -514,20 +578,26 @@ class Publisher:
             (xq_name(queue_name), self.dead_queue_arguments),
         ]
 
+        sent = self._declares_sent[channel.channel_number]
+
         def declare_next(frame: pika.frame.Method[Any] | None = None) -> None:
-            if frame is not None and self._declares_sent:
-                self._declares_sent.popleft()
+            if frame is not None and sent:
+                sent.popleft()
             if not steps:
                 self._declared.add(queue_name)
                 self._refused.pop(queue_name, None)
+                publish = self._channel
                 for waiting in self._declaring.pop(queue_name, []):
                     if waiting.declare_only:
                         _settle(waiting.future)
+                    elif publish is not None and publish.is_open:
+                        self._send(publish, waiting)
                     else:
-                        self._send(channel, waiting)
+                        # The publishing channel is being replaced: sent once it is ready.
+                        self._incoming.append(waiting)
                 return
             name, args = steps.pop(0)
-            self._declares_sent.append((name, queue_name))
+            sent.append((name, queue_name))
             channel.queue_declare(name, durable=True, arguments=args, callback=declare_next)
 
         declare_next()
@@ -616,6 +686,7 @@ class Publisher:
         self._by_message_id.clear()
         self._declaring.clear()
         self._declares_sent.clear()
+        self._declare_channels = []
         for item in reversed(pending):
             if item.attempts >= self.max_attempts:
                 _settle(

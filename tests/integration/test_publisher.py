@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import pika
+import pika.channel
 import pytest
 from dramatiq import Message
 
 from settings import Settings
-from tests.support import dead_letter_arguments, message_count
-from transport.publisher import Publisher, PublishFailed, wait_all
+from tests.support import dead_letter_arguments, delete_queues, message_count, queue_family
+from transport.publisher import DECLARE_CHANNELS, Publisher, PublishFailed, wait_all
 from transport.rabbitmq import TaskyardRabbitmqBroker, publish_now
 
 
@@ -178,3 +180,40 @@ def test_a_body_encoded_already_is_published_as_is_unless_a_delay_changes_the_me
     on_delay_queue = _get_body(settings, f"{queue}.DQ")
     assert on_delay_queue != as_stored
     assert Message.decode(on_delay_queue).options["eta"] == delayed.options["eta"]
+
+
+def test_many_queues_are_declared_on_several_channels_at_once(
+    settings: Settings, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pika sends one declaration at a time per channel: many queues (a worker of many
+    # tenants) are spread over the declaration channels, so that many are in flight
+    declared_on: list[tuple[int, str]] = []
+    original = pika.channel.Channel.queue_declare
+
+    def recording(channel: pika.channel.Channel, queue: str, *args: Any, **kwargs: Any) -> Any:
+        declared_on.append((channel.channel_number, queue))
+        return original(channel, queue, *args, **kwargs)
+
+    monkeypatch.setattr(pika.channel.Channel, "queue_declare", recording)
+    names = [f"{queue}.{n}" for n in range(2 * DECLARE_CHANNELS)]
+    publisher = _publisher(settings)
+    try:
+        wait_all([publisher.declare(name) for name in names], 30)
+        futures = [
+            publisher.publish(name, name, b"{}", message_id=name, priority=None) for name in names
+        ]
+        wait_all(futures, 30)
+        monkeypatch.undo()  # what follows reads the queues with declarations of its own
+        # And a message published after its queue's declaration arrives
+        assert [message_count(settings.broker_url, name) for name in names] == [1] * len(names)
+    finally:
+        publisher.close()
+        delete_queues(settings.broker_url, queue_family(names))
+    # Each queue with its delay and dead-letter queues, on one channel; every channel used
+    channels = {number for number, _ in declared_on}
+    assert len(channels) == DECLARE_CHANNELS
+    for name in names:
+        on = {number for number, declared in declared_on if declared.startswith(name + ".")}
+        on |= {number for number, declared in declared_on if declared == name}
+        assert len(on) == 1, name
+    assert len(declared_on) == 3 * len(names)

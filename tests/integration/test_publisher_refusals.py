@@ -5,6 +5,7 @@ Every queue here has a name of this run, and the tests delete what they create.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from dramatiq import Message
 from services.errors import BrokerRefused
 from settings import Settings
 from tests.support import delete_queues, queue_family
-from transport.publisher import Publisher, PublishFailed, wait_all
+from transport.publisher import DECLARE_CHANNELS, Publisher, PublishFailed, wait_all
 from transport.rabbitmq import TaskyardRabbitmqBroker, publish_now
 
 pytestmark = pytest.mark.integration
@@ -88,10 +89,12 @@ def test_a_queue_left_with_other_arguments_fails_a_send_at_once_with_rabbitmqs_r
         assert "delete it" in str(refused.value)
         # And the publisher goes on publishing to other queues
         broker.enqueue_many([(message(other, n), None) for n in range(100)])
-        # On its one connection: a new channel, no reconnecting (give a storm time to show)
+        # On its one connection: the refused declaration's channel replaced, the publishing
+        # channel kept, no reconnecting (give a storm time to show)
         time.sleep(AT_ONCE_SECONDS)
         assert broker.publisher.connections_made == 1
-        assert broker.publisher.channels_opened == 2
+        assert broker.publisher.channels_opened == 1
+        assert broker.publisher.declare_channels_opened == DECLARE_CHANNELS + 1
         assert broker.publisher.refusals == 1
     finally:
         broker.close()
@@ -127,12 +130,14 @@ def test_a_burst_to_a_refused_queue_and_others_fails_only_the_refused_each_on_it
         errors = [future.exception() for future in futures[taken]]
         assert all(isinstance(error, BrokerRefused) for error in errors)
         assert len({id(error) for error in errors}) == len(errors)
-        # And RabbitMQ was asked once: one refusal, one new channel, one connection
-        assert (publisher.refusals, publisher.channels_opened, publisher.connections_made) == (
-            1,
-            2,
-            1,
-        )
+        # And RabbitMQ was asked once: one refusal, one new declaration channel, the
+        # publishing channel kept, one connection
+        assert (
+            publisher.refusals,
+            publisher.declare_channels_opened,
+            publisher.channels_opened,
+            publisher.connections_made,
+        ) == (1, DECLARE_CHANNELS + 1, 1, 1)
     finally:
         publisher.close()
     # And every other message arrived, once
@@ -206,3 +211,46 @@ def test_a_queue_name_amqp_cannot_carry_fails_alone_at_once(
     finally:
         publisher.close()
     assert count(settings, queue) == 1
+
+
+@pytest.fixture
+def writeless_url(settings: Settings) -> Iterator[str]:
+    """A RabbitMQ user of this run that may declare queues but not publish to them."""
+    user, password = f"{settings.queue_prefix}writeless{uuid.uuid4().hex[:8]}", "writeless"
+
+    def rabbitmqctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+    rabbitmqctl("add_user", user, password)
+    try:
+        rabbitmqctl("set_permissions", "-p", "/", user, ".*", "^no-such-exchange$", ".*")
+        parsed = pika.URLParameters(settings.broker_url)
+        yield f"amqp://{user}:{password}@{parsed.host}:{parsed.port}/%2F"
+    finally:
+        rabbitmqctl("delete_user", user)
+
+
+def test_a_refused_publish_fails_what_was_unconfirmed_and_leaves_declarations_alone(
+    settings: Settings, new_queue: Callable[[str], str], writeless_url: str
+) -> None:
+    publisher = Publisher(pika.URLParameters(writeless_url), queue_arguments=lambda _: {})
+    queue, other = new_queue("writeless"), new_queue("declared")
+    try:
+        # When a message goes to a queue the user may declare but not write to:
+        # its queue is declared, its publish refused (403) at once
+        started = time.monotonic()
+        with pytest.raises(BrokerRefused, match="403 ACCESS_REFUSED"):
+            wait_all([publisher.publish(queue, queue, b"1", message_id="a", priority=None)], 30)
+        assert time.monotonic() - started < AT_ONCE_SECONDS
+        # Then the publishing channel is replaced, and declarations go on on their own
+        # channels, none of which the refusal closed
+        wait_all([publisher.declare(other)], 30)
+        assert (
+            publisher.refusals,
+            publisher.channels_opened,
+            publisher.declare_channels_opened,
+            publisher.connections_made,
+        ) == (1, 2, DECLARE_CHANNELS, 1)
+    finally:
+        publisher.close()
+    assert count(settings, queue) == count(settings, other) == 0
