@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import Job
 from middleware.metrics_server import DIR_PREFIX
 from settings import Settings
-from tests.support import REPO, WorkerProcess, delete_prefix_queues, wait_for, worker_env
+from tests.support import REPO, WorkerProcess, delete_prefix_queues, free_port, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +59,18 @@ print(json.dumps(ids))
 
 
 def free_port_pair() -> tuple[socket.socket, int]:
-    """A listening socket holding port P, with P + 1 free: the worker must move to P + 1."""
+    """A listening socket holding port P, with P + 1 free: the worker must move to P + 1.
+
+    Below the ephemeral range (`free_port`): P + 1 is not some client's meanwhile.
+    """
     for _ in range(50):
+        port = free_port()
         holder = socket.socket()
-        holder.bind(("127.0.0.1", 0))
-        port = holder.getsockname()[1]
+        try:
+            holder.bind(("127.0.0.1", port))
+        except OSError:
+            holder.close()
+            continue
         probe = socket.socket()
         try:
             probe.bind(("127.0.0.1", port + 1))
@@ -249,10 +256,8 @@ def test_two_commands_on_one_host_share_the_work_and_their_scrapes_add_up(
     # Given two `dramatiq actors` commands on one host with the same metrics port,
     # the first with two worker processes
     prefix = f"{settings.queue_prefix}n{int(time.time() * 1000) % 10**9}_"
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    port = holder.getsockname()[1]
-    holder.close()
+    # Below the ephemeral range: the next ports are not some client's meanwhile.
+    port = free_port()
     env = worker_env(TASKYARD_QUEUE_PREFIX=prefix, TASKYARD_METRICS_PORT=str(port))
     first = WorkerProcess(tmp_path / "first.log", env, threads=2, options=("--processes", "2"))
     second: WorkerProcess | None = None
@@ -262,9 +267,15 @@ def test_two_commands_on_one_host_share_the_work_and_their_scrapes_add_up(
         wait_for(lambda: serving(port), 20, "the first command's metrics")
         second = WorkerProcess(tmp_path / "second.log", env, threads=2)
         second.wait_ready()
-        # Then the second says the port is taken and serves on the next one
-        wait_for(lambda: f"Metrics port {port} on 127.0.0.1 is in use" in second.log(), 20)
-        wait_for(lambda: serving(port + 1), 20, "the second command's metrics")
+        # Then the second says the port is taken and serves on the next free one (the
+        # next port, unless something else of the host holds it)
+        taken = f"Metrics port {port} on 127.0.0.1 is in use"
+        wait_for(lambda: taken in second.log(), 20)
+        found = re.search(rf"{taken} .*serving this command's metrics on port (\d+)", second.log())
+        assert found is not None, second.log()[-2000:]
+        other = int(found.group(1))
+        assert other > port
+        wait_for(lambda: serving(other), 20, "the second command's metrics")
         first_dir = next(Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}{first.proc.pid}-*"))
         pids = {f.stem.rsplit("_", 1)[1] for f in first_dir.glob("gauge_livemin_*.db")}
         assert len(pids) == 2, pids
@@ -294,8 +305,7 @@ def test_two_commands_on_one_host_share_the_work_and_their_scrapes_add_up(
         # Then the two scrapes add up to the records
         def both() -> float:
             return sum(
-                total(scrape(p), "taskyard_jobs_total", outcome="succeeded")
-                for p in (port, port + 1)
+                total(scrape(p), "taskyard_jobs_total", outcome="succeeded") for p in (port, other)
             )
 
         wait_for(lambda: both() == 18, 20, "18 succeeded across both scrapes")
