@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -426,17 +427,7 @@ class Publisher:
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: Exception) -> None:
         self._channel = None
-        if self._closing.is_set():
-            return
-        connection = self._connection
-        if is_refusal(reason) and connection is not None and connection.is_open:
-            assert isinstance(reason, pika.exceptions.ChannelClosedByBroker)
-            self._on_publish_refusal(reason.reply_code, reason.reply_text)
-            connection.channel(on_open_callback=self._on_channel_open)
-            return
-        self.logger.warning("Publisher channel closed: %s; reconnecting", reason)
-        if connection is not None and connection.is_open:
-            connection.close()
+        self._after_close(reason, "channel", self._on_publish_refusal, self._on_channel_open)
 
     def _on_declare_channel_open(self, channel: pika.channel.Channel) -> None:
         self.declare_channels_opened += 1
@@ -449,15 +440,31 @@ class Publisher:
         if channel in self._declare_channels:
             self._declare_channels.remove(channel)
         sent = self._declares_sent.pop(channel.channel_number, collections.deque())
+        self._after_close(
+            reason,
+            "declaration channel",
+            functools.partial(self._on_declare_refusal, sent),
+            self._on_declare_channel_open,
+        )
+
+    def _after_close(
+        self,
+        reason: Exception,
+        what: str,
+        on_refusal: Callable[[int, str], None],
+        reopen: Callable[[pika.channel.Channel], None],
+    ) -> None:
+        """A channel closed: after a refusal, what it refused fails and a new channel opens
+        on the same connection; any other close makes the publisher reconnect."""
         if self._closing.is_set():
             return
         connection = self._connection
         if is_refusal(reason) and connection is not None and connection.is_open:
             assert isinstance(reason, pika.exceptions.ChannelClosedByBroker)
-            self._on_declare_refusal(sent, reason.reply_code, reason.reply_text)
-            connection.channel(on_open_callback=self._on_declare_channel_open)
+            on_refusal(reason.reply_code, reason.reply_text)
+            connection.channel(on_open_callback=reopen)
             return
-        self.logger.warning("Publisher declaration channel closed: %s; reconnecting", reason)
+        self.logger.warning("Publisher %s closed: %s; reconnecting", what, reason)
         if connection is not None and connection.is_open:
             connection.close()
 
