@@ -17,8 +17,10 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
+from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from functools import partial
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
@@ -54,28 +56,152 @@ class ApiUnreadable(RuntimeError):
 def read_ready(broker_url: str, names: Sequence[str]) -> dict[str, Ready | None]:
     """Each queue's ready messages and consumers (None: no such queue), over one connection.
 
-    Raises pika's AMQPError when RabbitMQ cannot be reached.
+    The passive declares are pipelined: one at a time on each of up to IN_FLIGHT
+    channels.  RabbitMQ answers a missing queue (404) by closing the channel it was
+    asked on; another channel takes the queues after it.  Raises pika's AMQPError
+    when RabbitMQ cannot be reached, does not answer for TIMEOUT_SECONDS, or refuses
+    a declare for another reason than 404 (its reply code and text say why).
     """
-    found: dict[str, Ready | None] = {}
-    params = pika.URLParameters(broker_url)
-    params.socket_timeout = TIMEOUT_SECONDS
-    params.blocked_connection_timeout = TIMEOUT_SECONDS
-    params.connection_attempts = 1
-    connection = pika.BlockingConnection(params)
-    try:
-        channel = connection.channel()
-        for name in names:
-            try:
-                frame = channel.queue_declare(name, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
-                channel = connection.channel()  # a missing queue (404) closes the channel
-                found[name] = None
-                continue
-            method = frame.method
-            found[name] = Ready(int(method.message_count), int(method.consumer_count))
-    finally:
-        connection.close()
-    return found
+    return _PassiveReads(broker_url, names).run()
+
+
+# Passive declares in flight at once on one reading's connection, one per channel
+# (RabbitMQ allows 2,047 channels a connection by default).
+IN_FLIGHT = 64
+NOT_FOUND = 404
+
+
+class _PassiveReads:
+    """One reading of `read_ready`: a connection, and channels each asking for one queue
+    at a time."""
+
+    def __init__(self, broker_url: str, names: Sequence[str]) -> None:
+        self.params = pika.URLParameters(broker_url)
+        self.params.socket_timeout = TIMEOUT_SECONDS
+        self.params.blocked_connection_timeout = TIMEOUT_SECONDS
+        self.params.connection_attempts = 1
+        # The whole opening (TCP, then AMQP's handshake): pika's own bound, as a close()
+        # before the handshake is done is not safe in pika.
+        self.params.stack_timeout = TIMEOUT_SECONDS
+        self.names = list(dict.fromkeys(names))
+        self.todo = deque(self.names)
+        self.found: dict[str, Ready | None] = {}
+        # Channels opened and not closed yet; the queue each one was asked for last.
+        self.in_flight = 0
+        self.opening = 0
+        self.asked: dict[int, str] = {}
+        self.error: BaseException | None = None
+        self.connection: pika.SelectConnection | None = None
+        self.timer: object | None = None
+
+    def run(self) -> dict[str, Ready | None]:
+        connection = pika.SelectConnection(
+            self.params,
+            on_open_callback=lambda _connection: self._next(),
+            on_open_error_callback=self._open_failed,
+            on_close_callback=self._closed,
+        )
+        self.connection = connection
+        try:
+            self._arm()
+            connection.ioloop.start()
+        finally:
+            connection.ioloop.close()
+        if self.error is not None:
+            raise self.error
+        return {name: self.found[name] for name in self.names}
+
+    def _arm(self) -> None:
+        """(Re)start the silence timer: no answer for TIMEOUT_SECONDS fails the reading."""
+        assert self.connection is not None
+        if self.timer is not None:
+            self.connection.ioloop.remove_timeout(self.timer)
+        self.timer = self.connection.ioloop.call_later(TIMEOUT_SECONDS, self._timed_out)
+
+    def _next(self) -> None:
+        """Open channels up to IN_FLIGHT for the queues left; stop once every one is read."""
+        assert self.connection is not None
+        if not self.connection.is_open:
+            return  # (closing: `_closed` ends the reading)
+        while len(self.todo) > self.opening and self.in_flight < IN_FLIGHT:
+            self.in_flight += 1
+            self.opening += 1
+            self.connection.channel(on_open_callback=self._opened)
+        if not self.todo and not self.in_flight:
+            self._stop()
+
+    def _opened(self, channel: Any) -> None:
+        self._arm()
+        self.opening -= 1
+        self.asked[channel.channel_number] = ""
+        channel.add_on_close_callback(self._channel_closed)
+        self._ask(channel)
+
+    def _ask(self, channel: Any) -> None:
+        """The channel's next queue; a channel with none left is closed."""
+        if not self.todo:
+            channel.close()
+            return
+        name = self.todo.popleft()
+        self.asked[channel.channel_number] = name
+        channel.queue_declare(name, passive=True, callback=partial(self._declared, channel))
+
+    def _declared(self, channel: Any, frame: Any) -> None:
+        self._arm()
+        method = frame.method
+        name = self.asked[channel.channel_number]
+        self.found[name] = Ready(int(method.message_count), int(method.consumer_count))
+        self._ask(channel)
+
+    def _channel_closed(self, channel: Any, reason: Exception) -> None:
+        self._arm()
+        self.in_flight -= 1
+        name = self.asked.pop(channel.channel_number, "")
+        if name and name not in self.found:
+            if getattr(reason, "reply_code", None) == NOT_FOUND:
+                self.found[name] = None
+            elif self.error is None:
+                self.error = reason
+                self.todo.clear()
+        self._next()
+
+    def _stop(self) -> None:
+        assert self.connection is not None
+        if self.connection.is_closing or self.connection.is_closed:
+            return
+        self.connection.close()
+
+    def _open_failed(self, _connection: Any, error: BaseException | str) -> None:
+        if self.error is None:
+            self.error = (
+                error
+                if isinstance(error, BaseException)
+                else pika.exceptions.AMQPConnectionError(error)
+            )
+        assert self.connection is not None
+        self.connection.ioloop.stop()
+
+    def _closed(self, _connection: Any, reason: BaseException) -> None:
+        done = not self.todo and not self.in_flight
+        if not done and self.error is None:
+            self.error = reason
+        assert self.connection is not None
+        self.connection.ioloop.stop()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        assert self.connection is not None
+        if not self.connection.is_open and not self.connection.is_closing:
+            return  # still opening: `stack_timeout` bounds that, and ends it in `_open_failed`
+        if self.error is None:
+            self.error = pika.exceptions.AMQPConnectionError(
+                f"RabbitMQ did not answer for {TIMEOUT_SECONDS:g} s while queues were read"
+            )
+        self.todo.clear()
+        if self.connection.is_closing:
+            self.connection.ioloop.stop()
+        else:
+            self.connection.close()
 
 
 def read_unacked(api_url: str, broker_url: str) -> dict[str, int]:

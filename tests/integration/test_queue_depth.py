@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -17,7 +20,8 @@ import pytest
 from settings import Settings
 from tests.integration.cli_harness import BROKER_DOWN_URL, taskyard
 from tests.support import dead_letter_arguments, delete_queues, queue_state, wait_for
-from transport.queue_depth import QueueDepth, queue_depths
+from transport import queue_depth
+from transport.queue_depth import IN_FLIGHT, QueueDepth, Ready, queue_depths, read_ready
 
 SENT = 3
 
@@ -96,3 +100,85 @@ def test_summary_without_rabbitmq_prints_the_rest_and_exits_3(
     assert "queues not read: cannot reach the broker" in result.stdout
     assert "s3cret-pw" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_read_ready_reads_more_queues_than_it_has_channels(own: Settings) -> None:
+    """Existing and missing queues mixed, more of them than declares in flight: each read
+    right (a missing one's 404 closes its channel, the queues after it still read), none
+    created, a name asked twice read once."""
+    names = [f"{own.queue_prefix}many.{n}" for n in range(2 * IN_FLIGHT + 7)]
+    existing = {name: n % 4 for n, name in enumerate(names) if n % 3 == 0}
+    connection = pika.BlockingConnection(pika.URLParameters(own.broker_url))
+    try:
+        channel = connection.channel()
+        for name, count in existing.items():
+            channel.queue_declare(name)
+            for _ in range(count):
+                channel.basic_publish("", name, b"m")
+        wait_for(
+            lambda: all(
+                queue_state(own.broker_url, name) == (count, 0) for name, count in existing.items()
+            ),
+            timeout=10,
+            what="the messages in their queues",
+        )
+        found = read_ready(own.broker_url, [*names, *names[:5]])
+        assert found == {
+            name: Ready(existing[name], 0) if name in existing else None for name in names
+        }
+        missing = [name for name in names if name not in existing]
+        assert [queue_state(own.broker_url, name) for name in missing[:3]] == [None] * 3
+    finally:
+        connection.close()
+        delete_queues(own.broker_url, existing)
+
+
+def test_read_ready_raises_a_refusal_other_than_a_missing_queue(own: Settings) -> None:
+    """A queue another connection holds exclusively answers 405: an error that says so,
+    not a queue reported missing."""
+    owner = pika.BlockingConnection(pika.URLParameters(own.broker_url))
+    try:
+        locked = f"{own.queue_prefix}locked"
+        owner.channel().queue_declare(locked, exclusive=True)
+        names = [f"{own.queue_prefix}absent.{n}" for n in range(3)]
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            read_ready(own.broker_url, [*names, locked])
+        assert refused.value.reply_code == 405
+        assert locked in refused.value.reply_text
+    finally:
+        owner.close()
+
+
+def test_read_ready_gives_up_on_a_server_that_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes the connection and says nothing: an AMQP error after the
+    reading's silence bound, well before pika's own 15 s handshake timeout."""
+    monkeypatch.setattr(queue_depth, "TIMEOUT_SECONDS", 0.5)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    taken: list[socket.socket] = []
+    threading.Thread(target=lambda: taken.append(server.accept()[0]), daemon=True).start()
+    port = server.getsockname()[1]
+    started = time.monotonic()
+    try:
+        with pytest.raises(pika.exceptions.AMQPError):
+            read_ready(f"amqp://guest:guest@127.0.0.1:{port}/%2F", ["any"])
+        assert time.monotonic() - started < 10
+        assert taken, "the reading never connected to the silent server"
+    finally:
+        for conn in taken:
+            conn.close()
+        server.close()
+
+
+def test_read_ready_gives_up_when_rabbitmq_stops_answering(
+    own: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Open, then silent (here: the declares are never sent): an AMQP error naming the
+    silence, after the bound, not a reading that hangs."""
+    monkeypatch.setattr(queue_depth, "TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(queue_depth._PassiveReads, "_ask", lambda self, channel: None)
+    with pytest.raises(pika.exceptions.AMQPConnectionError, match=r"did not answer for 0\.5 s"):
+        read_ready(own.broker_url, [f"{own.queue_prefix}never-asked"])
