@@ -22,7 +22,7 @@ from cli.render import duration
 from db.session import make_engine
 from services.redaction import redact_text, redact_value
 from settings import Settings
-from web import dead_letters, jobs, overview, schedules, tenants, workers
+from web import assets, dead_letters, jobs, overview, schedules, tenants, workers
 from web.auth import LIMITER, load_operator
 from web.auth import bp as auth_bp
 from web.batches import Batches
@@ -109,6 +109,7 @@ def create_app(
     app.before_request(load_operator)
     app.before_request(check_csrf)
     app.after_request(add_security_headers)
+    assets.install(app)
     for blueprint in (
         auth_bp,
         overview.bp,

@@ -64,8 +64,8 @@ def _tenant_rows(
 @bp.route("/tenants")
 def tenants() -> str:
     """The tenants the operator may see, oldest first, a page at a time (`limit`, `after`):
-    status, jobs waiting, finished lately, and its queue in RabbitMQ now (read for the
-    page's tenants only)."""
+    status, jobs waiting, finished lately; their queues in RabbitMQ load after the page
+    (`tenant_queues`), so that it is shown without waiting for RabbitMQ."""
     args = request.args
     after = after_id_param(args)
     limit = limit_param(args)
@@ -73,17 +73,41 @@ def tenants() -> str:
     rows = console().transact(
         lambda session: _tenant_rows(session, after=after, limit=limit, scope=scope)
     )
-    queues, queues_error, queues_warning = read_queues(console().settings, [t["id"] for t in rows])
-    depth = {q["tenant_id"]: q for q in queues or []}
     kept: dict[str, Any] = {"limit": limit} if args.get("limit") else {}
+    page: dict[str, Any] = {**kept, "after": after} if after is not None else kept
     last = rows[-1]["id"] if rows and len(rows) >= limit else None
     return render_template(
         "tenants.html",
-        rows=[{**t, "queue": depth.get(t["id"])} for t in rows],
-        queues_error=queues_error,
-        queues_warning=queues_warning,
+        rows=rows,
+        queues_url=url_for("tenants.tenant_queues", **page),
         next_page=url_for("tenants.tenants", **kept, after=last) if last else None,
         first_page=url_for("tenants.tenants", **kept) if after is not None else None,
+    )
+
+
+@bp.route("/tenants/queues")
+def tenant_queues() -> str:
+    """The queue column of the tenants page with the same `after` and `limit`: each of its
+    tenants' queues in RabbitMQ now (read for that page's tenants only), as cells that
+    htmx swaps into the page by id."""
+    args = request.args
+    after = after_id_param(args)
+    limit = limit_param(args)
+    scope = operator().tenant_ids
+    ids = console().transact(
+        lambda session: [t.id for t in list_tenants(session, after=after, limit=limit, among=scope)]
+    )
+    queues, queues_error, queues_warning = read_queues(console().settings, ids)
+    htmx = bool(request.headers.get("HX-Request"))
+    kept: dict[str, Any] = {n: args[n] for n in ("after", "limit") if args.get(n)}
+    return render_template(
+        # Without JavaScript, a page of its own.
+        "tenant_queues.html" if htmx else "tenant_queues_page.html",
+        back=url_for("tenants.tenants", **kept),
+        ids=ids,
+        depth={q["tenant_id"]: q for q in queues or []},
+        queues_error=queues_error,
+        queues_warning=queues_warning,
     )
 
 

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pika
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -30,13 +31,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
 
 import tests.integration.pipeline_actors as pipeline_actors
-from db.models import Job
+from db.models import TENANT_DELETING, Job
 from services.dead_letters import record_dead_letter
 from services.schedule_slots import claim_due_slots
 from services.schedules import create_schedule
+from services.tenants import create_tenant
 from settings import Settings
 from tests.integration.web_support import Login, add_job, add_operator
-from tests.support import WorkerProcess
+from tests.support import WorkerProcess, dead_letter_arguments, delete_queues
 from web.app import create_app
 
 pytestmark = pytest.mark.integration
@@ -237,3 +239,31 @@ def test_a_viewer_reads_but_is_refused_an_admins_action(
     assert not browser.find_elements(By.XPATH, "//button[text()='Disable']")
     browser.get(f"{console_url}/tenants/{tenant_id}/delete")
     assert "403" in browser.title and "only an admin" in browser.page_source
+
+
+def test_the_tenants_page_fills_in_each_queue_from_rabbitmq_after_it_is_shown(
+    browser: WebDriver, viewer: Login, console_url: str, engine: Engine, settings: Settings
+) -> None:
+    # A tenant being deleted: no worker of the run consumes its queue, so the count stays.
+    with sessionmaker(engine, expire_on_commit=False).begin() as s:
+        tenant = create_tenant(s, f"browser-queue-{uuid.uuid4().hex[:8]}")
+        tenant.status = TENANT_DELETING
+    name = settings.tenant_queue(tenant.id)
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(name, durable=True, arguments=dead_letter_arguments(name))
+        for n in range(2):
+            channel.basic_publish("", name, f"{n}".encode())
+        sign_in(browser, console_url, viewer)
+        # The page that starts with it: other tests' tenants share the database.
+        browser.get(f"{console_url}/tenants?after={tenant.id - 1}&limit=2")
+        # Its row's queue cell, swapped in by htmx where the page's own cell was.
+        cell = f"#tenant-{tenant.id} td.queue"
+        wait_until(browser, lambda b: b.find_element(By.CSS_SELECTOR, cell).text == "2 / -")
+        assert len(browser.find_elements(By.CSS_SELECTOR, f"#tenant-{tenant.id} td")) == len(
+            browser.find_elements(By.CSS_SELECTOR, "thead th")
+        )
+    finally:
+        connection.close()
+        delete_queues(settings.broker_url, [name])

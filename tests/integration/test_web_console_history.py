@@ -251,16 +251,33 @@ def test_tenants_and_the_overview_show_each_queue_in_rabbitmq_now(
     finally:
         connection.close()
 
-    # When an admin opens the tenants page and the overview's queues
-    row = _tenant_row(clients["admin"], tenant.id)
-    queues = clients["admin"].get("/overview/queues", headers={"HX-Request": "true"})
+    # When an admin opens the tenants page, its queue column (read after the page), and
+    # the overview's queues
+    admin = clients["admin"]
+    row = _tenant_row(admin, tenant.id)
+    column_url = f"/tenants/queues?limit=1&amp;after={tenant.id - 1}"
+    column = admin.get(column_url.replace("&amp;", "&"), headers={"HX-Request": "true"})
+    queues = admin.get("/overview/queues", headers={"HX-Request": "true"})
     listed = queues.get_data(as_text=True)
 
-    # Then both show its ready messages (unacked: unknown without the management API)
-    assert '<td class="queue">3 / -</td>' in row
+    # Then the page asks for its column, whose cell for the tenant shows its ready
+    # messages (unacked: unknown without the management API), as does the overview
+    assert f'id="tenant-queue-{tenant.id}"' in row
+    assert f'hx-get="{column_url}" hx-trigger="load"' in admin.get(
+        f"/tenants?after={tenant.id - 1}&limit=1"
+    ).get_data(as_text=True)
+    cell = f'<td class="queue" id="tenant-queue-{tenant.id}" hx-swap-oob="true">3 / -</td>'
+    assert cell in column.get_data(as_text=True)
+    # (without JavaScript, the column is a page of its own)
+    page = admin.get(column_url.replace("&amp;", "&")).get_data(as_text=True)
+    assert "Sign out" in page and '<td class="queue">3 / -' in page
     assert f'id="queue-{tenant.id}"' in listed and name in listed
     assert 'id="overview-queues"' in clients["admin"].get("/").get_data(as_text=True)
     # And an operator limited to another tenant sees nothing of it
     other = clients["other"].get("/overview/queues").get_data(as_text=True)
     assert f'id="queue-{tenant.id}"' not in other and name not in other
+    other_column = clients["other"].get(
+        f"/tenants/queues?after={tenant.id - 1}&limit=1", headers={"HX-Request": "true"}
+    )
+    assert f'id="tenant-queue-{tenant.id}"' not in other_column.get_data(as_text=True)
     delete_queues(settings.broker_url, [name])

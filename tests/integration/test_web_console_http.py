@@ -467,11 +467,16 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
     admin = clients["admin"]
     # When an admin asks for two tenants from the first of them
     first = admin.get(f"/tenants?after={made[0] - 1}&limit=2").get_data(as_text=True)
-    # Then the page holds those two, offers the next page, and read only their queues
+    # Then the page holds those two and offers the next page, reading no queue itself
     assert f'id="tenant-{made[0]}"' in first and f'id="tenant-{made[1]}"' in first
     assert f'id="tenant-{made[2]}"' not in first
     assert f'href="/tenants?limit=2&amp;after={made[1]}">Next page</a>' in first
+    assert read == []
+    # And its queue column, loaded after it, reads only their queues
+    column = admin.get(f"/tenants/queues?limit=2&after={made[0] - 1}", headers={"HX-Request": "1"})
+    assert column.status_code == 200
     assert read == [[made[0], made[1]]]
+    read.clear()
     # And the next page goes on from there, with the way back to the first
     second = admin.get(f"/tenants?limit=2&after={made[1]}").get_data(as_text=True)
     assert f'id="tenant-{made[2]}"' in second and f'id="tenant-{made[1]}"' not in second
@@ -480,6 +485,7 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
     read.clear()
     past = admin.get(f"/tenants?after={made[2]}").get_data(as_text=True)
     assert "No tenant after those of the pages before." in past and "Next page" not in past
+    admin.get(f"/tenants/queues?after={made[2]}", headers={"HX-Request": "1"})
     assert read == [[]]
     # And an operator limited to A pages through A alone, however many tenants there are
     scoped = clients["scoped_viewer"]
@@ -487,6 +493,10 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
     assert f'id="tenant-{world.a}"' in page and "Next page" in page
     after_a = scoped.get(f"/tenants?limit=1&after={world.a}").get_data(as_text=True)
     assert 'id="tenant-' not in after_a and world.b_name not in after_a
+    # (and its queue column reads A's queue alone, from wherever the page starts)
+    read.clear()
+    scoped.get("/tenants/queues", headers={"HX-Request": "1"})
+    assert read == [[world.a]]
     # And a bad `after` or `limit` is one clear 400, not a crash
     for query, words in (
         ("after=abc", "is not an id: give the last id of the page before"),
@@ -494,9 +504,10 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
         ("after=" + "9" * 30, "is not an id"),
         ("limit=0", "must be a whole number from 1 to"),
     ):
-        refused = admin.get(f"/tenants?{query}")
-        assert refused.status_code == 400, query
-        assert words in refused.get_data(as_text=True), query
+        for path in ("/tenants", "/tenants/queues"):
+            refused = admin.get(f"{path}?{query}")
+            assert refused.status_code == 400, (path, query)
+            assert words in refused.get_data(as_text=True), (path, query)
 
 
 def test_an_unknown_or_overlong_id_is_404_not_a_crash(clients: dict[str, FlaskClient]) -> None:
