@@ -300,6 +300,15 @@ class DeadLetter(Base):
         Index(None, "tenant_id", "created_at"),
         Index(None, "actor", "created_at"),
         Index(None, "reason", "created_at"),
+        # The letters waiting for an operator (migration 0016): their count (the overview's)
+        # and a requeue's order, without reading the requeued or undecodable ones.
+        Index(
+            "ix_dead_letters_waiting",
+            "tenant_id",
+            "created_at",
+            postgresql_where=text("requeued_at IS NULL AND message IS NOT NULL"),
+            sqlite_where=text("requeued_at IS NULL AND message IS NOT NULL"),
+        ),
         # Retention's: only a requeued letter expires (the others wait for an operator).
         Index(
             "ix_dead_letters_requeued",

@@ -10,8 +10,9 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, make_url, pool, text
+from sqlalchemy import Engine, create_engine, func, make_url, pool, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
 
 import db.models  # noqa: F401  (importing it registers the tables on Base.metadata)
 from db.base import Base
@@ -24,6 +25,8 @@ from db.migrate import (
     head_revision,
     upgrade_to_head,
 )
+from db.models import DeadLetter
+from services.dead_letters import DeadLetterFilter, _requeueable, count_requeueable
 from services.partitions import include_name
 from settings import Settings
 
@@ -383,3 +386,62 @@ def test_0015_makes_the_status_indexes_partial_on_every_partition_and_loses_no_r
     restored = _status_indexes(scratch_engine)
     for definition, valid, children in restored.values():
         assert "WHERE" not in definition and valid and children == partitions, restored
+
+
+def test_0016_indexes_exactly_the_waiting_dead_letters_and_their_count_reads_only_it(
+    scratch_url: str, scratch_engine: Engine
+) -> None:
+    # Given a database at 0015 holding a waiting, a requeued and an undecodable dead letter
+    ensure_database(scratch_url)
+    config = alembic_config(scratch_url)
+    with scratch_engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0015")
+        connection.commit()
+    with scratch_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO dead_letters (message_id, queue, reason, attempts, tenant_id, "
+                "message, raw_body, requeued_at) VALUES "
+                "('waiting', 'q', 'r', 1, 7, '{}', NULL, NULL), "
+                "('requeued', 'q', 'r', 1, 7, '{}', NULL, now()), "
+                "('undecodable', 'q', 'r', 1, 7, NULL, 'x', NULL)"
+            )
+        )
+
+    # When it is upgraded to head
+    upgrade_to_head(scratch_url)
+
+    # Then the new index is valid and holds the waiting letter alone; no letter is lost
+    with scratch_engine.connect() as connection:
+        valid = connection.execute(
+            text(
+                "SELECT indisvalid FROM pg_index "
+                "WHERE indexrelid = 'ix_dead_letters_waiting'::regclass"
+            )
+        ).scalar_one()
+        ids = connection.execute(text("SELECT message_id FROM dead_letters ORDER BY 1")).scalars()
+        assert valid and list(ids) == ["requeued", "undecodable", "waiting"]
+        # And the overview's counts (all tenants, and one) read it alone
+        connection.execute(text("SET enable_seqscan = off"))
+        connection.execute(text("SET enable_bitmapscan = off"))
+        session = Session(bind=connection)
+        for tenant_id in (None, 7):
+            assert count_requeueable(session, DeadLetterFilter(tenant_id=tenant_id)) == 1
+        plans = []
+        for tenant_id in (None, 7):
+            # The statement count_requeueable sends, explained.
+            query = select(func.count()).select_from(DeadLetter)
+            query = query.where(*_requeueable(DeadLetterFilter(tenant_id=tenant_id)))
+            sql = str(query.compile(connection, compile_kwargs={"literal_binds": True}))
+            plans.append("\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars()))
+    for plan in plans:
+        assert "ix_dead_letters_waiting" in plan, plan
+
+    # And it goes back to 0015 without it
+    with scratch_engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0015")
+        connection.commit()
+        gone = connection.execute(text("SELECT to_regclass('ix_dead_letters_waiting')")).scalar()
+    assert gone is None
