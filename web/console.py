@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from dramatiq.broker import Broker
@@ -16,6 +16,7 @@ from cli.common import describe_error
 from db.models import WEB_ADMIN
 from services.job_views import stale_window
 from settings import Settings
+from web.queue_readings import QueueReadings
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ class Console:
     settings: Settings
     sessions: sessionmaker[Session]
     load_broker: Callable[[], Broker]
+    # The tenants' queues in RabbitMQ, shared by every page and operator of the process.
+    queues: QueueReadings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queues = QueueReadings(self.settings)
 
     def transact(self, work: Callable[[Session], T], /) -> T:
         """Run `work` in one transaction and commit (the command line's `run`)."""

@@ -7,7 +7,6 @@ import datetime as dt
 from flask import Blueprint, render_template, request
 from sqlalchemy.orm import Session
 
-from cli.summary import read_queues
 from services.job_stats import HourCounts, finished_per_hour
 from services.overview import Figures, read_figures
 from services.tenants import list_tenants
@@ -92,12 +91,13 @@ def hours() -> str:
 @bp.route("/overview/queues")
 def queues() -> str:
     """The tenants' queues that hold messages now, deepest first (the operator's tenants):
-    alone for htmx, or as a page of its own.  Read from RabbitMQ at each request, one
-    passive declare per tenant over one connection, so it loads after the page."""
+    alone for htmx, or as a page of its own.  Read from RabbitMQ (a passive declare per
+    tenant, `QueueReadings` keeping each reading a few seconds), so it loads after the
+    page."""
     c = console()
     scope = _tenants(operator())
     ids = scope if scope is not None else c.transact(lambda s: [t.id for t in list_tenants(s)])
-    found, error, warning = read_queues(c.settings, ids)
+    found, error, warning = c.queues.read(ids)
     holding = sorted(
         (q for q in found or [] if q["exists"] and (q["ready"] or q["unacked"])),
         key=lambda q: (-((q["ready"] or 0) + (q["unacked"] or 0)), q["tenant_id"]),

@@ -9,7 +9,6 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from cli.summary import read_queues
 from cli.tenants import send_tenant_deletion
 from db.models import TENANT_ACTIVE, TENANT_DISABLED
 from services.errors import UnknownTenant
@@ -97,7 +96,7 @@ def tenant_queues() -> str:
     ids = console().transact(
         lambda session: [t.id for t in list_tenants(session, after=after, limit=limit, among=scope)]
     )
-    queues, queues_error, queues_warning = read_queues(console().settings, ids)
+    queues, queues_error, queues_warning = console().queues.read(ids)
     htmx = bool(request.headers.get("HX-Request"))
     kept: dict[str, Any] = {n: args[n] for n in ("after", "limit") if args.get(n)}
     return render_template(

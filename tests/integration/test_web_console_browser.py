@@ -264,6 +264,17 @@ def test_the_tenants_page_fills_in_each_queue_from_rabbitmq_after_it_is_shown(
         assert len(browser.find_elements(By.CSS_SELECTOR, f"#tenant-{tenant.id} td")) == len(
             browser.find_elements(By.CSS_SELECTOR, "thead th")
         )
+        # And the overview's two sections read after the page come in the same way
+        browser.get(f"{console_url}/")
+        wait_until(
+            browser,
+            lambda b: b.find_element(By.CSS_SELECTOR, "#overview-queues h2").text.startswith(
+                "Queues holding messages now (RabbitMQ"
+            ),
+        )
+        wait_until(
+            browser, lambda b: "Finished per hour" in b.find_element(By.ID, "overview-hours").text
+        )
     finally:
         connection.close()
         delete_queues(settings.broker_url, [name])

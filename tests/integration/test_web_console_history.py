@@ -263,7 +263,7 @@ def test_tenants_and_the_overview_show_each_queue_in_rabbitmq_now(
     # Then the page asks for its column, whose cell for the tenant shows its ready
     # messages (unacked: unknown without the management API), as does the overview
     assert f'id="tenant-queue-{tenant.id}"' in row
-    assert f'hx-get="{column_url}" hx-trigger="load"' in admin.get(
+    assert f'hx-get="{column_url}" hx-trigger="intersect once"' in admin.get(
         f"/tenants?after={tenant.id - 1}&limit=1"
     ).get_data(as_text=True)
     cell = f'<td class="queue" id="tenant-queue-{tenant.id}" hx-swap-oob="true">3 / -</td>'
