@@ -20,14 +20,14 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 import brokers
-from db.models import Job
+from db.models import Job, Tenant
 from middleware.db_session import find_middleware
 from middleware.outbox import find_outbox
 from middleware.tenant_routing import TenantRouting
 from services.tenants import create_tenant
 from settings import Settings
 from tests.reliability.kill_actors import record_effect
-from tests.support import WorkerProcess, worker_env
+from tests.support import WorkerProcess, queue_family, worker_env
 
 KILL_MODULE = "tests.reliability.kill_actors"
 # The advisory lock the commit-time trigger waits for while the test holds it.
@@ -177,9 +177,13 @@ class Rig:
         nodes = [pika.URLParameters(url) for url in self.broker_url.split(";")]
         connection = pika.BlockingConnection(nodes)
         channel = connection.channel()
-        for name in (self.queue, self.routing.system_queue):
-            for queue in (name, f"{name}.DQ", f"{name}.XQ"):
-                channel.queue_delete(queue)
+        # Every tenant's, not only the rig's: the producer's sweeper publishes whatever the
+        # shared database's outbox holds, so other tenants' queues appear under its prefix.
+        with Session(self.engine) as session:
+            tenants = list(session.scalars(select(Tenant.id)))
+        names = [self.routing.system_queue, *(self.routing.queue_for(t) for t in tenants)]
+        for queue in queue_family(names):
+            channel.queue_delete(queue)
         connection.close()
         self.engine.dispose()
 
