@@ -42,6 +42,7 @@ from bench.store import fill
 from db.models import Job, Schedule
 from services.web_users import add_web_user
 from settings import load_settings
+from web import queue_readings
 from web.app import create_app
 
 SCENARIO = "12. Web console (a page's time over its baseline's, same run)"
@@ -92,6 +93,8 @@ def _pages(engine: Engine) -> list[tuple[str, str]]:
         ("dead letters", "/dead-letters"),
         ("schedules", "/schedules"),
         ("tenants", "/tenants"),
+        ("tenants: their queues (after the page)", "/tenants/queues"),
+        ("overview: queues holding messages (after the page)", "/overview/queues"),
         ("workers", "/workers"),
     ]
     if schedule is not None:
@@ -135,14 +138,24 @@ def server_times(
             raise ConsoleBenchError(f"GET {path} answered {answer.status_code}")
 
     found = {}
-    for label, path in pages:
-        get(path)  # warm: the first GET of a page compiles its template
-        page_ms, static_ms = [], []
-        for _ in range(TIMED_RUNS):
-            page_ms.append(_timed(get, path))
-            static_ms.append(_timed(get, STATIC))
-        found[label] = (statistics.median(page_ms), statistics.median(static_ms))
+    # Each GET reads RabbitMQ afresh: the reading's own cost, not the console's cache of it.
+    kept_for, queue_readings.MAX_AGE_SECONDS = queue_readings.MAX_AGE_SECONDS, 0.0
+    try:
+        for label, path in pages:
+            found[label] = _page_times(get, path)
+    finally:
+        queue_readings.MAX_AGE_SECONDS = kept_for
     return found
+
+
+def _page_times(get: Callable[[str], None], path: str) -> tuple[float, float]:
+    """A page's median GET (ms), and the median of the static GETs timed beside it."""
+    get(path)  # warm: the first GET of a page compiles its template
+    page_ms, static_ms = [], []
+    for _ in range(TIMED_RUNS):
+        page_ms.append(_timed(get, path))
+        static_ms.append(_timed(get, STATIC))
+    return statistics.median(page_ms), statistics.median(static_ms)
 
 
 @contextmanager
