@@ -93,7 +93,7 @@ def _pages(engine: Engine) -> list[tuple[str, str]]:
         ("dead letters", "/dead-letters"),
         ("schedules", "/schedules"),
         ("tenants", "/tenants"),
-        ("tenants: their queues (after the page)", "/tenants/queues"),
+        ("tenants: their counts and queues (after the page)", "/tenants/figures"),
         ("overview: queues holding messages (after the page)", "/overview/queues"),
         ("workers", "/workers"),
     ]

@@ -31,40 +31,45 @@ WAITING_WINDOW = dt.timedelta(hours=24)
 def _tenant_rows(
     session: Session, *, after: int | None, limit: int, scope: frozenset[int] | None
 ) -> list[dict[str, Any]]:
-    """One page of the tenants the operator may see: the first `limit` with ids above `after`.
-
-    The page's figures are read for its tenants alone, so that a page costs the
-    same with ten tenants or ten thousand.
-    """
+    """One page of the tenants the operator may see: the first `limit` with ids above `after`,
+    with the hosts serving each (read for the page's tenants alone, so that a page costs
+    the same with ten tenants or ten thousand)."""
     now = dt.datetime.now(dt.UTC)
     page = list_tenants(session, after=after, limit=limit, among=scope)
-    ids = [t.id for t in page]
-    if not ids:
+    if not page:
         return []
-    waiting = waiting_by_tenant(session, since=now - WAITING_WINDOW, tenant_ids=ids)
-    finished = finished_by_tenant(session, since=now - THROUGHPUT_WINDOW, tenant_ids=ids)
     c = console()
     window, prefix = c.stale_after, c.settings.queue_prefix
     # The hosts of the live workers consuming each tenant's queue; `health`'s unserved ones.
     hosts = serving_hosts(session, now=now, stale_after=window, queue_prefix=prefix)
     unserved = set(unserved_tenants(session, now=now, stale_after=window, queue_prefix=prefix))
     return [
-        {
-            **tenant_info(t),
-            "waiting": waiting.get(t.id, 0),
-            "finished": finished.get(t.id, 0),
-            "hosts": hosts.get(t.id, []),
-            "unserved": t.id in unserved,
-        }
-        for t in page
+        {**tenant_info(t), "hosts": hosts.get(t.id, []), "unserved": t.id in unserved} for t in page
     ]
+
+
+def _tenant_figures(
+    session: Session, *, after: int | None, limit: int, scope: frozenset[int] | None
+) -> tuple[list[int], dict[int, int], dict[int, int]]:
+    """The ids of a page of tenants, their records waiting and finished lately.
+
+    Counted from the job records: a busy tenant's hour holds many, so the page
+    loads these after itself.
+    """
+    now = dt.datetime.now(dt.UTC)
+    ids = [t.id for t in list_tenants(session, after=after, limit=limit, among=scope)]
+    if not ids:
+        return [], {}, {}
+    waiting = waiting_by_tenant(session, since=now - WAITING_WINDOW, tenant_ids=ids)
+    finished = finished_by_tenant(session, since=now - THROUGHPUT_WINDOW, tenant_ids=ids)
+    return ids, waiting, finished
 
 
 @bp.route("/tenants")
 def tenants() -> str:
     """The tenants the operator may see, oldest first, a page at a time (`limit`, `after`):
-    status, jobs waiting, finished lately; their queues in RabbitMQ load after the page
-    (`tenant_queues`), so that it is shown without waiting for RabbitMQ."""
+    status and the hosts serving each.  Their jobs waiting, finished lately and queues in
+    RabbitMQ load after the page (`tenant_figures`): the page does not wait for them."""
     args = request.args
     after = after_id_param(args)
     limit = limit_param(args)
@@ -78,32 +83,34 @@ def tenants() -> str:
     return render_template(
         "tenants.html",
         rows=rows,
-        queues_url=url_for("tenants.tenant_queues", **page),
+        figures_url=url_for("tenants.tenant_figures", **page),
         next_page=url_for("tenants.tenants", **kept, after=last) if last else None,
         first_page=url_for("tenants.tenants", **kept) if after is not None else None,
     )
 
 
-@bp.route("/tenants/queues")
-def tenant_queues() -> str:
-    """The queue column of the tenants page with the same `after` and `limit`: each of its
-    tenants' queues in RabbitMQ now (read for that page's tenants only), as cells that
-    htmx swaps into the page by id."""
+@bp.route("/tenants/figures")
+def tenant_figures() -> str:
+    """The figures of the tenants page with the same `after` and `limit`: each tenant's jobs
+    waiting, finished in the last hour, and its queue in RabbitMQ now (read for that
+    page's tenants only), as cells that htmx swaps into the page by id."""
     args = request.args
     after = after_id_param(args)
     limit = limit_param(args)
     scope = operator().tenant_ids
-    ids = console().transact(
-        lambda session: [t.id for t in list_tenants(session, after=after, limit=limit, among=scope)]
+    ids, waiting, finished = console().transact(
+        lambda session: _tenant_figures(session, after=after, limit=limit, scope=scope)
     )
     queues, queues_error, queues_warning = console().queues.read(ids)
     htmx = bool(request.headers.get("HX-Request"))
     kept: dict[str, Any] = {n: args[n] for n in ("after", "limit") if args.get(n)}
     return render_template(
         # Without JavaScript, a page of its own.
-        "tenant_queues.html" if htmx else "tenant_queues_page.html",
+        "tenant_figures.html" if htmx else "tenant_figures_page.html",
         back=url_for("tenants.tenants", **kept),
         ids=ids,
+        waiting=waiting,
+        finished=finished,
         depth={q["tenant_id"]: q for q in queues or []},
         queues_error=queues_error,
         queues_warning=queues_warning,

@@ -69,7 +69,7 @@ EXPECTED = [
         for page in ("jobs", "one job", "tenants")
     ],
     # The RabbitMQ readings the overview and the tenants page load after themselves.
-    ("12. Web console", "server: tenants: their queues (after the page)", "taskyard"),
+    ("12. Web console", "server: tenants: their counts and queues (after the page)", "taskyard"),
     ("12. Web console", "server: overview: queues holding messages (after the page)", "taskyard"),
 ]
 # Figures that may be 0 or below (a slope), but must be there.

@@ -241,7 +241,7 @@ def test_a_viewer_reads_but_is_refused_an_admins_action(
     assert "403" in browser.title and "only an admin" in browser.page_source
 
 
-def test_the_tenants_page_fills_in_each_queue_from_rabbitmq_after_it_is_shown(
+def test_the_tenants_page_fills_in_its_counts_and_queues_after_it_is_shown(
     browser: WebDriver, viewer: Login, console_url: str, engine: Engine, settings: Settings
 ) -> None:
     # A tenant being deleted: no worker of the run consumes its queue, so the count stays.
@@ -261,6 +261,10 @@ def test_the_tenants_page_fills_in_each_queue_from_rabbitmq_after_it_is_shown(
         # Its row's queue cell, swapped in by htmx where the page's own cell was.
         cell = f"#tenant-{tenant.id} td.queue"
         wait_until(browser, lambda b: b.find_element(By.CSS_SELECTOR, cell).text == "2 / -")
+        # (its counts come with it: no record waits or finished)
+        for kind in ("waiting", "finished"):
+            found = browser.find_element(By.CSS_SELECTOR, f"#tenant-{tenant.id} td.{kind}")
+            assert found.text == "0", kind
         assert len(browser.find_elements(By.CSS_SELECTOR, f"#tenant-{tenant.id} td")) == len(
             browser.find_elements(By.CSS_SELECTOR, "thead th")
         )

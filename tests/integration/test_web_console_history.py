@@ -255,7 +255,7 @@ def test_tenants_and_the_overview_show_each_queue_in_rabbitmq_now(
     # the overview's queues
     admin = clients["admin"]
     row = _tenant_row(admin, tenant.id)
-    column_url = f"/tenants/queues?limit=1&amp;after={tenant.id - 1}"
+    column_url = f"/tenants/figures?limit=1&amp;after={tenant.id - 1}"
     column = admin.get(column_url.replace("&amp;", "&"), headers={"HX-Request": "true"})
     queues = admin.get("/overview/queues", headers={"HX-Request": "true"})
     listed = queues.get_data(as_text=True)
@@ -277,7 +277,7 @@ def test_tenants_and_the_overview_show_each_queue_in_rabbitmq_now(
     other = clients["other"].get("/overview/queues").get_data(as_text=True)
     assert f'id="queue-{tenant.id}"' not in other and name not in other
     other_column = clients["other"].get(
-        f"/tenants/queues?after={tenant.id - 1}&limit=1", headers={"HX-Request": "true"}
+        f"/tenants/figures?after={tenant.id - 1}&limit=1", headers={"HX-Request": "true"}
     )
     assert f'id="tenant-queue-{tenant.id}"' not in other_column.get_data(as_text=True)
     delete_queues(settings.broker_url, [name])

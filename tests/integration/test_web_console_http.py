@@ -446,8 +446,17 @@ def test_the_overview_and_tenants_count_from_the_job_records(
     # Without JavaScript the chart is a page of its own, in the console's frame.
     assert "Sign out" in clients["scoped_viewer"].get("/overview/hours").get_data(as_text=True)
     # (The page of tenants that starts with A: other tests' tenants share the database.)
+    # Its counts load after it, each cell swapped in by id.
     tenants = clients["admin"].get(f"/tenants?after={world.a - 1}").get_data(as_text=True)
-    assert f'/jobs?tenant={world.a}&amp;status=queued">1</a>' in tenants
+    assert f'id="tenant-waiting-{world.a}"' in tenants and "status=queued" not in tenants
+    figures = (
+        clients["admin"]
+        .get(f"/tenants/figures?after={world.a - 1}", headers={"HX-Request": "true"})
+        .get_data(as_text=True)
+    )
+    waiting = figures.split(f'id="tenant-waiting-{world.a}"', 1)[1].split("</td>", 1)[0]
+    assert f'/jobs?tenant={world.a}&amp;status=queued">1</a>' in waiting
+    assert f'id="tenant-finished-{world.a}" hx-swap-oob="true">' in figures
 
 
 def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
@@ -479,7 +488,7 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
     assert f'href="/tenants?limit=2&amp;after={made[1]}">Next page</a>' in first
     assert read == []
     # And its queue column, loaded after it, reads only their queues
-    column = admin.get(f"/tenants/queues?limit=2&after={made[0] - 1}", headers={"HX-Request": "1"})
+    column = admin.get(f"/tenants/figures?limit=2&after={made[0] - 1}", headers={"HX-Request": "1"})
     assert column.status_code == 200
     assert read == [[made[0], made[1]]]
     read.clear()
@@ -491,7 +500,7 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
     read.clear()
     past = admin.get(f"/tenants?after={made[2]}").get_data(as_text=True)
     assert "No tenant after those of the pages before." in past and "Next page" not in past
-    admin.get(f"/tenants/queues?after={made[2]}", headers={"HX-Request": "1"})
+    admin.get(f"/tenants/figures?after={made[2]}", headers={"HX-Request": "1"})
     assert read == []
     # And an operator limited to A pages through A alone, however many tenants there are
     scoped = clients["scoped_viewer"]
@@ -501,7 +510,7 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
     assert 'id="tenant-' not in after_a and world.b_name not in after_a
     # (and its queue column reads A's queue alone, from wherever the page starts)
     read.clear()
-    scoped.get("/tenants/queues", headers={"HX-Request": "1"})
+    scoped.get("/tenants/figures", headers={"HX-Request": "1"})
     assert read == [[world.a]]
     # And a bad `after` or `limit` is one clear 400, not a crash
     for query, words in (
@@ -510,7 +519,7 @@ def test_the_tenants_page_shows_a_page_at_a_time_and_reads_only_its_queues(
         ("after=" + "9" * 30, "is not an id"),
         ("limit=0", "must be a whole number from 1 to"),
     ):
-        for path in ("/tenants", "/tenants/queues"):
+        for path in ("/tenants", "/tenants/figures"):
             refused = admin.get(f"{path}?{query}")
             assert refused.status_code == 400, (path, query)
             assert words in refused.get_data(as_text=True), (path, query)
