@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pika
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -31,14 +30,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.serving import make_server
 
 import tests.integration.pipeline_actors as pipeline_actors
-from db.models import TENANT_DELETING, Job
+from db.models import Job
 from services.dead_letters import record_dead_letter
 from services.schedule_slots import claim_due_slots
 from services.schedules import create_schedule
-from services.tenants import create_tenant
 from settings import Settings
-from tests.integration.web_support import Login, add_job, add_operator
-from tests.support import WorkerProcess, dead_letter_arguments, delete_queues
+from tests.integration.web_support import Login, add_job, add_operator, unconsumed_tenant_queue
+from tests.support import WorkerProcess
 from web.app import create_app
 
 pytestmark = pytest.mark.integration
@@ -244,28 +242,19 @@ def test_a_viewer_reads_but_is_refused_an_admins_action(
 def test_the_tenants_page_fills_in_its_counts_and_queues_after_it_is_shown(
     browser: WebDriver, viewer: Login, console_url: str, engine: Engine, settings: Settings
 ) -> None:
-    # A tenant being deleted: no worker of the run consumes its queue, so the count stays.
-    with sessionmaker(engine, expire_on_commit=False).begin() as s:
-        tenant = create_tenant(s, f"browser-queue-{uuid.uuid4().hex[:8]}")
-        tenant.status = TENANT_DELETING
-    name = settings.tenant_queue(tenant.id)
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        channel = connection.channel()
-        channel.queue_declare(name, durable=True, arguments=dead_letter_arguments(name))
-        for n in range(2):
-            channel.basic_publish("", name, f"{n}".encode())
+    # (a tenant being deleted: no worker of the run consumes its queue, so the count stays)
+    with unconsumed_tenant_queue(engine, settings, 2) as tenant_id:
         sign_in(browser, console_url, viewer)
         # The page that starts with it: other tests' tenants share the database.
-        browser.get(f"{console_url}/tenants?after={tenant.id - 1}&limit=2")
+        browser.get(f"{console_url}/tenants?after={tenant_id - 1}&limit=2")
         # Its row's queue cell, swapped in by htmx where the page's own cell was.
-        cell = f"#tenant-{tenant.id} td.queue"
+        cell = f"#tenant-{tenant_id} td.queue"
         wait_until(browser, lambda b: b.find_element(By.CSS_SELECTOR, cell).text == "2 / -")
         # (its counts come with it: no record waits or finished)
         for kind in ("waiting", "finished"):
-            found = browser.find_element(By.CSS_SELECTOR, f"#tenant-{tenant.id} td.{kind}")
+            found = browser.find_element(By.CSS_SELECTOR, f"#tenant-{tenant_id} td.{kind}")
             assert found.text == "0", kind
-        assert len(browser.find_elements(By.CSS_SELECTOR, f"#tenant-{tenant.id} td")) == len(
+        assert len(browser.find_elements(By.CSS_SELECTOR, f"#tenant-{tenant_id} td")) == len(
             browser.find_elements(By.CSS_SELECTOR, "thead th")
         )
         # And the overview's two sections read after the page come in the same way
@@ -279,6 +268,3 @@ def test_the_tenants_page_fills_in_its_counts_and_queues_after_it_is_shown(
         wait_until(
             browser, lambda b: "Finished per hour" in b.find_element(By.ID, "overview-hours").text
         )
-    finally:
-        connection.close()
-        delete_queues(settings.broker_url, [name])

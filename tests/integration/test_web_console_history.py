@@ -11,14 +11,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pika
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
-from db.models import TENANT_DELETING, Job, ScheduleRun
+from db.models import Job, ScheduleRun
 from services.dead_letters import record_dead_letter
 from services.jobs import record_failure
 from services.records import JobRecord
@@ -26,8 +25,7 @@ from services.schedules import LAST_RUNS, create_schedule
 from services.tenants import create_tenant
 from services.workers import beat
 from settings import Settings
-from tests.integration.web_support import add_job, add_operator, sign_in
-from tests.support import dead_letter_arguments, delete_queues
+from tests.integration.web_support import add_job, add_operator, sign_in, unconsumed_tenant_queue
 from web.app import create_app
 
 pytestmark = pytest.mark.integration
@@ -236,48 +234,35 @@ def test_jobs_and_dead_letters_take_an_until_and_page_within_the_range(
 def test_tenants_and_the_overview_show_each_queue_in_rabbitmq_now(
     clients: dict[str, FlaskClient], engine: Engine, settings: Settings
 ) -> None:
-    # Given a tenant whose queue holds three messages (being deleted: no worker of the run
-    # consumes its queue, so the count stays)
-    with sessionmaker(engine, expire_on_commit=False).begin() as s:
-        tenant = create_tenant(s, f"queue-{uuid.uuid4().hex[:8]}")
-        tenant.status = TENANT_DELETING
-    name = settings.tenant_queue(tenant.id)
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        channel = connection.channel()
-        channel.queue_declare(name, durable=True, arguments=dead_letter_arguments(name))
-        for n in range(3):
-            channel.basic_publish("", name, f"{n}".encode())
-    finally:
-        connection.close()
+    # Given a tenant whose queue holds three messages, none consumed
+    with unconsumed_tenant_queue(engine, settings, 3) as tenant_id:
+        name = settings.tenant_queue(tenant_id)
+        # When an admin opens the tenants page, its queue column (read after the page), and
+        # the overview's queues
+        admin = clients["admin"]
+        row = _tenant_row(admin, tenant_id)
+        column_url = f"/tenants/figures?limit=1&amp;after={tenant_id - 1}"
+        column = admin.get(column_url.replace("&amp;", "&"), headers={"HX-Request": "true"})
+        queues = admin.get("/overview/queues", headers={"HX-Request": "true"})
+        listed = queues.get_data(as_text=True)
 
-    # When an admin opens the tenants page, its queue column (read after the page), and
-    # the overview's queues
-    admin = clients["admin"]
-    row = _tenant_row(admin, tenant.id)
-    column_url = f"/tenants/figures?limit=1&amp;after={tenant.id - 1}"
-    column = admin.get(column_url.replace("&amp;", "&"), headers={"HX-Request": "true"})
-    queues = admin.get("/overview/queues", headers={"HX-Request": "true"})
-    listed = queues.get_data(as_text=True)
-
-    # Then the page asks for its column, whose cell for the tenant shows its ready
-    # messages (unacked: unknown without the management API), as does the overview
-    assert f'id="tenant-queue-{tenant.id}"' in row
-    assert f'hx-get="{column_url}" hx-trigger="intersect once"' in admin.get(
-        f"/tenants?after={tenant.id - 1}&limit=1"
-    ).get_data(as_text=True)
-    cell = f'<td class="queue" id="tenant-queue-{tenant.id}" hx-swap-oob="true">3 / -</td>'
-    assert cell in column.get_data(as_text=True)
-    # (without JavaScript, the column is a page of its own)
-    page = admin.get(column_url.replace("&amp;", "&")).get_data(as_text=True)
-    assert "Sign out" in page and '<td class="queue">3 / -' in page
-    assert f'id="queue-{tenant.id}"' in listed and name in listed
-    assert 'id="overview-queues"' in clients["admin"].get("/").get_data(as_text=True)
-    # And an operator limited to another tenant sees nothing of it
-    other = clients["other"].get("/overview/queues").get_data(as_text=True)
-    assert f'id="queue-{tenant.id}"' not in other and name not in other
-    other_column = clients["other"].get(
-        f"/tenants/figures?after={tenant.id - 1}&limit=1", headers={"HX-Request": "true"}
-    )
-    assert f'id="tenant-queue-{tenant.id}"' not in other_column.get_data(as_text=True)
-    delete_queues(settings.broker_url, [name])
+        # Then the page asks for its column, whose cell for the tenant shows its ready
+        # messages (unacked: unknown without the management API), as does the overview
+        assert f'id="tenant-queue-{tenant_id}"' in row
+        assert f'hx-get="{column_url}" hx-trigger="intersect once"' in admin.get(
+            f"/tenants?after={tenant_id - 1}&limit=1"
+        ).get_data(as_text=True)
+        cell = f'<td class="queue" id="tenant-queue-{tenant_id}" hx-swap-oob="true">3 / -</td>'
+        assert cell in column.get_data(as_text=True)
+        # (without JavaScript, the column is a page of its own)
+        page = admin.get(column_url.replace("&amp;", "&")).get_data(as_text=True)
+        assert "Sign out" in page and '<td class="queue">3 / -' in page
+        assert f'id="queue-{tenant_id}"' in listed and name in listed
+        assert 'id="overview-queues"' in clients["admin"].get("/").get_data(as_text=True)
+        # And an operator limited to another tenant sees nothing of it
+        other = clients["other"].get("/overview/queues").get_data(as_text=True)
+        assert f'id="queue-{tenant_id}"' not in other and name not in other
+        other_column = clients["other"].get(
+            f"/tenants/figures?after={tenant_id - 1}&limit=1", headers={"HX-Request": "true"}
+        )
+        assert f'id="tenant-queue-{tenant_id}"' not in other_column.get_data(as_text=True)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pika
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Job
+from db.models import TENANT_DELETING, Job
+from services.tenants import create_tenant
 from services.web_users import add_web_user
+from settings import Settings
+from tests.support import dead_letter_arguments, delete_queues
 
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -83,3 +88,25 @@ def add_job(
     )
     session.flush()
     return message_id
+
+
+@contextmanager
+def unconsumed_tenant_queue(engine: Engine, settings: Settings, messages: int) -> Iterator[int]:
+    """A tenant whose queue holds `messages`, none consumed: the tenant is being deleted, so
+    no worker of the run serves it and the count stays.  Yields its id; deletes the queue."""
+    with sessionmaker(engine, expire_on_commit=False).begin() as s:
+        tenant = create_tenant(s, f"queue-{uuid.uuid4().hex[:8]}")
+        tenant.status = TENANT_DELETING
+    name = settings.tenant_queue(tenant.id)
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(name, durable=True, arguments=dead_letter_arguments(name))
+        for n in range(messages):
+            channel.basic_publish("", name, f"{n}".encode())
+    finally:
+        connection.close()
+    try:
+        yield tenant.id
+    finally:
+        delete_queues(settings.broker_url, [name])

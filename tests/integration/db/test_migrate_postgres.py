@@ -329,17 +329,24 @@ def _status_indexes(engine: Engine) -> dict[str, tuple[str, bool, int]]:
     return {name: (definition, valid, children) for name, definition, valid, children in rows}
 
 
+def _migrate(
+    scratch_url: str, scratch_engine: Engine, revision: str, *, down: bool = False
+) -> None:
+    """Move the scratch database up (creating it) or down to `revision`, each migration in
+    its own transaction (not the test's: some build their indexes outside one)."""
+    ensure_database(scratch_url)
+    config = alembic_config(scratch_url)
+    with scratch_engine.connect() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+        connection.commit()
+
+
 def test_0015_makes_the_status_indexes_partial_on_every_partition_and_loses_no_record(
     scratch_url: str, scratch_engine: Engine
 ) -> None:
     # Given a database at 0014 holding records in a day's partition and in the default one
-    ensure_database(scratch_url)
-    config = alembic_config(scratch_url)
-    # (Not in a transaction of the test's: 0014 builds its indexes outside one.)
-    with scratch_engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0014")
-        connection.commit()
+    _migrate(scratch_url, scratch_engine, "0014")
     with scratch_engine.begin() as connection:
         partitions = connection.execute(
             text("SELECT count(*) FROM pg_inherits WHERE inhparent = 'jobs'::regclass")
@@ -379,10 +386,7 @@ def test_0015_makes_the_status_indexes_partial_on_every_partition_and_loses_no_r
     assert "status_created_at" in plan, plan
 
     # And it goes back to 0014: whole indexes again
-    with scratch_engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0014")
-        connection.commit()
+    _migrate(scratch_url, scratch_engine, "0014", down=True)
     restored = _status_indexes(scratch_engine)
     for definition, valid, children in restored.values():
         assert "WHERE" not in definition and valid and children == partitions, restored
@@ -392,12 +396,7 @@ def test_0016_indexes_exactly_the_waiting_dead_letters_and_their_count_reads_onl
     scratch_url: str, scratch_engine: Engine
 ) -> None:
     # Given a database at 0015 holding a waiting, a requeued and an undecodable dead letter
-    ensure_database(scratch_url)
-    config = alembic_config(scratch_url)
-    with scratch_engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0015")
-        connection.commit()
+    _migrate(scratch_url, scratch_engine, "0015")
     with scratch_engine.begin() as connection:
         connection.execute(
             text(
@@ -439,9 +438,7 @@ def test_0016_indexes_exactly_the_waiting_dead_letters_and_their_count_reads_onl
         assert "ix_dead_letters_waiting" in plan, plan
 
     # And it goes back to 0015 without it
+    _migrate(scratch_url, scratch_engine, "0015", down=True)
     with scratch_engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0015")
-        connection.commit()
         gone = connection.execute(text("SELECT to_regclass('ix_dead_letters_waiting')")).scalar()
     assert gone is None
